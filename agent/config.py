@@ -1,0 +1,112 @@
+"""Agent configuration: a TOML file, then command-line flags on top.
+
+Example (all keys optional)::
+
+    [agent]
+    node = "gpu-01"            # default: the host name
+    interval = 1.0             # telemetry tick, seconds
+    metrics_host = "0.0.0.0"
+    metrics_port = 8002
+    sample_budget = 0.5        # seconds a plugin may take per tick
+
+    [plugins]
+    enabled = ["cpu", "nvidia", "jetson", "amd"]   # default: every installed plugin but "sim"
+
+    [plugins.sim]              # options of one plugin; a [plugins.sim] table enables the simulator
+    count = 2
+    scenario = "faults"        # a bundled scenario name or a JSON file
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_METRICS_PORT = 8002
+OPT_IN_PLUGINS = frozenset({"sim"})  # only when asked for
+
+
+class ConfigError(ValueError):
+    """A configuration the agent cannot start with; the message says what to fix."""
+
+
+@dataclass
+class AgentConfig:
+    node: str = field(default_factory=socket.gethostname)
+    interval: float = 1.0
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = DEFAULT_METRICS_PORT
+    sample_budget: float = 0.5
+    enabled: list[str] | None = None  # None: every installed plugin but the opt-in ones
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def plugins(self, installed: Iterable[str]) -> list[str]:
+        """Names of the plugins to run, in a stable order (cpu first)."""
+        if self.enabled is not None:
+            names = list(self.enabled)
+        else:
+            names = sorted(n for n in installed if n not in OPT_IN_PLUGINS)
+        names += [n for n in self.plugin_options if n in OPT_IN_PLUGINS and n not in names]
+        return sorted(dict.fromkeys(names), key=lambda n: (n != "cpu", n))
+
+    def enable_sim(self, count: int | None = None, scenario: str | None = None) -> None:
+        opts = self.plugin_options.setdefault("sim", {})
+        if count is not None:
+            opts["count"] = count
+        if scenario is not None:
+            opts["scenario"] = scenario
+        if self.enabled is not None and "sim" not in self.enabled:
+            self.enabled.append("sim")
+
+
+def _number(table: Mapping[str, Any], key: str, default: float, *, minimum: float, integer: bool = False) -> Any:
+    value = table.get(key, default)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        what = "an integer" if integer else "a number"
+        raise ConfigError(f"[agent] {key} must be {what} >= {minimum:g}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None) -> AgentConfig:
+    """Read a TOML configuration file (None: all defaults)."""
+    config = AgentConfig()
+    if path is None:
+        return config
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"agent", "plugins"}
+    if unknown:
+        raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(sorted(unknown))}")
+    agent = data.get("agent", {})
+    known = {"node", "interval", "metrics_host", "metrics_port", "sample_budget"}
+    if set(agent) - known:
+        raise ConfigError(f"[agent] unknown key(s) {', '.join(sorted(set(agent) - known))}")
+    config.node = str(agent.get("node", config.node))
+    config.interval = float(_number(agent, "interval", config.interval, minimum=0.01))
+    config.metrics_host = str(agent.get("metrics_host", config.metrics_host))
+    config.metrics_port = _number(agent, "metrics_port", config.metrics_port, minimum=0, integer=True)
+    if config.metrics_port > 65535:
+        raise ConfigError(f"[agent] metrics_port must be <= 65535, got {config.metrics_port}")
+    config.sample_budget = float(_number(agent, "sample_budget", config.sample_budget, minimum=0.01))
+    plugins = dict(data.get("plugins", {}))
+    enabled = plugins.pop("enabled", None)
+    if enabled is not None:
+        if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
+            raise ConfigError('[plugins] enabled must be a list of plugin names, e.g. ["cpu", "nvidia"]')
+        config.enabled = list(enabled)
+    for name, options in plugins.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"[plugins.{name}] must be a table of options")
+        config.plugin_options[name] = dict(options)
+    return config

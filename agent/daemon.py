@@ -1,0 +1,111 @@
+"""The standalone agent: inventory + telemetry + /metrics until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+from .config import AgentConfig
+from .inventory import Inventory, available_plugins, plugin_slots
+from .metrics import AgentMetrics
+from .sdnotify import SystemdNotifier
+from .telemetry import Snapshot, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The agent cannot start (port in use, ...); the message says why."""
+
+
+@dataclass
+class RunningAgent:
+    """Handles of a started agent, for the CLI and for in-process tests."""
+
+    inventory: Inventory
+    telemetry: Telemetry
+    metrics: AgentMetrics
+    metrics_port: int
+
+
+def build_inventory(config: AgentConfig) -> Inventory:
+    slots = plugin_slots(config.plugins(available_plugins()), config.plugin_options)
+    return Inventory(slots, sample_budget_s=config.sample_budget)
+
+
+async def start_agent(config: AgentConfig) -> RunningAgent:
+    inventory = build_inventory(config)
+    await inventory.discover()
+    telemetry = Telemetry(inventory, config.interval)
+    await telemetry.tick()  # /metrics never answers empty
+    metrics = AgentMetrics(
+        devices=lambda: inventory.devices,
+        snapshot=lambda: telemetry.snapshot,
+        plugin_statuses=lambda: inventory.statuses,
+        node=config.node,
+    )
+    try:
+        port = metrics.serve(config.metrics_port, config.metrics_host)
+    except OSError as exc:
+        await inventory.close()
+        metrics.close()
+        raise StartupError(
+            f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc.strerror or exc}"
+            " (is another agent running? choose another --metrics-port)"
+        ) from None
+    return RunningAgent(inventory, telemetry, metrics, port)
+
+
+async def _watchdog(notifier: SystemdNotifier, telemetry: Telemetry, stop: asyncio.Event, stale_after: float) -> None:
+    """Ping systemd's watchdog while telemetry is alive; a stuck loop stops the pings and systemd restarts us."""
+    assert notifier.watchdog_interval is not None
+    while not stop.is_set():
+        if time.time() - telemetry.snapshot.timestamp < stale_after:
+            notifier.notify("WATCHDOG=1")
+        try:
+            await asyncio.wait_for(stop.wait(), notifier.watchdog_interval)
+        except TimeoutError:
+            pass
+
+
+async def run_standalone(config: AgentConfig, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop``); returns the process exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    notifier = SystemdNotifier()
+    agent = await start_agent(config)
+    devices = agent.inventory.devices
+    log.info(
+        "xpud agent on node %s: %d device(s) [%s]; metrics at http://%s:%d/metrics",
+        config.node,
+        len(devices),
+        ", ".join(d.id for d in devices),
+        config.metrics_host,
+        agent.metrics_port,
+    )
+
+    def status_line(snapshot: Snapshot) -> None:
+        notifier.notify(f"STATUS={len(snapshot.samples)} device(s), tick {snapshot.tick}")
+
+    notifier.notify("READY=1", f"STATUS={len(devices)} device(s), metrics on port {agent.metrics_port}")
+    tasks = []
+    if notifier.watchdog_interval is not None:
+        stale_after = 3 * config.interval + config.sample_budget + 1
+        tasks.append(asyncio.create_task(_watchdog(notifier, agent.telemetry, stop, stale_after)))
+    if notifier.enabled:
+        agent.telemetry.on_tick = status_line
+    try:
+        await agent.telemetry.run(stop)
+    finally:
+        notifier.notify("STOPPING=1")
+        log.info("xpud agent stopping")
+        for task in tasks:
+            task.cancel()
+        agent.metrics.close()
+        await agent.inventory.close()
+    return 0

@@ -1,0 +1,3 @@
+from xpud.cli import main
+
+raise SystemExit(main())

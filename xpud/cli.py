@@ -1,0 +1,177 @@
+"""The `xpud` command: parses arguments and wires the parts together, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from xpud import __version__
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 2 (no usage dump, never a traceback)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    raise SystemExit(EXIT_USAGE)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of devices, got {text!r}") from None
+    if value < 0 or value > 100_000:
+        raise argparse.ArgumentTypeError(f"expected 0..100000 devices, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"file {text!r} does not exist")
+    return text
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="xpud", description="Node-level accelerator agent and control plane.")
+    parser.add_argument("--version", action="version", version=f"xpud {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    sim_help = "add N simulated GPUs (the sim plugin)"
+    scenario_help = "sim scenario: a JSON file or a bundled name (default, faults)"
+    devices = sub.add_parser("devices", help="list this node's accelerators with live numbers")
+    devices.add_argument("--json", action="store_true", help="JSON: static facts and the latest sample per device")
+    devices.add_argument("--sim", type=_count, metavar="N", help=sim_help)
+    devices.add_argument("--scenario", metavar="FILE", help=scenario_help)
+    devices.add_argument("--config", type=_existing_file, metavar="FILE", help="agent configuration (TOML)")
+
+    agent = sub.add_parser("agent", help="run the node agent")
+    agent.add_argument("--standalone", action="store_true", help="run without a controller")
+    agent.add_argument("--metrics-port", type=_port, metavar="P", help="Prometheus /metrics port (default 8002)")
+    agent.add_argument("--metrics-host", metavar="HOST", help="address for /metrics (default 0.0.0.0)")
+    agent.add_argument("--sim", type=_count, metavar="N", help=sim_help)
+    agent.add_argument("--scenario", metavar="FILE", help=scenario_help)
+    agent.add_argument("--config", type=_existing_file, metavar="FILE", help="agent configuration (TOML)")
+    agent.add_argument("--interval", type=_positive, metavar="SECONDS", help="telemetry interval (default 1)")
+    agent.add_argument("--node", metavar="NAME", help="node name (default: host name)")
+    return parser
+
+
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from xpud.agent.config import ConfigError, load_config
+    from xpud.plugins.sim import ScenarioError, load_scenario
+
+    prog = f"xpud {args.command}"
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        usage_error(prog, str(exc))
+    if args.sim is not None or args.scenario is not None:
+        if args.scenario is not None:
+            try:
+                load_scenario(args.scenario)
+            except ScenarioError as exc:
+                usage_error(prog, str(exc))
+        config.enable_sim(args.sim, args.scenario)
+    for name in ("metrics_port", "metrics_host", "interval", "node"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(config, name, value)
+    return config
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from xpud.agent.daemon import build_inventory
+    from xpud.render import devices_json, devices_table, plugin_notes
+
+    config = _config(args)
+
+    async def probe():  # type: ignore[no-untyped-def]
+        inventory = build_inventory(config)
+        try:
+            await inventory.discover()
+            await asyncio.sleep(0.25)  # utilisation is measured over an interval
+            samples = {s.device_id: s for s in await inventory.sample()}
+        finally:
+            await inventory.close()
+        return inventory, samples
+
+    inventory, samples = asyncio.run(probe())
+    devices = inventory.devices
+    if args.json:
+        json.dump(devices_json(devices, samples), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(devices_table(devices, samples))
+        for note in plugin_notes(inventory.statuses):
+            print(note, file=sys.stderr)
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from xpud.agent.daemon import StartupError, run_standalone
+
+    if not args.standalone:
+        usage_error("xpud agent", "the controller link is not available yet: run with --standalone")
+    config = _config(args)
+    try:
+        return asyncio.run(run_standalone(config))
+    except StartupError as exc:
+        sys.stderr.write(f"xpud agent: error: {exc}\n")
+        return 1
+
+
+COMMANDS = {"devices": cmd_devices, "agent": cmd_agent}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "devices" and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
