@@ -101,6 +101,9 @@ class Telemetry:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick on a fixed schedule (no drift); a slow tick skips the slots it overran."""
         next_at = self._clock()
+        if self.snapshot.tick:  # a tick was just taken (at start-up): keep the schedule
+            next_at += self.interval
+            await self._sleep_until(next_at, stop)
         while not stop.is_set():
             try:
                 await self.tick()
@@ -110,7 +113,10 @@ class Telemetry:
             now = self._clock()
             if next_at <= now:
                 next_at = now + self.interval - ((now - next_at) % self.interval)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=next_at - now)
-            except TimeoutError:
-                pass
+            await self._sleep_until(next_at, stop)
+
+    async def _sleep_until(self, deadline: float, stop: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(deadline - self._clock(), 0))
+        except TimeoutError:
+            pass

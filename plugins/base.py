@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 ENTRY_POINT_GROUP = "xpud.plugins"
 
 
-class Health(str, enum.Enum):
+class Health(enum.StrEnum):
     """Health of one device (or of a plugin, for the inventory)."""
 
     OK = "ok"

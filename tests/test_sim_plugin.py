@@ -1,0 +1,124 @@
+"""The sim plugin: deterministic values from a stepped clock, and injected faults."""
+
+from __future__ import annotations
+
+import pytest
+
+from xpud.plugins.base import Health, PluginUnavailable
+from xpud.plugins.sim import ScenarioError, SimPlugin, load_at
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def plugin(scenario, count=None):  # type: ignore[no-untyped-def]
+    clock = Clock()
+    options = {"scenario": scenario} if count is None else {"scenario": scenario, "count": count}
+    p = SimPlugin(options, clock=clock, wall=lambda: 1.7e9)
+    return p, clock
+
+
+def test_discover_static_facts():
+    p, _ = plugin({"count": 3, "model": "Sim L4", "memory_gb": 24, "compute_capability": "8.9"})
+    devices = p.discover()
+    assert [d.id for d in devices] == ["sim:0", "sim:1", "sim:2"]
+    assert {d.model for d in devices} == {"Sim L4"}
+    assert devices[0].memory_total == 24 * 1024**3 and devices[0].compute_capability == "8.9"
+    assert len({d.uuid for d in devices}) == 3 and len({d.pci_bus_id for d in devices}) == 3
+
+
+def test_count_option_overrides_the_scenario_and_zero_is_unavailable():
+    p, _ = plugin("default", count=5)
+    assert len(p.discover()) == 5
+    with pytest.raises(PluginUnavailable):
+        plugin("default", count=0)[0].discover()
+
+
+def test_constant_load_gives_exact_values():
+    p, _ = plugin({"count": 1, "memory_gb": 10, "power_limit_w": 100, "load": {"shape": "constant", "value": 0.4}})
+    p.discover()
+    s = p.sample()[0]
+    assert s.utilization == 0.4
+    assert s.memory_used + s.memory_free == 10 * 1024**3
+    assert s.power_draw == 60 + 40 * 0.4 and s.power_limit == 100
+    assert s.fan_speed is None  # like a passively cooled datacenter GPU
+    assert s.health is Health.OK and s.events == ()
+
+
+def test_sine_load_follows_the_clock():
+    p, clock = plugin({"count": 1, "load": {"shape": "sine", "min": 0.0, "max": 1.0, "period_s": 100}})
+    p.discover()
+    assert p.sample()[0].utilization == 0.0
+    clock.t += 50
+    assert p.sample()[0].utilization == 1.0
+    assert load_at({"shape": "square", "min": 0.2, "max": 0.8, "period_s": 10}, 6, 0) == 0.2
+    assert load_at({"shape": "ramp", "min": 0.0, "max": 1.0, "period_s": 10}, 2.5, 0) == 0.25
+
+
+def test_lost_gpu_fails_alone_with_one_event():
+    p, clock = plugin({"count": 3, "faults": [{"kind": "lost", "device": 1, "at_s": 10}]})
+    p.discover()
+    assert all(s.health is Health.OK for s in p.sample())
+    clock.t += 10
+    first = p.sample()
+    assert [s.health for s in first] == [Health.OK, Health.FAILED, Health.OK]
+    assert "fallen off the bus" in first[1].health_reason
+    assert [e.kind for e in first[1].events] == ["lost"]
+    assert first[1].utilization is None and first[1].memory_used is None
+    clock.t += 1
+    assert p.sample()[1].events == ()  # reported once
+
+
+def test_xid_storm_counts_events_exactly():
+    storm = {"kind": "xid_storm", "device": 0, "at_s": 10, "duration_s": 5, "rate_hz": 4, "code": 13}
+    p, clock = plugin({"count": 1, "faults": [storm]})
+    p.discover()
+    total = 0
+    for step in [5, 5.5, 1.3, 2.2, 6, 10]:  # crosses the storm in uneven ticks
+        clock.t += step
+        s = p.sample()[0]
+        total += len(s.events)
+        if s.events:
+            assert s.health is Health.DEGRADED and "XID 13" in s.health_reason
+            assert {e.code for e in s.events} == {13}
+    assert total == 20  # 5 s at 4 Hz
+
+
+def test_ecc_growth_and_thermal():
+    faults = [
+        {"kind": "ecc_growth", "device": 0, "at_s": 0, "rate_per_s": 2, "uncorrected_every": 10},
+        {"kind": "thermal", "device": 1, "at_s": 5, "duration_s": 5, "temperature": 97},
+    ]
+    p, clock = plugin({"count": 2, "faults": faults})
+    p.discover()
+    clock.t += 6
+    a, b = p.sample()
+    assert a.ecc_volatile_corrected == 12 and a.ecc_volatile_uncorrected == 0 and a.health is Health.OK
+    assert b.temperature == 97 and "hw_thermal" in b.throttle_reasons and b.health is Health.DEGRADED
+    clock.t += 10
+    a, b = p.sample()
+    assert a.ecc_aggregate_corrected == 32 and a.ecc_aggregate_uncorrected == 1 and a.health is Health.DEGRADED
+    assert b.health is Health.OK and b.throttle_reasons == ()
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        ({"faults": [{"kind": "meteor"}]}, "sim fault kind 'meteor'"),
+        ({"load": {"shape": "zigzag"}}, "sim load shape 'zigzag'"),
+        ("no-such-bundled-scenario", "no bundled sim scenario"),
+    ],
+)
+def test_bad_scenarios_name_what_to_fix(scenario, message):
+    with pytest.raises(ScenarioError, match=message):
+        plugin(scenario)
+
+
+def test_bundled_faults_scenario_loads():
+    p, _ = plugin("faults")
+    assert len(p.discover()) == 4

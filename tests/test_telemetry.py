@@ -1,0 +1,112 @@
+"""Telemetry ticks, deltas against the acknowledged sample, and their wire form."""
+
+from __future__ import annotations
+
+import asyncio
+
+from xpud.agent.inventory import Inventory, PluginSlot
+from xpud.agent.telemetry import DeltaEncoder, Telemetry
+from xpud.agent.wire import device_info_to_proto, encode_sample, sample_to_proto
+from xpud.plugins.base import DeviceSample, Health, changed_fields
+from xpud.plugins.sim import SimPlugin
+from xpud.proto import telemetry_pb2 as pb
+from xpud.proto.samples import apply_delta
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def sim_inventory(clock, scenario):  # type: ignore[no-untyped-def]
+    return Inventory([PluginSlot("sim", lambda o: SimPlugin(o, clock=clock), {"scenario": scenario})])
+
+
+async def test_ticks_count_events_and_swap_snapshots():
+    clock = Clock()
+    storm = {"kind": "xid_storm", "device": 0, "at_s": 0, "duration_s": 100, "rate_hz": 2, "code": 31}
+    inv = sim_inventory(clock, {"count": 2, "faults": [storm]})
+    await inv.discover()
+    telemetry = Telemetry(inv, 1.0)
+    first = await telemetry.tick()
+    clock.t = 3.0
+    second = await telemetry.tick()
+    assert first is not second and second.tick == 2
+    assert set(second.samples) == {"sim:0", "sim:1"}
+    assert second.event_totals[("sim:0", "xid", "31")] == 7  # t=0 .. t=3 at 2 Hz
+    assert first.event_totals[("sim:0", "xid", "31")] == 1  # an old snapshot never changes
+    await inv.close()
+
+
+async def test_run_stops_promptly_and_keeps_its_schedule():
+    inv = sim_inventory(Clock(), {"count": 1})
+    await inv.discover()
+    telemetry = Telemetry(inv, 0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(telemetry.run(stop))
+    await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.wait_for(task, 1)
+    assert 3 <= telemetry.snapshot.tick <= 8
+    await inv.close()
+
+
+def test_changed_fields_is_a_delta():
+    a = DeviceSample("g", 1.0, utilization=0.5, temperature=50.0, memory_used=10)
+    b = DeviceSample("g", 2.0, utilization=0.5, temperature=51.0, memory_used=None)
+    assert changed_fields(a, b) == {"timestamp": 2.0, "temperature": 51.0, "memory_used": None}
+    assert len(changed_fields(None, b)) > 20
+
+
+def test_delta_encoder_sends_only_changes_since_the_ack():
+    enc = DeltaEncoder()
+    a = {"g": DeviceSample("g", 1.0, utilization=0.5, temperature=50.0)}
+    assert "utilization" in enc.delta(a)["g"]  # never acknowledged: everything
+    enc.ack(a)
+    same = {"g": DeviceSample("g", 2.0, utilization=0.5, temperature=50.0)}
+    assert enc.delta(same) == {}  # only the clock moved: nothing to send
+    hotter = {"g": DeviceSample("g", 3.0, utilization=0.5, temperature=52.0)}
+    assert enc.delta(hotter) == {"g": {"timestamp": 3.0, "temperature": 52.0}}
+    enc.reset()
+    assert "utilization" in enc.delta(hotter)["g"]
+
+
+def test_wire_round_trip_of_deltas_equals_the_full_sample():
+    clock = Clock()
+    faults = [{"kind": "lost", "device": 0, "at_s": 20}, {"kind": "thermal", "device": 0, "at_s": 5,
+                                                         "duration_s": 5, "temperature": 99}]
+    scenario = {"count": 1, "faults": faults, "load": {"shape": "constant", "value": 0.3}}
+    plugin = SimPlugin({"scenario": scenario}, clock=clock)
+    device = plugin.discover()[0]
+    info = device_info_to_proto(device)
+    assert info.memory_total == device.memory_total and not info.HasField("firmware_version")
+    held: pb.DeviceSample | None = None
+    previous = None
+    for t in [0, 1, 6, 7, 12, 21, 22]:
+        clock.t = t
+        (sample,) = plugin.sample()
+        delta = encode_sample(sample, previous)
+        held = apply_delta(held, delta)
+        full = sample_to_proto(sample)
+        assert held == full, f"t={t}"
+        previous = sample
+        assert delta.ByteSize() <= full.ByteSize()
+        if t == 7:
+            fields = {f.name for f, _ in delta.ListFields()}
+            assert fields == {"device_id", "timestamp", "energy"}  # only what moved
+            assert delta.ByteSize() < full.ByteSize() / 4
+        if t == 21:
+            assert held.health == pb.HEALTH_FAILED and not held.HasField("utilization")
+    assert previous is not None and previous.health is Health.FAILED
+
+
+def test_a_delta_names_fields_that_became_absent():
+    a = DeviceSample("g", 1.0, utilization=0.5, temperature=50.0, throttle_reasons=("sw_power_cap",))
+    b = DeviceSample("g", 2.0, utilization=0.5, temperature=None, throttle_reasons=())
+    delta = encode_sample(b, a)
+    assert not delta.full and list(delta.cleared) == ["temperature"]
+    held = apply_delta(sample_to_proto(a), delta)
+    assert held == sample_to_proto(b) and held.HasField("throttle_reasons") and not held.throttle_reasons.reasons
