@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test lint proto bench clean
+.PHONY: install run test lint typecheck proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-test: $(STAMP) lint
+# mypy reads the installed layout (the top-level folders are xpud.* subpackages), built into a scratch dir.
+typecheck: $(STAMP)
+	rm -rf build/typecheck
+	$(PY) -m pip install -q --no-deps --target build/typecheck . >/dev/null
+	cd build/typecheck && ../../$(PY) -m mypy --config-file ../../pyproject.toml -p xpud
+	rm -rf build/typecheck
+
+test: $(STAMP) lint typecheck
 	$(PY) -m pytest
 
 proto: $(STAMP)

@@ -1,0 +1,1 @@
+"""The node agent: inventory, telemetry, metrics, (next) serving and the controller link."""

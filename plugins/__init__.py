@@ -1,0 +1,1 @@
+"""Device plugins: one small interface (base.py), plain dataclasses out, no imports of ours."""

@@ -1,0 +1,1 @@
+"""The wire contract: .proto sources, checked-in generated modules, tiny wire helpers."""

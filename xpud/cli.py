@@ -9,9 +9,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from xpud import __version__
+
+if TYPE_CHECKING:  # the CLI imports the heavy parts only for the command it runs
+    from xpud.agent.config import AgentConfig
+    from xpud.agent.inventory import Inventory
+    from xpud.plugins.base import DeviceSample
 
 EXIT_USAGE = 2
 
@@ -91,7 +96,7 @@ def build_parser() -> Parser:
     return parser
 
 
-def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _config(args: argparse.Namespace) -> AgentConfig:
     from xpud.agent.config import ConfigError, load_config
     from xpud.plugins.sim import ScenarioError, load_scenario
 
@@ -120,7 +125,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
     config = _config(args)
 
-    async def probe():  # type: ignore[no-untyped-def]
+    async def probe() -> tuple[Inventory, dict[str, DeviceSample]]:
         inventory = build_inventory(config)
         try:
             await inventory.discover()
