@@ -7,9 +7,9 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from xpud import __version__
 
@@ -33,34 +33,24 @@ def usage_error(prog: str, message: str) -> NoReturn:
     raise SystemExit(EXIT_USAGE)
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of devices, got {text!r}") from None
-    if value < 0 or value > 100_000:
-        raise argparse.ArgumentTypeError(f"expected 0..100000 devices, got {value}")
-    return value
+def _number(cast: Callable[[str], Any], expected: str, valid: Callable[[Any], bool], invalid: str) -> Any:
+    """An argparse type: ``cast`` the text, then check it; both failures say what was expected."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(invalid.format(value=text))
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+_count = _number(int, "a whole number of devices", lambda v: 0 <= v <= 100_000, "expected 0..100000 devices, got {value}")
+_port = _number(int, "a TCP port number", lambda v: 0 <= v <= 65535, "port must be 0..65535, got {value}")
+_positive = _number(float, "seconds", lambda v: v > 0, "must be > 0, got {value}")
 
 
 def _existing_file(text: str) -> str:
