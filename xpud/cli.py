@@ -48,7 +48,9 @@ def _number(cast: Callable[[str], Any], expected: str, valid: Callable[[Any], bo
     return parse
 
 
-_count = _number(int, "a whole number of devices", lambda v: 0 <= v <= 100_000, "expected 0..100000 devices, got {value}")
+_count = _number(
+    int, "a whole number of devices", lambda v: 0 <= v <= 100_000, "expected 0..100000 devices, got {value}"
+)
 _port = _number(int, "a TCP port number", lambda v: 0 <= v <= 65535, "port must be 0..65535, got {value}")
 _positive = _number(float, "seconds", lambda v: v > 0, "must be > 0, got {value}")
 
