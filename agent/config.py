@@ -9,6 +9,13 @@ Example (all keys optional)::
     metrics_port = 8002
     sample_budget = 0.5        # seconds a plugin may take per tick
 
+    [serving]
+    model_repo = "/var/lib/xpud/models"   # serve every model in this Triton-layout repository
+    grpc_host = "0.0.0.0"
+    grpc_port = 8001
+    max_message_bytes = 67108864          # grpc max receive/send message length
+    default_max_batch_size = 4            # for models without config.pbtxt whose graph batches
+
     [plugins]
     enabled = ["cpu", "nvidia", "jetson", "amd"]   # default: every installed plugin but "sim"
 
@@ -27,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_METRICS_PORT = 8002
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 OPT_IN_PLUGINS = frozenset({"sim"})  # only when asked for
 
 
@@ -41,6 +50,11 @@ class AgentConfig:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = DEFAULT_METRICS_PORT
     sample_budget: float = 0.5
+    model_repo: str | None = None  # None: serve nothing (the agent then never imports onnxruntime)
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = DEFAULT_GRPC_PORT
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    default_max_batch_size: int = 4
     enabled: list[str] | None = None  # None: every installed plugin but the opt-in ones
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -63,12 +77,17 @@ class AgentConfig:
             self.enabled.append("sim")
 
 
-def _number(table: Mapping[str, Any], key: str, default: float, *, minimum: float, integer: bool = False) -> Any:
+def _number(
+    table: Mapping[str, Any], key: str, default: float, *, minimum: float, integer: bool = False,
+    maximum: float | None = None, section: str = "agent",
+) -> Any:
     value = table.get(key, default)
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
         what = "an integer" if integer else "a number"
-        raise ConfigError(f"[agent] {key} must be {what} >= {minimum:g}, got {value!r}")
+        raise ConfigError(f"[{section}] {key} must be {what} >= {minimum:g}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"[{section}] {key} must be <= {maximum:g}, got {value!r}")
     return value
 
 
@@ -85,7 +104,7 @@ def load_config(path: str | Path | None) -> AgentConfig:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"agent", "plugins"}
+    unknown = set(data) - {"agent", "plugins", "serving"}
     if unknown:
         raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(sorted(unknown))}")
     agent = data.get("agent", {})
@@ -95,10 +114,9 @@ def load_config(path: str | Path | None) -> AgentConfig:
     config.node = str(agent.get("node", config.node))
     config.interval = float(_number(agent, "interval", config.interval, minimum=0.01))
     config.metrics_host = str(agent.get("metrics_host", config.metrics_host))
-    config.metrics_port = _number(agent, "metrics_port", config.metrics_port, minimum=0, integer=True)
-    if config.metrics_port > 65535:
-        raise ConfigError(f"[agent] metrics_port must be <= 65535, got {config.metrics_port}")
+    config.metrics_port = _number(agent, "metrics_port", config.metrics_port, minimum=0, maximum=65535, integer=True)
     config.sample_budget = float(_number(agent, "sample_budget", config.sample_budget, minimum=0.01))
+    _serving(config, data.get("serving", {}))
     plugins = dict(data.get("plugins", {}))
     enabled = plugins.pop("enabled", None)
     if enabled is not None:
@@ -110,3 +128,18 @@ def load_config(path: str | Path | None) -> AgentConfig:
             raise ConfigError(f"[plugins.{name}] must be a table of options")
         config.plugin_options[name] = dict(options)
     return config
+
+
+def _serving(config: AgentConfig, table: Mapping[str, Any]) -> None:
+    known = {"model_repo", "grpc_host", "grpc_port", "max_message_bytes", "default_max_batch_size"}
+    if set(table) - known:
+        raise ConfigError(f"[serving] unknown key(s) {', '.join(sorted(set(table) - known))}")
+    if "model_repo" in table:
+        config.model_repo = str(table["model_repo"])
+    config.grpc_host = str(table.get("grpc_host", config.grpc_host))
+    config.grpc_port = _number(table, "grpc_port", config.grpc_port, minimum=0, maximum=65535, integer=True,
+                               section="serving")
+    config.max_message_bytes = _number(table, "max_message_bytes", config.max_message_bytes, minimum=1024,
+                                       integer=True, section="serving")
+    config.default_max_batch_size = _number(table, "default_max_batch_size", config.default_max_batch_size,
+                                            minimum=0, integer=True, section="serving")

@@ -7,6 +7,8 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import AgentConfig
 from .inventory import Inventory, available_plugins, plugin_slots
@@ -14,7 +16,12 @@ from .metrics import AgentMetrics
 from .sdnotify import SystemdNotifier
 from .telemetry import Snapshot, Telemetry
 
+if TYPE_CHECKING:
+    from .models import ModelManager
+    from .serving import InferenceServer
+
 log = logging.getLogger(__name__)
+GPU_PLUGINS = ("nvidia", "amd")  # plugins whose device indices are execution-provider device ids
 
 
 class StartupError(RuntimeError):
@@ -29,6 +36,17 @@ class RunningAgent:
     telemetry: Telemetry
     metrics: AgentMetrics
     metrics_port: int
+    server: InferenceServer | None = None
+    manager: ModelManager | None = None
+    grpc_port: int | None = None
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+        if self.manager is not None:
+            await self.manager.close()
+        self.metrics.close()
+        await self.inventory.close()
 
 
 def build_inventory(config: AgentConfig) -> Inventory:
@@ -50,13 +68,50 @@ async def start_agent(config: AgentConfig) -> RunningAgent:
     try:
         port = metrics.serve(config.metrics_port, config.metrics_host)
     except OSError as exc:
-        await inventory.close()
         metrics.close()
+        await inventory.close()
         raise StartupError(
             f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc.strerror or exc}"
             " (is another agent running? choose another --metrics-port)"
         ) from None
-    return RunningAgent(inventory, telemetry, metrics, port)
+    agent = RunningAgent(inventory, telemetry, metrics, port)
+    if config.model_repo is not None:
+        await _start_serving(agent, config)
+    return agent
+
+
+def serving_gpus(inventory: Inventory) -> list[int]:
+    """Device ids the execution providers can use: whole NVIDIA/AMD GPUs (not MIG slices, not simulated)."""
+    return sorted(
+        d.index for d in inventory.devices
+        if d.plugin in GPU_PLUGINS and d.kind == "gpu" and d.partition is None and d.index is not None
+    )
+
+
+async def _start_serving(agent: RunningAgent, config: AgentConfig) -> None:
+    from .models import ModelManager  # imports onnxruntime: only for an agent that serves
+    from .serving import InferenceServer
+    from .stats import InferenceMetrics
+
+    repo = Path(config.model_repo or ".")
+    if not repo.is_dir():
+        await agent.close()
+        raise StartupError(f"model repository {str(repo)!r} is not a directory (check --model-repo)")
+    meter = agent.metrics.provider.get_meter("xpud.inference")
+    agent.manager = ModelManager(repo, gpus=serving_gpus(agent.inventory), metrics=InferenceMetrics(meter),
+                                 default_max_batch_size=config.default_max_batch_size)
+    agent.server = InferenceServer(agent.manager, max_message_bytes=config.max_message_bytes)
+    try:
+        agent.grpc_port = await agent.server.start(config.grpc_host, config.grpc_port)
+    except OSError as exc:
+        agent.server = None
+        await agent.close()
+        raise StartupError(f"{exc} (is another server on that port? choose another --grpc-port)") from None
+    log.info("inference endpoint (OIP gRPC) at %s:%d; loading models from %s", config.grpc_host, agent.grpc_port,
+             repo)
+    await agent.manager.load_all()
+    await agent.server.set_ready(True)
+    log.info("models ready: %s", ", ".join(sorted(agent.manager.models)) or "none")
 
 
 async def _watchdog(notifier: SystemdNotifier, telemetry: Telemetry, stop: asyncio.Event, stale_after: float) -> None:
@@ -106,6 +161,5 @@ async def run_standalone(config: AgentConfig, stop: asyncio.Event | None = None)
         log.info("xpud agent stopping")
         for task in tasks:
             task.cancel()
-        agent.metrics.close()
-        await agent.inventory.close()
+        await agent.close()
     return 0

@@ -53,6 +53,7 @@ _count = _number(
 )
 _port = _number(int, "a TCP port number", lambda v: 0 <= v <= 65535, "port must be 0..65535, got {value}")
 _positive = _number(float, "seconds", lambda v: v > 0, "must be > 0, got {value}")
+_size = _number(int, "a number of bytes", lambda v: v >= 1024, "must be at least 1024 bytes, got {value}")
 
 
 def _existing_file(text: str) -> str:
@@ -85,6 +86,11 @@ def build_parser() -> Parser:
     agent.add_argument("--config", type=_existing_file, metavar="FILE", help="agent configuration (TOML)")
     agent.add_argument("--interval", type=_positive, metavar="SECONDS", help="telemetry interval (default 1)")
     agent.add_argument("--node", metavar="NAME", help="node name (default: host name)")
+    agent.add_argument("--model-repo", metavar="DIR", help="serve every model in this Triton-layout repository")
+    agent.add_argument("--grpc-port", type=_port, metavar="P", help="inference endpoint port (default 8001)")
+    agent.add_argument("--grpc-host", metavar="HOST", help="inference endpoint address (default 0.0.0.0)")
+    agent.add_argument("--max-message-bytes", type=_size, metavar="BYTES",
+                       help="largest gRPC message received or sent (default 64 MiB)")
     return parser
 
 
@@ -104,7 +110,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
             except ScenarioError as exc:
                 usage_error(prog, str(exc))
         config.enable_sim(args.sim, args.scenario)
-    for name in ("metrics_port", "metrics_host", "interval", "node"):
+    for name in ("metrics_port", "metrics_host", "interval", "node", "model_repo", "grpc_port", "grpc_host",
+                 "max_message_bytes"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
@@ -145,6 +152,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not args.standalone:
         usage_error("xpud agent", "the controller link is not available yet: run with --standalone")
     config = _config(args)
+    if config.model_repo is not None and not Path(config.model_repo).is_dir():
+        usage_error("xpud agent", f"model repository {config.model_repo!r} is not a directory")
     try:
         return asyncio.run(run_standalone(config))
     except StartupError as exc:

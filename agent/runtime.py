@@ -1,0 +1,139 @@
+"""ONNX Runtime sessions bound to one device with an explicit execution provider.
+
+onnxruntime-gpu lists CUDA and TensorRT even on a machine without a GPU, and a
+session asked for them silently runs on the CPU. So every session is checked
+after creation: the provider asked for must be the first one in use, else the
+load fails loudly, unless the model's config allows a CPU fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+ROCM = "ROCMExecutionProvider"
+MIGRAPHX = "MIGraphXExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
+ACCELERATOR_EPS = {"tensorrt": TENSORRT, "cuda": CUDA, "rocm": ROCM, "migraphx": MIGRAPHX, "openvino": OPENVINO}
+GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                "all": "ORT_ENABLE_ALL"}
+
+
+class SessionError(Exception):
+    """A session that cannot be created as asked (bad model file, missing op, wrong EP)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one model instance runs: the providers to ask for, in order, and the device."""
+
+    kind: str  # "cpu" | "gpu"
+    device_id: int | None
+    providers: tuple[str, ...]  # e.g. (TENSORRT, CUDA) or (CPU,)
+    allow_cpu_fallback: bool = False
+
+    @property
+    def wanted(self) -> str:
+        return self.providers[0]
+
+    def label(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"gpu:{self.device_id}"
+
+
+@dataclass
+class SessionOptions:
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    inter_op_threads: int = 0
+    graph_level: str = "all"
+    mem_arena: bool = True
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _ort() -> Any:
+    import onnxruntime  # imported only when a model is loaded: ~20 MiB and 0.2 s an agent without models skips
+
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    return list(_ort().get_available_providers())
+
+
+class OrtInstance:
+    """One ONNX Runtime session on one device, with its own single worker thread.
+
+    ``run`` is blocking and meant for ``await loop.run_in_executor(instance.executor, ...)``:
+    one batch at a time per instance, so the thread pool is bounded by the instance count.
+    """
+
+    def __init__(self, model_path: Path, placement: Placement, options: SessionOptions, name: str) -> None:
+        ort = _ort()
+        self.name = name
+        self.placement = placement
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = options.inter_op_threads
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[options.graph_level])
+        so.enable_cpu_mem_arena = options.mem_arena
+        so.log_severity_level = 3
+        if placement.wanted != CPU and not placement.allow_cpu_fallback:
+            so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        providers: list[Any] = []
+        for ep in placement.providers:
+            opts = dict(options.provider_options.get(ep, {}))
+            if ep in (CUDA, TENSORRT, ROCM, MIGRAPHX) and placement.device_id is not None:
+                opts.setdefault("device_id", str(placement.device_id))
+            providers.append((ep, opts))
+        if CPU not in placement.providers and placement.allow_cpu_fallback:
+            providers.append((CPU, {}))
+        started = time.perf_counter()
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+            raise SessionError(_short(f"{model_path.parent.parent.name}: cannot load {model_path.name} "
+                                      f"on {placement.label()} with {placement.wanted}: {exc}")) from None
+        self.load_seconds = time.perf_counter() - started
+        in_use = self.session.get_providers()
+        self.provider = in_use[0] if in_use else CPU
+        if self.provider != placement.wanted:
+            if not placement.allow_cpu_fallback:
+                raise SessionError(
+                    f"{name}: asked for {placement.wanted} on {placement.label()} but ONNX Runtime runs it on "
+                    f"{self.provider} (providers available here: {', '.join(available_providers())}); set "
+                    'parameters { key: "allow_cpu_fallback" value { string_value: "true" } } to allow it'
+                )
+            log.warning("%s: %s unavailable on %s, running on %s as the config allows", name, placement.wanted,
+                        placement.label(), self.provider)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self._run_options = ort.RunOptions()
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        return self.session.run(outputs or self.output_names, inputs, self._run_options)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        del self.session
+
+
+def _short(message: str, limit: int = 600) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def default_intra_threads(instances: int) -> int:
+    """Split the cores among a model's CPU instances so that they don't fight over them."""
+    return max(1, (os.cpu_count() or 1) // max(instances, 1))

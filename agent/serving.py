@@ -1,0 +1,274 @@
+"""The agent's Open Inference Protocol endpoint: Triton's GRPCInferenceService over grpc.aio, plus gRPC health.
+
+Thin servicer: each RPC converts, calls the model manager or the inference
+handler, and converts back. Domain errors become gRPC status codes in one place
+(``_status``), each with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from xpud import __version__
+from xpud.proto.oip import SERVICE_NAME, TensorError, config_to_triton, pb, pb_grpc
+
+from .batcher import BatcherClosed, QueueFull, QueueTimeout
+from .inference import InvalidRequest, infer
+from .modelrepo import ModelConfigError
+from .models import ModelManager, ModelNotFound, ModelState, ModelUnavailable
+from .runtime import SessionError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024  # a 1x3x1024x1024 FP32 tensor is 12 MiB
+EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics", "binary_tensor_data"]
+T = TypeVar("T")
+
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (BatcherClosed, grpc.StatusCode.UNAVAILABLE),
+    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (QueueTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (SessionError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),  # e.g. a priority level out of range
+]
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _status(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Map domain errors of a unary RPC to a gRPC status with the error's message."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code = status_of(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method.__name__)
+            await context.abort(code, str(exc) or type(exc).__name__)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self.ready = False
+
+    # -- server -------------------------------------------------------------------------
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name="xpud", version=__version__, extensions=EXTENSIONS)
+
+    # -- models -------------------------------------------------------------------------
+    @_status
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        try:
+            self.manager.get(request.name, request.version)
+        except ModelUnavailable:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @_status
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        mv = self.manager.get(request.name, request.version)
+        config = mv.config
+        lead = [-1] if config.max_batch_size > 0 else []
+
+        def meta(t: Any) -> Any:
+            return pb.ModelMetadataResponse.TensorMetadata(
+                name=t.name, datatype=config_to_triton(t.data_type), shape=[*lead, *t.dims]
+            )
+
+        return pb.ModelMetadataResponse(
+            name=mv.name,
+            versions=[str(v) for v in sorted(self.manager.models.get(mv.name, {}))],
+            platform=config.platform,
+            inputs=[meta(t) for t in config.input],
+            outputs=[meta(t) for t in config.output],
+        )
+
+    @_status
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        return pb.ModelConfigResponse(config=self.manager.get(request.name, request.version).config)
+
+    @_status
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        if request.name:
+            if request.name not in self.manager.models:
+                self.manager.get(request.name, request.version)  # raises the right error
+            versions = self.manager.models[request.name]
+            if request.version:
+                chosen = [self.manager.get(request.name, request.version)]
+            else:
+                chosen = [versions[v] for v in sorted(versions)]
+        else:
+            chosen = [mv for name in sorted(self.manager.models) for _, mv in sorted(self.manager.models[name].items())]
+        return pb.ModelStatisticsResponse(model_stats=[mv.stats.proto() for mv in chosen])
+
+    @_status
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        out = pb.RepositoryIndexResponse()
+        for name in self.manager.names():
+            versions = self.manager.models.get(name)
+            if versions:
+                for v, mv in sorted(versions.items()):
+                    if not request.ready or mv.state is ModelState.READY:
+                        out.models.add(name=name, version=str(v), state=mv.state.value)
+            elif not request.ready:
+                reason = self.manager.failures.get(name, "")
+                out.models.add(name=name, state=ModelState.UNAVAILABLE.value, reason=reason or "not loaded")
+        return out
+
+    @_status
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        if request.parameters:
+            raise InvalidRequest("RepositoryModelLoad parameters (config/file overrides) are not supported; "
+                                 "edit the model repository instead")
+        await self.manager.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_status
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self.manager.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- inference ----------------------------------------------------------------------
+    @_status
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return await infer(self.manager, request)
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """Requests are served concurrently; each answer (or error) is sent as it completes."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(req: Any) -> None:
+            try:
+                reply = await infer(self.manager, req)
+                await queue.put(pb.ModelStreamInferResponse(infer_response=reply))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if status_of(exc) is grpc.StatusCode.INTERNAL:
+                    log.exception("stream inference failed")
+                await queue.put(pb.ModelStreamInferResponse(
+                    error_message=f"{status_of(exc).name}: {exc}",
+                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id),
+                ))
+
+        async def reader() -> None:
+            async for req in request_iterator:
+                task = asyncio.create_task(one(req))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.gather(*list(pending))
+            await queue.put(None)
+
+        read = asyncio.create_task(reader())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            await read
+        finally:
+            read.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    # -- not offered ----------------------------------------------------------------------
+    async def _unimplemented(self, what: str, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            f"{what} is not supported by xpud: send tensors in the request (raw_input_contents)")
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("system shared memory", context)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("system shared memory", context)
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("system shared memory", context)
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("CUDA shared memory", context)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("CUDA shared memory", context)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("CUDA shared memory", context)
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "trace settings are not supported by xpud; "
+                            "use the agent's /metrics and logs")
+
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "log settings are not supported by xpud; "
+                            "use --verbose or the agent's configuration")
+
+
+class InferenceServer:
+    """The grpc.aio server: OIP + health on one port."""
+
+    def __init__(self, manager: ModelManager, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.manager = manager
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=options)
+        self.servicer = InferenceServicer(manager)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {host}:{port}: {exc}") from None
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port}: address in use or not available")
+        await self.server.start()
+        return self.port
+
+    async def set_ready(self, ready: bool) -> None:
+        self.servicer.ready = ready
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            result = self.health.set(service, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.set_ready(False)
+        await self.server.stop(grace)

@@ -1,0 +1,127 @@
+"""Per model-version inference statistics, as Triton's ModelStatistics and as OpenTelemetry metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from xpud.proto.oip import pb
+
+# Histogram buckets in seconds for request, queue and compute durations.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, n: int = 1) -> None:
+        self.count += n
+        self.ns += ns
+
+    def proto(self) -> pb.StatisticDuration:
+        return pb.StatisticDuration(count=self.count, ns=self.ns)
+
+
+@dataclass
+class BatchBucket:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+class InferenceMetrics:
+    """The ``xpud_inference_*`` instruments, shared by every model of the process."""
+
+    def __init__(self, meter: Any) -> None:
+        self.requests = meter.create_counter("xpud.inference.requests", unit="{request}",
+                                             description="Inference requests by model, version and outcome")
+        self.latency = meter.create_histogram("xpud.inference.request.duration", unit="s",
+                                              description="Request latency from arrival to response",
+                                              explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
+        self.queue = meter.create_histogram("xpud.inference.queue.duration", unit="s",
+                                            description="Time a request waited in the batcher queue",
+                                            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
+        self.batch = meter.create_histogram("xpud.inference.batch.size", unit="{request}",
+                                            description="Rows per executed batch",
+                                            explicit_bucket_boundaries_advisory=BATCH_BUCKETS)
+
+
+class ModelStats:
+    """Counters of one model version. Updated on the event loop; read by ModelStatistics and metrics."""
+
+    def __init__(self, name: str, version: str, provider: str, metrics: InferenceMetrics | None = None) -> None:
+        self.name, self.version = name, version
+        self._attrs = {"model": name, "version": version, "execution_provider": provider}
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.batches: dict[int, BatchBucket] = defaultdict(BatchBucket)
+
+    def request_done(self, ok: bool, total_ns: int, queue_ns: int, compute: tuple[int, int, int] | None) -> None:
+        with self._lock:
+            (self.success if ok else self.fail).add(total_ns)
+            if ok:
+                self.queue.add(queue_ns)
+                if compute is not None:
+                    self.compute_input.add(compute[0])
+                    self.compute_infer.add(compute[1])
+                    self.compute_output.add(compute[2])
+            self.last_inference_ms = int(time.time() * 1000)
+        if self._metrics is not None:
+            attrs = {**self._attrs, "status": "success" if ok else "failure"}
+            self._metrics.requests.add(1, attrs)
+            self._metrics.latency.record(total_ns / 1e9, attrs)
+            if ok:
+                self._metrics.queue.record(queue_ns / 1e9, self._attrs)
+
+    def batch_done(self, rows: int, compute: tuple[int, int, int]) -> None:
+        with self._lock:
+            self.inference_count += rows
+            self.execution_count += 1
+            bucket = self.batches[rows]
+            bucket.compute_input.add(compute[0])
+            bucket.compute_infer.add(compute[1])
+            bucket.compute_output.add(compute[2])
+        if self._metrics is not None:
+            self._metrics.batch.record(rows, self._attrs)
+
+    def proto(self) -> pb.ModelStatistics:
+        with self._lock:
+            return pb.ModelStatistics(
+                name=self.name,
+                version=self.version,
+                last_inference=self.last_inference_ms,
+                inference_count=self.inference_count,
+                execution_count=self.execution_count,
+                inference_stats=pb.InferStatistics(
+                    success=self.success.proto(),
+                    fail=self.fail.proto(),
+                    queue=self.queue.proto(),
+                    compute_input=self.compute_input.proto(),
+                    compute_infer=self.compute_infer.proto(),
+                    compute_output=self.compute_output.proto(),
+                ),
+                batch_stats=[
+                    pb.InferBatchStatistics(
+                        batch_size=size,
+                        compute_input=b.compute_input.proto(),
+                        compute_infer=b.compute_infer.proto(),
+                        compute_output=b.compute_output.proto(),
+                    )
+                    for size, b in sorted(self.batches.items())
+                ],
+            )
