@@ -40,6 +40,15 @@ def _matches(dims: tuple[int, ...], want: list[int]) -> bool:
     return len(dims) == len(want) and all(w < 0 or d == w for d, w in zip(dims, want, strict=True))
 
 
+def _text(array: np.ndarray, name: str) -> np.ndarray:
+    """ONNX string tensors hold text: ONNX Runtime's Python binding takes str elements, not bytes."""
+    try:
+        return np.array([b.decode("utf-8") for b in array.flat], dtype=object).reshape(array.shape)
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"input {name!r}: BYTES element is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                             "ONNX string tensors hold text") from None
+
+
 def prepare(manager: ModelManager, req: pb.ModelInferRequest) -> Prepared:
     mv = manager.get(req.model_name, req.model_version)
     config = mv.config
@@ -84,6 +93,8 @@ def prepare(manager: ModelManager, req: pb.ModelInferRequest) -> Prepared:
             raise InvalidRequest(f"input {tensor.name!r}: shape {_shape(dims)} does not match the model's "
                                  f"{_shape(want)} (-1: any size)")
         array = decode_input(tensor, raws[i] if raws else None)
+        if want_type == "BYTES":
+            array = _text(array, tensor.name)
         if spec.HasField("reshape"):
             target = tuple(spec.reshape.shape)
             array = array.reshape(((batch_size,) if batching else ()) + target)

@@ -126,9 +126,9 @@ def complete_config(
     for kind in ("input", "output"):
         declared = getattr(config, kind)
         if not declared:
-            for spec in graph[kind].values():
-                entry = declared.add(name=spec.name, dims=_dims(spec.shape)[skip:])
-                entry.data_type = _config_type(config.name, spec)
+            for graph_spec in graph[kind].values():
+                entry = declared.add(name=graph_spec.name, dims=_dims(graph_spec.shape)[skip:])
+                entry.data_type = _config_type(config.name, graph_spec)
             continue
         for entry in declared:
             spec = graph[kind].get(entry.name)

@@ -313,6 +313,8 @@ class ModelManager:
             loop = asyncio.get_running_loop()
             try:
                 built = await loop.run_in_executor(None, self._build, name)
+            except ModelNotFound:
+                raise
             except (ModelConfigError, SessionError) as exc:
                 self.failures[name] = str(exc)
                 raise

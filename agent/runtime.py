@@ -8,6 +8,7 @@ load fails loudly, unless the model's config allows a CPU fallback.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ ROCM = "ROCMExecutionProvider"
 MIGRAPHX = "MIGraphXExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 ACCELERATOR_EPS = {"tensorrt": TENSORRT, "cuda": CUDA, "rocm": ROCM, "migraphx": MIGRAPHX, "openvino": OPENVINO}
+BF16 = np.dtype(ml_dtypes.bfloat16)
+ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16
 GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                 "all": "ORT_ENABLE_ALL"}
 
@@ -118,15 +122,40 @@ class OrtInstance:
                         placement.label(), self.provider)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # numpy has no bfloat16 of its own: ORT takes and gives those through OrtValues
+        self._bf16_outputs = {o.name for o in self.session.get_outputs() if o.type == "tensor(bfloat16)"}
+        self._ort_value = ort.OrtValue
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
         self._run_options = ort.RunOptions()
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
-        return self.session.run(outputs or self.output_names, inputs, self._run_options)  # type: ignore[no-any-return]
+        names = outputs or self.output_names
+        if not self._bf16_outputs.intersection(names):
+            feed = {k: self._bf16_value(v) if v.dtype == BF16 else v for k, v in inputs.items()}
+            return self.session.run(names, feed, self._run_options)
+        values = {}
+        for k, v in inputs.items():
+            if v.dtype == object:
+                raise SessionError(f"{self.name}: a model with BF16 outputs cannot take BYTES inputs here")
+            values[k] = self._bf16_value(v) if v.dtype == BF16 else self._ort_value.ortvalue_from_numpy(v)
+        results = self.session.run_with_ort_values(names, values, self._run_options)
+        return [_bf16_array(r) if n in self._bf16_outputs else r.numpy() for n, r in zip(names, results, strict=True)]
+
+    def _bf16_value(self, array: np.ndarray) -> Any:
+        contiguous = np.ascontiguousarray(array).view(np.uint16)
+        return self._ort_value.ortvalue_from_numpy_with_onnx_type(contiguous, onnx_element_type=ONNX_BFLOAT16)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         del self.session
+
+
+def _bf16_array(value: Any) -> np.ndarray:
+    """Copy a CPU OrtValue of bfloat16 into a numpy (ml_dtypes) array."""
+    shape = tuple(value.shape())
+    count = int(np.prod(shape)) if shape else 1
+    buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+    return np.ctypeslib.as_array(buffer).copy().view(BF16).reshape(shape)
 
 
 def _short(message: str, limit: int = 600) -> str:

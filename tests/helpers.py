@@ -32,6 +32,9 @@ class AgentProcess:
         )
         self.lines: list[str] = []
         self.port = self._wait_for_port()
+        grpc = re.search(r"OIP gRPC\) at 127\.0\.0\.1:(\d+)", "".join(self.lines))
+        self.grpc_port = int(grpc.group(1)) if grpc else None
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
 
     def _wait_for_port(self, timeout: float = 30) -> int:
         deadline = time.monotonic() + timeout
