@@ -228,6 +228,22 @@ def warmup_inputs(config: mc.ModelConfig) -> list[tuple[str, int, dict[str, np.n
     return plans
 
 
+def report_placement(config: mc.ModelConfig, instances: list[OrtInstance]) -> None:
+    """Show in the served config where the instances really run: resolved instance groups and the EP in use."""
+    groups: dict[tuple[str, int | None], int] = {}
+    for inst in instances:
+        key = (inst.placement.kind, inst.placement.device_id)
+        groups[key] = groups.get(key, 0) + 1
+    del config.instance_group[:]
+    for (kind, device), count in groups.items():
+        group = config.instance_group.add(count=count, name=f"{config.name}_{kind}{'' if device is None else device}")
+        group.kind = mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+        if device is not None:
+            group.gpus.append(device)
+    providers = ",".join(dict.fromkeys(inst.provider for inst in instances))
+    config.parameters["xpud.execution_provider"].string_value = providers
+
+
 def graph_specs(instance: OrtInstance) -> tuple[list[TensorSpec], list[TensorSpec]]:
     s = instance.session
     return ([TensorSpec(i.name, i.type, tuple(i.shape)) for i in s.get_inputs()],
@@ -284,6 +300,7 @@ class ModelManager:
                 built[version] = mv
                 for i, placement in enumerate(where):
                     instances.append(OrtInstance(path, placement, options, f"{name}_{version}_{i}"))
+                report_placement(vconfig, instances)
                 inputs, outputs = graph_specs(instances[0])
                 complete_config(vconfig, inputs, outputs, self.default_max_batch_size)
                 mv.output_names = [o.name for o in outputs]

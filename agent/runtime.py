@@ -106,8 +106,12 @@ class OrtInstance:
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+            hint = ""
+            if placement.wanted != CPU:
+                hint = (f" ({placement.wanted} could not take the graph on {placement.label()}: check the driver, "
+                        "the CUDA/cuDNN libraries onnxruntime-gpu needs, and ONNX Runtime's log above)")
             raise SessionError(_short(f"{model_path.parent.parent.name}: cannot load {model_path.name} "
-                                      f"on {placement.label()} with {placement.wanted}: {exc}")) from None
+                                      f"on {placement.label()} with {placement.wanted}: {exc}{hint}")) from None
         self.load_seconds = time.perf_counter() - started
         in_use = self.session.get_providers()
         self.provider = in_use[0] if in_use else CPU

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from helpers import AgentProcess
 from sklearn.datasets import load_iris
+
+from helpers import AgentProcess
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -116,6 +116,9 @@ def test_metadata_and_autocompleted_config(client):
     config = client.get_model_config("mlp").config
     assert config.max_batch_size == 4 and config.HasField("dynamic_batching")
     assert list(config.input[0].dims) == [4]
+    # where it really runs: the resolved instance group and the execution provider in use
+    assert [(g.kind, g.count) for g in config.instance_group] == [(config.instance_group[0].KIND_CPU, 1)]
+    assert config.parameters["xpud.execution_provider"].string_value == "CPUExecutionProvider"
 
 
 def test_repository_index_shows_failures(client):
