@@ -26,6 +26,7 @@ Example (all keys optional)::
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -55,6 +56,11 @@ class AgentConfig:
     grpc_port: int = DEFAULT_GRPC_PORT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     default_max_batch_size: int = 4
+    controller: str | None = None  # HOST:PORT of the controller; None: standalone
+    labels: dict[str, str] = field(default_factory=dict)
+    zone: str = ""
+    cache_dir: str | None = None  # artifacts, the agent-managed repository, the last desired state
+    advertise: str | None = None  # host the controller's router uses to reach this agent's endpoint
     enabled: list[str] | None = None  # None: every installed plugin but the opt-in ones
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -66,6 +72,19 @@ class AgentConfig:
             names = sorted(n for n in installed if n not in OPT_IN_PLUGINS)
         names += [n for n in self.plugin_options if n in OPT_IN_PLUGINS and n not in names]
         return sorted(dict.fromkeys(names), key=lambda n: (n != "cpu", n))
+
+    def cache_path(self) -> Path:
+        """Where this node keeps artifacts and state: --cache-dir, systemd's CacheDirectory, or ~/.cache/xpud/<node>."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        base = os.environ.get("CACHE_DIRECTORY") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "xpud" / self.node
+
+    def endpoint(self, port: int) -> str:
+        host = self.advertise or self.grpc_host
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = socket.getfqdn()
+        return f"{host}:{port}"
 
     def enable_sim(self, count: int | None = None, scenario: str | None = None) -> None:
         opts = self.plugin_options.setdefault("sim", {})
@@ -143,3 +162,14 @@ def _serving(config: AgentConfig, table: Mapping[str, Any]) -> None:
                                        integer=True, section="serving")
     config.default_max_batch_size = _number(table, "default_max_batch_size", config.default_max_batch_size,
                                             minimum=0, integer=True, section="serving")
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` -> dict; raises ConfigError naming the bad part."""
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"label {part!r} must look like key=value (e.g. --labels gpu=a100,rack=r1)")
+        labels[key.strip()] = value.strip()
+    return labels

@@ -17,6 +17,7 @@ from .sdnotify import SystemdNotifier
 from .telemetry import Snapshot, Telemetry
 
 if TYPE_CHECKING:
+    from .link import LinkClient
     from .models import ModelManager
     from .serving import InferenceServer
 
@@ -39,6 +40,7 @@ class RunningAgent:
     server: InferenceServer | None = None
     manager: ModelManager | None = None
     grpc_port: int | None = None
+    link: LinkClient | None = None
 
     async def close(self) -> None:
         if self.server is not None:
@@ -75,9 +77,40 @@ async def start_agent(config: AgentConfig) -> RunningAgent:
             " (is another agent running? choose another --metrics-port)"
         ) from None
     agent = RunningAgent(inventory, telemetry, metrics, port)
-    if config.model_repo is not None:
+    if config.controller is not None:
+        await _start_linked(agent, config)
+    elif config.model_repo is not None:
         await _start_serving(agent, config)
     return agent
+
+
+async def _start_linked(agent: RunningAgent, config: AgentConfig) -> None:
+    """Serve what the controller assigns: an agent-managed repository, the artifact cache, the link."""
+    from .artifacts import ArtifactCache
+    from .link import LinkClient
+    from .reconcile import Reconciler
+    from .runtime import available_providers
+
+    cache = config.cache_path()
+    repo = cache / "repo"
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        await agent.close()
+        raise StartupError(f"cannot use cache directory {str(cache)!r}: {exc.strerror} (set --cache-dir)") from None
+    config.model_repo = str(repo)
+    await _start_serving(agent, config, load_all=False)
+    assert agent.manager is not None and agent.grpc_port is not None
+    reconciler = Reconciler(agent.manager, ArtifactCache(cache / "artifacts"), cache / "desired.json")
+    generation, saved = reconciler.saved()
+    if saved:  # the data plane comes back before (and without) the controller
+        log.info("serving the last desired state (generation %d) until the controller answers", generation)
+        await reconciler.apply(generation, saved, None)
+    agent.link = LinkClient(
+        config.controller or "", node=config.node, labels=config.labels, zone=config.zone,
+        endpoint=config.endpoint(agent.grpc_port), telemetry=agent.telemetry, reconciler=reconciler,
+        providers=available_providers,
+    )
 
 
 def serving_gpus(inventory: Inventory) -> list[int]:
@@ -88,7 +121,7 @@ def serving_gpus(inventory: Inventory) -> list[int]:
     )
 
 
-async def _start_serving(agent: RunningAgent, config: AgentConfig) -> None:
+async def _start_serving(agent: RunningAgent, config: AgentConfig, load_all: bool = True) -> None:
     from .models import ModelManager  # imports onnxruntime: only for an agent that serves
     from .serving import InferenceServer
     from .stats import InferenceMetrics
@@ -109,7 +142,8 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig) -> None:
         raise StartupError(f"{exc} (is another server on that port? choose another --grpc-port)") from None
     log.info("inference endpoint (OIP gRPC) at %s:%d; loading models from %s", config.grpc_host, agent.grpc_port,
              repo)
-    await agent.manager.load_all()
+    if load_all:
+        await agent.manager.load_all()
     await agent.server.set_ready(True)
     log.info("models ready: %s", ", ".join(sorted(agent.manager.models)) or "none")
 
@@ -154,6 +188,8 @@ async def run_standalone(config: AgentConfig, stop: asyncio.Event | None = None)
         tasks.append(asyncio.create_task(_watchdog(notifier, agent.telemetry, stop, stale_after)))
     if notifier.enabled:
         agent.telemetry.on_tick = status_line
+    if agent.link is not None:
+        tasks.append(asyncio.create_task(agent.link.run(stop)))
     try:
         await agent.telemetry.run(stop)
     finally:
@@ -161,5 +197,6 @@ async def run_standalone(config: AgentConfig, stop: asyncio.Event | None = None)
         log.info("xpud agent stopping")
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await agent.close()
     return 0

@@ -90,12 +90,15 @@ def sample_to_proto(sample: DeviceSample, changed: Mapping[str, Any] | None = No
     return msg
 
 
-def encode_sample(sample: DeviceSample, acknowledged: DeviceSample | None) -> pb.DeviceSample:
+def encode_sample(sample: DeviceSample, acknowledged: DeviceSample | None) -> pb.DeviceSample | None:
     """What to send for ``sample`` given what the peer holds: a delta, or a full sample when
-    there is nothing to diff against or most fields changed (a full one is then no bigger)."""
+    there is nothing to diff against or most fields changed (a full one is then no bigger);
+    None when nothing but the timestamp moved."""
     if acknowledged is None:
         return sample_to_proto(sample)
     changed = changed_fields(acknowledged, sample)
+    if not changed.keys() - {"timestamp"}:
+        return None
     if len(changed) > len(SAMPLE_FIELDS) // 2:
         return sample_to_proto(sample)
     return sample_to_proto(sample, changed)

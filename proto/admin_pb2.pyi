@@ -222,9 +222,11 @@ class ListEventsResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class SetCordonRequest(_message.Message):
-    __slots__ = ("node", "cordoned")
+    __slots__ = ("node", "cordoned", "drain")
     NODE_FIELD_NUMBER: _ClassVar[int]
     CORDONED_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
     node: str
     cordoned: bool
-    def __init__(self, node: _Optional[str] = ..., cordoned: _Optional[bool] = ...) -> None: ...
+    drain: bool
+    def __init__(self, node: _Optional[str] = ..., cordoned: _Optional[bool] = ..., drain: _Optional[bool] = ...) -> None: ...

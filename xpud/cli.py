@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,6 +57,13 @@ _positive = _number(float, "seconds", lambda v: v > 0, "must be > 0, got {value}
 _size = _number(int, "a number of bytes", lambda v: v >= 1024, "must be at least 1024 bytes, got {value}")
 
 
+def _address(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
 def _existing_file(text: str) -> str:
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"file {text!r} does not exist")
@@ -91,6 +99,36 @@ def build_parser() -> Parser:
     agent.add_argument("--grpc-host", metavar="HOST", help="inference endpoint address (default 0.0.0.0)")
     agent.add_argument("--max-message-bytes", type=_size, metavar="BYTES",
                        help="largest gRPC message received or sent (default 64 MiB)")
+    agent.add_argument("--controller", type=_address, metavar="HOST:PORT", help="join this controller")
+    agent.add_argument("--labels", metavar="k=v,...", help="node labels for placement")
+    agent.add_argument("--zone", metavar="Z", help="node zone for placement")
+    agent.add_argument("--cache-dir", metavar="DIR", help="artifact cache and agent state (default ~/.cache/xpud/NODE)")
+    agent.add_argument("--advertise", metavar="HOST", help="host the controller's router uses to reach this agent")
+
+    controller = sub.add_parser("controller", help="run the controller (pool, scheduler, router, admin API)")
+    controller.add_argument("--listen", type=_address, default="127.0.0.1:7070", metavar="HOST:PORT",
+                            help="agent link and admin API (default 127.0.0.1:7070)")
+    controller.add_argument("--inference-port", type=_port, default=8000, metavar="P",
+                            help="inference router port (default 8000)")
+    controller.add_argument("--state", metavar="DIR", help="state directory (default: a per-user data dir)")
+    controller.add_argument("--lease", type=_positive, default=3.0, metavar="SECONDS",
+                            help="a node silent this long is Lost and its replicas move (default 3)")
+
+    up = sub.add_parser("up", help="all in one: a controller, a local agent and the demo model deployed")
+    up.add_argument("--state", metavar="DIR", help="controller state directory")
+    up.add_argument("--sim", type=_count, metavar="N", help=sim_help)
+    up.add_argument("--listen", type=_address, default="127.0.0.1:7070", metavar="HOST:PORT")
+    up.add_argument("--inference-port", type=_port, default=8000, metavar="P")
+    up.add_argument("--grpc-port", type=_port, default=8001, metavar="P")
+    up.add_argument("--metrics-port", type=_port, default=8002, metavar="P")
+
+    def controller_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--controller", type=_address, metavar="HOST:PORT",
+                       help="controller admin address (default $XPUD_CONTROLLER or 127.0.0.1:7070)")
+
+    from xpud.admin_cli import add_commands
+
+    add_commands(sub, Parser, controller_flag)
     return parser
 
 
@@ -111,10 +149,17 @@ def _config(args: argparse.Namespace) -> AgentConfig:
                 usage_error(prog, str(exc))
         config.enable_sim(args.sim, args.scenario)
     for name in ("metrics_port", "metrics_host", "interval", "node", "model_repo", "grpc_port", "grpc_host",
-                 "max_message_bytes"):
+                 "max_message_bytes", "controller", "zone", "cache_dir", "advertise"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
+    if getattr(args, "labels", None):
+        from xpud.agent.config import parse_labels
+
+        try:
+            config.labels = parse_labels(args.labels)
+        except ConfigError as exc:
+            usage_error(prog, str(exc))
     return config
 
 
@@ -149,9 +194,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from xpud.agent.daemon import StartupError, run_standalone
 
-    if not args.standalone:
-        usage_error("xpud agent", "the controller link is not available yet: run with --standalone")
+    if args.standalone == bool(args.controller):
+        usage_error("xpud agent", "give either --standalone or --controller HOST:PORT")
     config = _config(args)
+    if config.controller is not None and args.model_repo:
+        usage_error("xpud agent", "--model-repo is for --standalone; with --controller, deploy with `xpud deploy`")
     if config.model_repo is not None and not Path(config.model_repo).is_dir():
         usage_error("xpud agent", f"model repository {config.model_repo!r} is not a directory")
     try:
@@ -161,7 +208,40 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 1
 
 
-COMMANDS = {"devices": cmd_devices, "agent": cmd_agent}
+def default_state_dir() -> Path:
+    base = os.environ.get("STATE_DIRECTORY") or os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(base) / "xpud" / "controller"
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from xpud.controller.server import StartupError, run_controller
+    from xpud.controller.store import StoreError
+
+    state = Path(args.state) if args.state else default_state_dir()
+    try:
+        return asyncio.run(run_controller(args.listen, args.inference_port, state, lease=args.lease))
+    except (StartupError, StoreError) as exc:
+        sys.stderr.write(f"xpud controller: error: {exc}\n")
+        return 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from xpud.up import run_up
+
+    state = Path(args.state) if args.state else default_state_dir()
+    return asyncio.run(run_up(args, state))
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from xpud.admin_cli import CliError, fail, run
+
+    try:
+        return run(args)
+    except CliError as exc:
+        fail(f"xpud {args.command}", str(exc))
+
+
+COMMANDS = {"devices": cmd_devices, "agent": cmd_agent, "controller": cmd_controller, "up": cmd_up}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "devices" and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS.get(args.command, cmd_admin)(args)
     except KeyboardInterrupt:
         return 130
 

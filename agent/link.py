@@ -1,0 +1,202 @@
+"""The agent's side of xpud.v1.AgentLink: hello, telemetry deltas, status, desired state; reconnect forever.
+
+One stream per node. On (re)connect the agent says what it runs and which
+desired-state generation it applied, so a controller adopts running models
+instead of restarting them. Telemetry goes out every interval as deltas against
+what was sent before on this stream (a new stream starts from full samples) and
+doubles as the heartbeat. Desired states are applied by the reconciler; the
+newest one wins when several arrive during an apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from xpud import __version__
+from xpud.plugins.base import DeviceSample
+from xpud.proto import link_pb2 as lpb
+from xpud.proto import link_pb2_grpc
+
+from .reconcile import Assignment, Reconciler
+from .telemetry import Telemetry
+from .wire import device_info_to_proto, encode_sample
+
+log = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
+
+
+class LinkClient:
+    def __init__(
+        self,
+        target: str,
+        *,
+        node: str,
+        labels: Mapping[str, str],
+        zone: str,
+        endpoint: str,
+        telemetry: Telemetry,
+        reconciler: Reconciler,
+        providers: Callable[[], list[str]],
+        backoff_initial: float = 0.25,
+        backoff_max: float = 10.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.target = target
+        self.node, self.labels, self.zone, self.endpoint = node, dict(labels), zone, endpoint
+        self.telemetry = telemetry
+        self.reconciler = reconciler
+        self.providers = providers
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self._rng = rng
+        self.incarnation = secrets.token_hex(8)
+        self.connected = asyncio.Event()
+        self.sessions = 0
+        self._status_dirty = asyncio.Event()
+        self._pending: tuple[int, list[Assignment]] | None = None
+        self._applier: asyncio.Task[None] | None = None
+        self._stub: Any = None
+        reconciler.on_change = self._status_dirty.set
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = self.backoff_initial
+        last_error = ""
+        while not stop.is_set():
+            welcomed = False
+            try:
+                welcomed = await self._session(stop)
+            except (grpc.aio.AioRpcError, ConnectionError) as exc:
+                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                message = f"controller {self.target} unreachable: {detail}"
+                if message != last_error:
+                    log.warning("%s; retrying with backoff (models keep serving)", message)
+                    last_error = message
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("controller link failed")
+            finally:
+                self.connected.clear()
+            if welcomed:
+                delay, last_error = self.backoff_initial, ""
+            if stop.is_set():
+                break
+            pause = delay * (0.5 + self._rng())  # full jitter around the current step
+            delay = min(delay * 2, self.backoff_max)
+            try:
+                await asyncio.wait_for(stop.wait(), pause)
+            except TimeoutError:
+                pass
+        if self._applier is not None:
+            await asyncio.gather(self._applier, return_exceptions=True)
+
+    def _hello(self) -> lpb.AgentMessage:
+        inventory = self.telemetry.inventory
+        hello = lpb.Hello(
+            node=self.node, labels=self.labels, zone=self.zone, agent_version=__version__,
+            generation=self.reconciler.applied.generation, inference_endpoint=self.endpoint,
+            incarnation=self.incarnation, execution_providers=self.providers(),
+        )
+        hello.devices.extend(device_info_to_proto(d) for d in inventory.devices)
+        hello.instances.extend(self._instances())
+        return lpb.AgentMessage(hello=hello)
+
+    def _instances(self) -> list[lpb.InstanceStatus]:
+        return [
+            lpb.InstanceStatus(deployment=r.deployment, model=r.model, version=r.version, digest=r.digest,
+                               state=r.state, reason=r.reason, devices=list(r.devices),
+                               execution_provider=r.execution_provider)
+            for r in self.reconciler.statuses()
+        ]
+
+    async def _session(self, stop: asyncio.Event) -> bool:
+        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
+            self._stub = link_pb2_grpc.AgentLinkStub(channel)
+            call = self._stub.Connect()
+            await call.write(self._hello())
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+                raise ConnectionError("controller closed the link before its welcome")
+            interval = first.welcome.telemetry_interval_s or 1.0
+            self.sessions += 1
+            self.connected.set()
+            log.info("joined controller %s as node %s (interval %.1fs, lease %.1fs)", self.target, self.node,
+                     interval, first.welcome.lease_s)
+            sender = asyncio.create_task(self._send_loop(call, interval, stop))
+            try:
+                while not stop.is_set():
+                    read = asyncio.create_task(call.read())
+                    stopped = asyncio.create_task(stop.wait())
+                    done, _ = await asyncio.wait({read, stopped, sender}, return_when=asyncio.FIRST_COMPLETED)
+                    stopped.cancel()
+                    if read not in done:
+                        read.cancel()
+                        if sender in done:
+                            sender.result()  # raises the sender's error
+                        break
+                    message = read.result()
+                    if message is grpc.aio.EOF:
+                        raise ConnectionError("controller ended the link")
+                    if message.WhichOneof("kind") == "desired":
+                        self._desired(message.desired)
+            finally:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+                call.cancel()
+            return True
+
+    def _desired(self, desired: lpb.DesiredState) -> None:
+        assignments = [
+            Assignment(a.deployment, a.model, a.version, a.digest, a.size_bytes, tuple(a.devices), a.max_batch_size)
+            for a in desired.assignments
+        ]
+        self._pending = (desired.generation, assignments)
+        if self._applier is None or self._applier.done():
+            self._applier = asyncio.create_task(self._apply_pending())
+
+    async def _apply_pending(self) -> None:
+        while self._pending is not None:
+            generation, assignments = self._pending
+            self._pending = None
+            await self.reconciler.apply(generation, assignments, self._fetch)
+
+    async def _fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
+        if self._stub is None:
+            raise ConnectionError("no controller link")
+        async for chunk in self._stub.FetchArtifact(lpb.FetchArtifactRequest(digest=digest, offset=offset)):
+            yield chunk.data
+
+    async def _send_loop(self, call: Any, interval: float, stop: asyncio.Event) -> None:
+        sent: dict[str, DeviceSample] = {}
+        seq = 0
+        self._status_dirty.set()
+        while not stop.is_set():
+            if self._status_dirty.is_set():
+                self._status_dirty.clear()
+                status = lpb.StatusReport(generation=self.reconciler.applied.generation)
+                status.instances.extend(self._instances())
+                await call.write(lpb.AgentMessage(status=status))
+            seq += 1
+            batch = lpb.Telemetry(seq=seq)
+            for device_id, sample in self.telemetry.snapshot.samples.items():
+                message = encode_sample(sample, sent.get(device_id))
+                if message is not None:
+                    batch.samples.append(message)
+                    sent[device_id] = sample
+            await call.write(lpb.AgentMessage(telemetry=batch))
+            try:
+                await asyncio.wait_for(self._status_dirty.wait(), interval)
+            except TimeoutError:
+                pass

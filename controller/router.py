@@ -1,0 +1,393 @@
+"""The controller's inference router: Triton's GRPCInferenceService in front of every deployment's replicas.
+
+A client's OIP ``model_name`` is a deployment's name, and every agent serves that deployment under the same name,
+so requests are forwarded unchanged to one agent picked by round robin. An agent that answers UNAVAILABLE (or
+cannot be reached) gets its request retried once on another replica; any other error is passed through with the
+agent's status code and message. The router only reads the pool through ``Replicas``; it never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.metadata
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from xpud.proto.oip import pb, pb_grpc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SERVER_NAME = "xpud-router"
+try:
+    VERSION = importlib.metadata.version("xpud")
+except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+    VERSION = "0"
+_DURATION = pb.StatisticDuration.DESCRIPTOR
+
+
+class Replicas(Protocol):
+    """What the router needs from the controller's pool."""
+
+    def endpoints(self, deployment: str) -> list[str]:
+        """host:port of the agents with a READY replica of ``deployment``, in a stable order."""
+        ...
+
+    def deployments(self) -> list[tuple[str, str, str]]:
+        """(name, state "READY"/"UNAVAILABLE", reason) of every deployment."""
+        ...
+
+    def exists(self, deployment: str) -> bool: ...
+
+
+class RouteError(Exception):
+    """An RPC outcome to hand back to the client: a gRPC status code and its message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _aborts(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn a RouteError of a unary RPC into the client's status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Router, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except RouteError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def _add_durations(dst: Any, src: Any) -> None:
+    """Add every StatisticDuration field of ``src`` (InferStatistics, InferBatchStatistics, ...) into ``dst``."""
+    for field in src.DESCRIPTOR.fields:
+        if field.message_type is _DURATION:
+            into, add = getattr(dst, field.name), getattr(src, field.name)
+            into.count += add.count
+            into.ns += add.ns
+
+
+def merge_statistics(into: pb.ModelStatistics, add: pb.ModelStatistics) -> None:
+    """Sum one replica's statistics of a model version into ``into`` (last_inference: the latest)."""
+    into.last_inference = max(into.last_inference, add.last_inference)
+    into.inference_count += add.inference_count
+    into.execution_count += add.execution_count
+    _add_durations(into.inference_stats, add.inference_stats)
+    batches = {b.batch_size: b for b in into.batch_stats}
+    for b in add.batch_stats:
+        if b.batch_size not in batches:
+            batches[b.batch_size] = into.batch_stats.add(batch_size=b.batch_size)
+        _add_durations(batches[b.batch_size], b)
+    for key, response in add.response_stats.items():
+        _add_durations(into.response_stats[key], response)
+    memory = {(m.type, m.id): m for m in into.memory_usage}
+    for m in add.memory_usage:
+        if (m.type, m.id) in memory:
+            memory[(m.type, m.id)].byte_size += m.byte_size
+        else:
+            memory[(m.type, m.id)] = into.memory_usage.add(type=m.type, id=m.id, byte_size=m.byte_size)
+
+
+class Router(pb_grpc.GRPCInferenceServiceServicer):
+    """Serves every deployment under its name by forwarding to the agents that hold a ready replica."""
+
+    SWEEP_INTERVAL_S = 10.0  # how often channels of endpoints no deployment lists any more are looked for
+
+    def __init__(
+        self, replicas: Replicas, *, max_message_bytes: int = 64 << 20, forward_timeout_s: float = 30.0
+    ) -> None:
+        self.replicas = replicas
+        self.forward_timeout_s = forward_timeout_s
+        self.channel_options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
+        self._rr: dict[str, int] = {}
+        self._missing: set[str] = set()  # endpoints unlisted at the last sweep: closed if still unlisted at the next
+        self._next_sweep = time.monotonic() + self.SWEEP_INTERVAL_S
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # dropped channels, closing with grace
+
+    # -- channels ---------------------------------------------------------------------------
+    def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
+        entry = self._channels.get(endpoint)
+        if entry is None:
+            channel = grpc.aio.insecure_channel(endpoint, options=self.channel_options)
+            entry = self._channels[endpoint] = (channel, pb_grpc.GRPCInferenceServiceStub(channel))
+        return entry[1]
+
+    def _listed(self) -> set[str]:
+        listed: set[str] = set()
+        for name, _, _ in self.replicas.deployments():
+            listed.update(self.replicas.endpoints(name))
+        return listed
+
+    def _drop(self, endpoint: str) -> None:
+        entry = self._channels.pop(endpoint, None)
+        if entry is not None:  # in-flight calls get their forward timeout to finish
+            task = asyncio.get_running_loop().create_task(entry[0].close(grace=self.forward_timeout_s))
+            self._closing[task] = entry[0]
+            task.add_done_callback(lambda done: self._closing.pop(done, None))
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.SWEEP_INTERVAL_S
+        listed = self._listed()
+        for endpoint in [e for e in self._channels if e not in listed]:
+            if endpoint in self._missing:  # gone for two sweeps in a row: gone for good
+                self._drop(endpoint)
+        self._missing = {e for e in self._channels if e not in listed}
+        names = {name for name, _, _ in self.replicas.deployments()}
+        for name in [n for n in self._rr if n not in names]:
+            del self._rr[name]
+
+    async def prune(self) -> None:
+        """Close the channels of endpoints no deployment lists now (the periodic sweep waits for two sweeps)."""
+        listed = self._listed()
+        for endpoint in [e for e in self._channels if e not in listed]:
+            self._drop(endpoint)
+        self._missing.clear()
+        await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        """Close every cached channel."""
+        channels = [channel for channel, _ in self._channels.values()]
+        self._channels.clear()
+        for task, channel in list(self._closing.items()):  # no more grace: close them now
+            task.cancel()
+            channels.append(channel)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        await asyncio.gather(*(channel.close() for channel in channels), return_exceptions=True)
+
+    # -- routing ----------------------------------------------------------------------------
+    def _endpoints(self, deployment: str) -> list[str]:
+        """The ready endpoints of ``deployment``; RouteError when it is unknown or has none."""
+        self._maybe_sweep()
+        endpoints = self.replicas.endpoints(deployment)
+        if endpoints:
+            return endpoints
+        listed = self.replicas.deployments()
+        if not self.replicas.exists(deployment):
+            names = ", ".join(sorted(name for name, _, _ in listed)) or "none"
+            raise RouteError(grpc.StatusCode.NOT_FOUND, f"unknown deployment {deployment!r}; deployments: {names}")
+        reason = next((r for name, _, r in listed if name == deployment and r), "no replica is ready yet")
+        raise RouteError(grpc.StatusCode.UNAVAILABLE, f"deployment {deployment!r} has no ready replica ({reason})")
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self.forward_timeout_s
+        return max(0.0, min(remaining, self.forward_timeout_s))
+
+    async def _call(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
+        """One RPC to one agent; a connection that fails (or was closed under us) reads as UNAVAILABLE."""
+        try:
+            return await getattr(self._stub(endpoint), method)(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise RouteError(exc.code(), exc.details() or exc.code().name) from None
+        except grpc.aio.UsageError as exc:
+            raise RouteError(grpc.StatusCode.UNAVAILABLE, f"agent {endpoint}: {exc}") from None
+
+    async def _forward(self, deployment: str, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Forward to one replica by round robin; on UNAVAILABLE retry once on the next one, if there is one."""
+        endpoints = self._endpoints(deployment)
+        turn = self._rr.get(deployment, 0)
+        self._rr[deployment] = turn + 1
+        first = endpoints[turn % len(endpoints)]
+        try:
+            return await self._call(first, method, request, self._timeout(context))
+        except RouteError as exc:
+            if exc.code is not grpc.StatusCode.UNAVAILABLE:
+                raise
+            others = [e for e in endpoints if e != first]
+            if not others:
+                raise
+            log.info("%s of %r: agent %s unavailable (%s); retrying on another replica",
+                     method, deployment, first, exc.message)
+            second = others[turn % len(others)]
+        return await self._call(second, method, request, self._timeout(context))
+
+    async def _statistics(
+        self, deployment: str, version: str, context: grpc.aio.ServicerContext
+    ) -> list[pb.ModelStatistics]:
+        """Every ready replica's statistics of ``deployment``, summed per version; unreachable replicas skipped."""
+        endpoints = self._endpoints(deployment)
+        request = pb.ModelStatisticsRequest(name=deployment, version=version)
+        timeout = self._timeout(context)
+        results = await asyncio.gather(
+            *(self._call(e, "ModelStatistics", request, timeout) for e in endpoints), return_exceptions=True
+        )
+        merged: dict[tuple[str, str], pb.ModelStatistics] = {}
+        failures: list[RouteError] = []
+        for endpoint, result in zip(endpoints, results, strict=True):
+            if isinstance(result, RouteError):
+                if result.code is not grpc.StatusCode.UNAVAILABLE:
+                    raise result
+                log.info("statistics of %r: agent %s unavailable (%s)", deployment, endpoint, result.message)
+                failures.append(result)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            for stats in result.model_stats:
+                key = (stats.name, stats.version)
+                if key not in merged:
+                    merged[key] = pb.ModelStatistics(name=stats.name, version=stats.version)
+                merge_statistics(merged[key], stats)
+        if failures and len(failures) == len(endpoints):
+            raise failures[0]
+        return [merged[key] for key in sorted(merged)]
+
+    # -- server ---------------------------------------------------------------------------
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=VERSION, extensions=["model_repository", "statistics", "binary_tensor_data"]
+        )
+
+    # -- models ---------------------------------------------------------------------------
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ModelReadyResponse(ready=bool(self.replicas.endpoints(request.name)))
+
+    @_aborts
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._forward(request.name, "ModelMetadata", request, context)
+
+    @_aborts
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._forward(request.name, "ModelConfig", request, context)
+
+    @_aborts
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext) -> Any:
+        if request.name:
+            stats = await self._statistics(request.name, request.version, context)
+            return pb.ModelStatisticsResponse(model_stats=stats)
+        names = sorted(name for name, _, _ in self.replicas.deployments() if self.replicas.endpoints(name))
+        per = await asyncio.gather(*(self._statistics(name, "", context) for name in names), return_exceptions=True)
+        out = pb.ModelStatisticsResponse()
+        for name, result in zip(names, per, strict=True):
+            if isinstance(result, BaseException):  # one deployment's trouble does not hide the others
+                log.info("statistics of %r skipped: %s", name, result)
+                continue
+            out.model_stats.extend(result)
+        return out
+
+    @_aborts
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext) -> Any:
+        out = pb.RepositoryIndexResponse()
+        for name, state, reason in sorted(self.replicas.deployments()):
+            if not request.ready or state == "READY":
+                out.models.add(name=name, state=state, reason=reason)
+        return out
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are not loaded through the router: "
+                            f"use `xpud deploy` to deploy {request.model_name or 'a model'}")
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are not unloaded through the router: "
+                            f"use `xpud undeploy` to remove {request.model_name or 'a deployment'}")
+
+    # -- inference --------------------------------------------------------------------------
+    @_aborts
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._forward(request.model_name, "ModelInfer", request, context)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request is forwarded as a ModelInfer, concurrently; answers (or errors) go out as they complete."""
+        queue: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(req: pb.ModelInferRequest) -> None:
+            try:
+                reply = await self._forward(req.model_name, "ModelInfer", req, context)
+                await queue.put(pb.ModelStreamInferResponse(infer_response=reply))
+            except RouteError as exc:
+                await queue.put(pb.ModelStreamInferResponse(
+                    error_message=f"{exc.code.name}: {exc.message}",
+                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id),
+                ))
+            except Exception as exc:  # a bug of ours: answer this request, keep the stream going
+                log.exception("stream inference of %r failed", req.model_name)
+                await queue.put(pb.ModelStreamInferResponse(
+                    error_message=f"INTERNAL: {type(exc).__name__}: {exc}",
+                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id),
+                ))
+
+        async def reader() -> None:
+            async for req in request_iterator:
+                task = asyncio.create_task(one(req))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.gather(*list(pending))
+            await queue.put(None)
+
+        read = asyncio.create_task(reader())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            await read
+        finally:
+            read.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    # -- not offered ----------------------------------------------------------------------
+    async def _unimplemented(self, what: str, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            f"{what} is not supported by the xpud router: send tensors in the request "
+                            "(raw_input_contents)")
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unimplemented("system shared memory", context)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unimplemented("system shared memory", context)
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unimplemented("system shared memory", context)
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unimplemented("CUDA shared memory", context)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unimplemented("CUDA shared memory", context)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unimplemented("CUDA shared memory", context)
+
+    async def TraceSetting(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "trace settings are not supported by the xpud router; "
+                            "use the agents' /metrics and logs")
+
+    async def LogSettings(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "log settings are not supported by the xpud router; "
+                            "use --verbose or the controller's configuration")
+
+
+def add_router(server: grpc.aio.Server, router: Router) -> None:
+    """Register the router as the server's inference.GRPCInferenceService."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(router, server)

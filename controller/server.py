@@ -1,0 +1,124 @@
+"""The controller process: AgentLink + Admin (+ health) on --listen, the inference router on --inference-port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from xpud.proto import admin_pb2_grpc, link_pb2_grpc
+
+from .admin import AdminService
+from .control import Controller
+from .linkservice import AgentLinkService
+from .router import Router, add_router
+from .store import Store
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE = 64 << 20
+OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class StartupError(RuntimeError):
+    """The controller cannot start; the message says why."""
+
+
+class PoolReplicas:
+    """What the router asks of the controller: where each deployment has ready replicas."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    def endpoints(self, deployment: str) -> list[str]:
+        return self.c.pool.endpoints(deployment)
+
+    def exists(self, deployment: str) -> bool:
+        return deployment in self.c.specs
+
+    def deployments(self) -> list[tuple[str, str, str]]:
+        out = []
+        for name in sorted(self.c.specs):
+            ready = bool(self.c.pool.endpoints(name))
+            out.append((name, "READY" if ready else "UNAVAILABLE", "" if ready else self.c.status(name).reason))
+        return out
+
+
+@dataclass
+class RunningController:
+    controller: Controller
+    server: grpc.aio.Server
+    router_server: grpc.aio.Server
+    router: Router
+    port: int
+    inference_port: int
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.router_server.stop(grace)
+        await self.server.stop(grace)
+        await self.router.close()
+        await self.controller.close()
+        self.controller.store.close()
+
+
+def _bind(server: grpc.aio.Server, address: str, what: str) -> int:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {address} for {what}: {exc}") from None
+    if port == 0:
+        raise StartupError(f"cannot listen on {address} for {what}: address in use or not available")
+    return port
+
+
+async def start_controller(listen: str, inference_port: int, state_dir: Path, *, inference_host: str | None = None,
+                           interval: float = 1.0, lease: float = 3.0) -> RunningController:
+    store = Store(state_dir)  # raises StoreError (in use, corrupt) before anything listens
+    controller = Controller(store, interval=interval, lease=lease)
+    server = grpc.aio.server(options=OPTIONS)
+    link_pb2_grpc.add_AgentLinkServicer_to_server(AgentLinkService(controller), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(controller), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    router = Router(PoolReplicas(controller), max_message_bytes=MAX_MESSAGE)
+    router_server = grpc.aio.server(options=OPTIONS)
+    add_router(router_server, router)
+    host = inference_host or listen.rpartition(":")[0] or "0.0.0.0"
+    try:
+        port = _bind(server, listen, "the agent link and admin API")
+        inference = _bind(router_server, f"{host}:{inference_port}", "inference")
+    except StartupError:
+        store.close()
+        raise
+    await controller.start()
+    await server.start()
+    await router_server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("xpud controller: agents and admin at %s:%d, inference at %s:%d, state in %s",
+             listen.rpartition(":")[0], port, host, inference, state_dir)
+    return RunningController(controller, server, router_server, router, port, inference)
+
+
+async def run_controller(listen: str, inference_port: int, state_dir: Path, stop: asyncio.Event | None = None,
+                         **kwargs: float) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start_controller(listen, inference_port, state_dir, **kwargs)  # type: ignore[arg-type]
+    try:
+        await stop.wait()
+    finally:
+        log.info("xpud controller stopping")
+        await running.stop()
+    return 0

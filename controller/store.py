@@ -1,0 +1,399 @@
+"""The controller's persistent state, in a state directory (0700): ``lock`` (an exclusive flock, holding the pid of
+the controller that runs on it), ``state.db`` (SQLite in WAL mode) and ``artifacts/`` (model files named by their
+sha256). Every write is committed (``synchronous=FULL``) before its method returns. One connection, meant to be
+used from one thread (the controller's single-thread executor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xpud.controller.core import DeploymentSpec, Replica
+
+__all__ = ["Conflict", "EventRecord", "ModelRecord", "NodeRecord", "Store", "StoreError"]
+
+DB_NAME, LOCK_NAME, ARTIFACTS_DIR = "state.db", "lock", "artifacts"
+BUSY_TIMEOUT_MS = 5000
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_TMP_PREFIX = ".tmp-"
+
+# Schema migrations: step i brings the database from version i to i + 1. To change the schema, append a step
+# (never edit a released one); a database at a version above len(MIGRATIONS) comes from a newer controller.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE models (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL, "
+        "digest TEXT NOT NULL, size INTEGER NOT NULL, filename TEXT NOT NULL, created REAL NOT NULL, "
+        "UNIQUE (name, version))",
+        "CREATE TABLE deployments (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, "
+        "spec TEXT NOT NULL)",
+        "CREATE TABLE placement (deployment TEXT NOT NULL, idx INTEGER NOT NULL, node TEXT NOT NULL, "
+        "device TEXT NOT NULL, memory INTEGER NOT NULL, PRIMARY KEY (deployment, idx))",
+        "CREATE TABLE nodes (name TEXT PRIMARY KEY, labels TEXT NOT NULL, zone TEXT NOT NULL, "
+        "cordoned INTEGER NOT NULL DEFAULT 0, info TEXT NOT NULL, last_seen REAL)",
+        "CREATE TABLE generations (node TEXT PRIMARY KEY, generation INTEGER NOT NULL)",
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, subject TEXT NOT NULL, "
+        "message TEXT NOT NULL, time REAL NOT NULL)",
+    ),
+)
+
+
+class StoreError(Exception):
+    """The state cannot be read or written (corrupt or locked database, I/O error, ...)."""
+
+
+class Conflict(StoreError):
+    """The write contradicts what is stored (an existing name, different bytes for a pushed version)."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    version: str
+    digest: str  # sha256 hex of the artifact
+    size: int  # bytes
+    filename: str  # the name the file was pushed with ("model.onnx")
+    created: float  # unix time
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    zone: str = ""
+    cordoned: bool = False
+    info: Mapping[str, Any] = field(default_factory=dict)
+    last_seen: float | None = None  # unix time of the last touch_node, None if never
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    kind: str
+    subject: str
+    message: str
+    when: float
+
+
+def _spec_to_json(spec: DeploymentSpec) -> str:
+    data = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    data["labels"] = dict(spec.labels)
+    return json.dumps(data, sort_keys=True)
+
+
+def _spec_from_json(text: str) -> DeploymentSpec:
+    data = json.loads(text)
+    known = {f.name for f in dataclasses.fields(DeploymentSpec)}
+    return DeploymentSpec(**{k: v for k, v in data.items() if k in known})
+
+
+def _int_version(version: str) -> int | None:
+    return int(version) if version.isascii() and version.isdigit() else None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.db_path = self.state_dir / DB_NAME
+        self.artifacts_dir = self.state_dir / ARTIFACTS_DIR
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.artifacts_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create state directory {self.state_dir}: {e}") from e
+        self._lock()
+        try:
+            for tmp in self.artifacts_dir.glob(_TMP_PREFIX + "*"):  # left by a controller killed in put_artifact
+                tmp.unlink(missing_ok=True)
+            self._open_db()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        path = self.state_dir / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"state directory {self.state_dir} is in use by another controller (pid {holder}); "
+                "stop it or give this controller another state directory"
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"cannot lock {path}: {e}") from e
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _open_db(self) -> None:
+        try:
+            self._conn = conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"state database {self.db_path}: cannot switch to WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
+            self._migrate()
+        except sqlite3.Error as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise StoreError(f"state database {self.db_path} is locked by another process: {e}") from e
+            raise StoreError(
+                f"state database {self.db_path} is unreadable or corrupt ({e}); stop the controller, move the file "
+                f"(and any {DB_NAME}-wal/-shm beside it) aside or restore it from a backup, then start again "
+                "(an empty state is created)"
+            ) from e
+
+    def _migrate(self) -> None:
+        conn = self._db
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        current = int(row[0]) if row else 0
+        if current > len(MIGRATIONS):
+            msg = f"has schema version {current}, newer than this controller's {len(MIGRATIONS)}; run a newer one"
+            raise StoreError(f"state database {self.db_path} {msg}")
+        for version in range(current, len(MIGRATIONS)):  # the migration hook
+            with self._tx(wrap=False) as c:
+                for statement in MIGRATIONS[version]:
+                    c.execute(statement)
+                c.execute("DELETE FROM schema_version")
+                c.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"store {self.state_dir} is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _tx(self, wrap: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed (durably) when the block ends, rolled back on an error."""
+        conn = self._db
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if not wrap:
+                raise
+            raise (Conflict if isinstance(e, sqlite3.IntegrityError) else StoreError)(f"{self.db_path}: {e}") from e
+
+    # ---- models and artifacts
+    def put_artifact(self, chunks: Iterable[bytes]) -> tuple[str, int]:
+        """Stream bytes into the artifact folder; returns (sha256 hex, size). The same bytes are stored once."""
+        fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.artifacts_dir)
+        tmp = Path(tmp_name)
+        try:
+            sha, size = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    sha.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            digest = sha.hexdigest()
+            final = self.artifacts_dir / digest
+            if final.exists() and final.stat().st_size == size:
+                tmp.unlink()
+            else:
+                os.replace(tmp, final)
+                _fsync_dir(self.artifacts_dir)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return digest, size
+
+    def artifact_path(self, digest: str) -> Path | None:
+        path = self.artifacts_dir / digest
+        return path if _DIGEST.match(digest) and path.is_file() else None
+
+    def add_model(self, name: str, version: str | None, digest: str, size: int, filename: str) -> ModelRecord:
+        """Record a pushed model version (None: the next integer version). Idempotent for the same bytes."""
+        path = self.artifact_path(digest)
+        if path is None or path.stat().st_size != size:
+            raise StoreError(f"artifact {digest} ({size} bytes) is not in {self.artifacts_dir}; put it first")
+        if version is not None and not version:
+            raise StoreError("a model version must not be empty")
+        with self._tx() as c:
+            if version is None:
+                versions = [v for (v,) in c.execute("SELECT version FROM models WHERE name = ?", (name,))]
+                ints = [n for n in map(_int_version, versions) if n is not None]
+                version = str(max(ints, default=0) + 1)
+            else:
+                existing = self._model_row(c, name, version)
+                if existing is not None:
+                    if existing.digest == digest and existing.size == size:
+                        return existing
+                    raise Conflict(f"model {name} version {version} exists with other content; push a new version")
+            record = ModelRecord(name, version, digest, size, filename, time.time())
+            sql = f"INSERT INTO models ({self._MODEL_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+            c.execute(sql, dataclasses.astuple(record))
+        return record
+
+    _MODEL_COLS = "name, version, digest, size, filename, created"
+
+    def _model_row(self, c: sqlite3.Connection, name: str, version: str) -> ModelRecord | None:
+        row = c.execute(f"SELECT {self._MODEL_COLS} FROM models WHERE name = ? AND version = ?", (name, version))
+        found = row.fetchone()
+        return ModelRecord(*found) if found else None
+
+    def models(self) -> list[ModelRecord]:
+        rows = self._db.execute(f"SELECT {self._MODEL_COLS} FROM models ORDER BY name, seq")
+        return [ModelRecord(*r) for r in rows]
+
+    def model(self, name: str, version: str | None = None) -> ModelRecord | None:
+        """One version of a model; None: the latest (highest integer version, else the latest created)."""
+        if version is not None:
+            return self._model_row(self._db, name, version)
+        sql = f"SELECT {self._MODEL_COLS} FROM models WHERE name = ? ORDER BY seq"
+        rows = [ModelRecord(*r) for r in self._db.execute(sql, (name,))]
+        numbered = [(n, r) for r in rows if (n := _int_version(r.version)) is not None]
+        return max(numbered, key=lambda nr: nr[0])[1] if numbered else (rows[-1] if rows else None)
+
+    # ---- deployments
+    def create_deployment(self, spec: DeploymentSpec) -> None:
+        try:
+            with self._tx() as c:
+                c.execute("INSERT INTO deployments (name, spec) VALUES (?, ?)", (spec.name, _spec_to_json(spec)))
+        except Conflict:
+            raise Conflict(f"deployment {spec.name} already exists") from None
+
+    def put_deployment(self, spec: DeploymentSpec) -> None:
+        """Create or replace a deployment (a replaced one keeps its place in creation order)."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO deployments (name, spec) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
+                (spec.name, _spec_to_json(spec)),
+            )
+
+    def delete_deployment(self, name: str) -> bool:
+        """Delete a deployment and its placement rows; False if there was none."""
+        with self._tx() as c:
+            deleted = c.execute("DELETE FROM deployments WHERE name = ?", (name,)).rowcount
+            c.execute("DELETE FROM placement WHERE deployment = ?", (name,))
+        return deleted > 0
+
+    def deployments(self) -> list[DeploymentSpec]:
+        return [_spec_from_json(s) for (s,) in self._db.execute("SELECT spec FROM deployments ORDER BY seq")]
+
+    # ---- placement in force
+    def set_placement(self, replicas: Mapping[str, Sequence[Replica]]) -> None:
+        """Replace the whole placement table in one transaction."""
+        rows = [(r.deployment, r.index, r.node, r.device, r.memory) for reps in replicas.values() for r in reps]
+        with self._tx() as c:
+            c.execute("DELETE FROM placement")
+            c.executemany("INSERT INTO placement (deployment, idx, node, device, memory) VALUES (?, ?, ?, ?, ?)", rows)
+
+    def placement(self) -> dict[str, list[Replica]]:
+        """Placed replicas per deployment, by replica index (deployments without replicas are absent)."""
+        result: dict[str, list[Replica]] = {}
+        rows = self._db.execute("SELECT deployment, idx, node, device, memory FROM placement ORDER BY deployment, idx")
+        for row in rows:
+            result.setdefault(row[0], []).append(Replica(*row))
+        return result
+
+    # ---- nodes
+    def upsert_node(self, name: str, labels: Mapping[str, str], zone: str, info: Mapping[str, Any]) -> None:
+        """Record what a node reported; keeps its cordon and last_seen."""
+        labels_json, info_json = json.dumps(dict(labels), sort_keys=True), json.dumps(dict(info), sort_keys=True)
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO nodes (name, labels, zone, info) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET labels = excluded.labels, zone = excluded.zone, info = excluded.info",
+                (name, labels_json, zone, info_json),
+            )
+
+    def set_cordon(self, name: str, cordoned: bool) -> bool:
+        with self._tx() as c:
+            return c.execute("UPDATE nodes SET cordoned = ? WHERE name = ?", (int(cordoned), name)).rowcount > 0
+
+    def touch_node(self, name: str, when: float) -> None:
+        """Set a known node's last_seen (an unknown node is ignored)."""
+        with self._tx() as c:
+            c.execute("UPDATE nodes SET last_seen = ? WHERE name = ?", (when, name))
+
+    def nodes(self) -> list[NodeRecord]:
+        rows = self._db.execute("SELECT name, labels, zone, cordoned, info, last_seen FROM nodes ORDER BY name")
+        return [NodeRecord(n, json.loads(lb), z, bool(c), json.loads(i), seen) for n, lb, z, c, i, seen in rows]
+
+    def set_generation(self, node: str, generation: int) -> None:
+        """Record a node's desired-state generation; it never goes backwards (a lower value is ignored)."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO generations (node, generation) VALUES (?, ?) "
+                "ON CONFLICT (node) DO UPDATE SET generation = max(generation, excluded.generation)",
+                (node, int(generation)),
+            )
+
+    def generations(self) -> dict[str, int]:
+        return {node: gen for node, gen in self._db.execute("SELECT node, generation FROM generations")}
+
+    # ---- events
+    def add_event(self, kind: str, subject: str, message: str, when: float) -> EventRecord:
+        sql = "INSERT INTO events (kind, subject, message, time) VALUES (?, ?, ?, ?)"
+        with self._tx() as c:
+            seq = c.execute(sql, (kind, subject, message, when)).lastrowid
+        return EventRecord(int(seq or 0), kind, subject, message, when)
+
+    def events(self, after_seq: int = 0, limit: int = 1000) -> list[EventRecord]:
+        sql = "SELECT seq, kind, subject, message, time FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        return [EventRecord(*r) for r in self._db.execute(sql, (after_seq, limit))]

@@ -1,0 +1,1 @@
+"""The demo model repository that `make run` / `xpud up` serve (an iris classifier; see build.py)."""

@@ -1,0 +1,347 @@
+"""The controller's inference router in front of real agent processes, called with tritonclient (sync and aio).
+
+The router runs on its own event loop in a thread, so that sync clients can call it from the test directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from helpers import AgentProcess
+from models import save, scale
+from xpud.controller.router import Router, add_router
+from xpud.proto.oip import pb, pb_grpc
+
+T = TypeVar("T")
+SCALE_CONFIG = """
+max_batch_size: 8
+input [{ name: "x", data_type: TYPE_FP32, dims: [16] }]
+output [{ name: "y", data_type: TYPE_FP32, dims: [16] }]
+"""
+PENDING_REASON = "no device with 8 GiB free"
+
+
+class StaticReplicas:
+    def __init__(self, table: dict[str, list[str]], reasons: dict[str, str] | None = None) -> None:
+        self.table = table
+        self.reasons = reasons or {}
+
+    def endpoints(self, deployment: str) -> list[str]:
+        return list(self.table.get(deployment, []))
+
+    def deployments(self) -> list[tuple[str, str, str]]:
+        return [(n, "READY" if eps else "UNAVAILABLE", self.reasons.get(n, "")) for n, eps in self.table.items()]
+
+    def exists(self, deployment: str) -> bool:
+        return deployment in self.table
+
+
+class LoopThread:
+    """An event loop in a daemon thread: hosts the router's grpc.aio server (and fake agents)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servers: list[grpc.aio.Server] = []
+        self.routers: list[Router] = []
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    async def _serve(self, servicer: pb_grpc.GRPCInferenceServiceServicer) -> str:
+        server = grpc.aio.server()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        if isinstance(servicer, Router):
+            self.routers.append(servicer)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self.servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    def serve(self, servicer: pb_grpc.GRPCInferenceServiceServicer) -> str:
+        return self.run(self._serve(servicer))
+
+    def router(self, replicas: StaticReplicas, **kwargs: Any) -> tuple[Router, str]:
+        async def start() -> tuple[Router, str]:
+            router = Router(replicas, **kwargs)
+            server = grpc.aio.server(options=router.channel_options)
+            add_router(server, router)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            self.servers.append(server)
+            self.routers.append(router)
+            return router, f"127.0.0.1:{port}"
+
+        return self.run(start())
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            for server in self.servers:
+                await server.stop(0)
+            for router in self.routers:
+                await router.close()
+
+        self.run(shutdown())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+def wait_ready(url: str, model: str = "scale", timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    with grpcclient.InferenceServerClient(url) as c:
+        while time.monotonic() < deadline:
+            try:
+                if c.is_model_ready(model):
+                    return
+            except InferenceServerException:
+                pass
+            time.sleep(0.05)
+    raise AssertionError(f"{model} not ready on {url}")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("repo")
+    save(scale(), root, "scale", SCALE_CONFIG)
+    return root
+
+
+def agent_args(repo: Any) -> tuple[str, ...]:
+    return ("--model-repo", str(repo), "--grpc-host", "127.0.0.1", "--grpc-port", "0")
+
+
+@pytest.fixture(scope="module")
+def agents(repo: Any) -> Iterator[list[AgentProcess]]:
+    with ThreadPoolExecutor(2) as pool:
+        started = list(pool.map(lambda _: AgentProcess(*agent_args(repo)), range(2)))
+    try:
+        for agent in started:
+            wait_ready(agent.grpc_url)
+        yield started
+    finally:
+        for agent in started:
+            agent.kill()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.stop()
+
+
+@pytest.fixture
+def routed(agents: list[AgentProcess], loop_thread: LoopThread) -> Iterator[tuple[Router, str, StaticReplicas]]:
+    replicas = StaticReplicas({"scale": [a.grpc_url for a in agents], "pending": []}, {"pending": PENDING_REASON})
+    router, url = loop_thread.router(replicas)
+    yield router, url, replicas
+
+
+def x_input(x: np.ndarray) -> grpcclient.InferInput:
+    i = grpcclient.InferInput("x", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    return i
+
+
+def stats(url: str, name: str = "scale") -> Any:
+    with grpcclient.InferenceServerClient(url) as c:
+        return c.get_inference_statistics(name, as_json=False)
+
+
+def summed(*replies: Any) -> dict[str, Any]:
+    """The counters the router must report: each agent's, added up here independently of the router's code."""
+    out: dict[str, Any] = {"inference_count": 0, "execution_count": 0, "last_inference": 0, "batches": {}}
+    for reply in replies:
+        (s,) = reply.model_stats
+        out["inference_count"] += s.inference_count
+        out["execution_count"] += s.execution_count
+        out["last_inference"] = max(out["last_inference"], s.last_inference)
+        for f in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+            d = getattr(s.inference_stats, f)
+            out[f] = (out.get(f, (0, 0))[0] + d.count, out.get(f, (0, 0))[1] + d.ns)
+        for b in s.batch_stats:
+            c, n = out["batches"].get(b.batch_size, (0, 0))
+            out["batches"][b.batch_size] = (c + b.compute_infer.count, n + b.compute_infer.ns)
+    return out
+
+
+def expect(code: str, *fragments: str) -> Any:
+    class Check:
+        def __enter__(self) -> Check:
+            return self
+
+        def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+            assert kind is not None, f"expected {code}, the call succeeded"
+            assert issubclass(kind, InferenceServerException), exc
+            assert exc.status() == f"StatusCode.{code}", f"{exc.status()}: {exc.message()}"
+            for fragment in fragments:
+                assert fragment in exc.message(), exc.message()
+            return True
+
+    return Check()
+
+
+# -- over two real agents ----------------------------------------------------------------------
+
+
+def test_infer_is_correct_and_spread_over_both_agents(agents, routed):
+    _, url, _ = routed
+    before = [stats(a.grpc_url).model_stats[0].inference_count for a in agents]
+    with grpcclient.InferenceServerClient(url) as c:
+        for i in range(8):
+            x = np.full((2, 16), i, np.float32) + np.arange(16, dtype=np.float32)
+            result = c.infer("scale", [x_input(x)], request_id=str(i))
+            np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
+            assert result.get_response().model_name == "scale" and result.get_response().id == str(i)
+    gained = [stats(a.grpc_url).model_stats[0].inference_count - b for a, b in zip(agents, before, strict=True)]
+    assert gained == [8, 8]  # round robin: 4 requests of 2 rows each
+
+
+def test_statistics_are_the_sum_of_the_agents(agents, routed):
+    _, url, _ = routed
+    with grpcclient.InferenceServerClient(url) as c:
+        for rows in (1, 3, 1, 3):
+            c.infer("scale", [x_input(np.ones((rows, 16), np.float32))])
+        direct = [stats(a.grpc_url) for a in agents]
+        via = c.get_inference_statistics("scale", as_json=False)
+        everything = c.get_inference_statistics("", as_json=False)
+    assert summed(via) == summed(*direct)
+    assert summed(via)["batches"].keys() >= {1, 3}
+    assert [s.name for s in everything.model_stats] == ["scale"]  # "pending" has no replica to ask
+    assert summed(everything) == summed(via)
+
+
+async def test_aio_client_and_deadline(agents, routed):
+    _, url, _ = routed
+    async with aioclient.InferenceServerClient(url) as c:
+        x = np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 16)
+        results = await asyncio.gather(*(c.infer("scale", [x_input(x * k)], client_timeout=10) for k in range(6)))
+        for k, result in enumerate(results):
+            np.testing.assert_allclose(result.as_numpy("y"), x * k * 2)
+        assert await c.is_model_ready("scale") and not await c.is_model_ready("pending")
+
+
+def test_stream_infer(agents, routed):
+    _, url, _ = routed
+    responses: list[Any] = []
+    with grpcclient.InferenceServerClient(url) as c:
+        c.start_stream(callback=lambda result, error: responses.append((result, error)))
+        for i in range(5):
+            c.async_stream_infer("scale", [x_input(np.full((1, 16), i, np.float32))], request_id=str(i))
+        c.async_stream_infer("scale", [x_input(np.ones((1, 5), np.float32))], request_id="bad")
+        c.async_stream_infer("nope", [x_input(np.ones((1, 16), np.float32))], request_id="unknown")
+        deadline = time.monotonic() + 10
+        while len(responses) < 7 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        c.stop_stream()
+    good = {r.get_response().id: r for r, e in responses if e is None}
+    assert sorted(good) == ["0", "1", "2", "3", "4"]
+    np.testing.assert_array_equal(good["3"].as_numpy("y"), np.full((1, 16), 6, np.float32))
+    errors = sorted(str(e) for _, e in responses if e is not None)
+    assert len(errors) == 2
+    assert "INVALID_ARGUMENT" in errors[0] and "NOT_FOUND" in errors[1] and "unknown deployment 'nope'" in errors[1]
+
+
+def test_errors(agents, routed):
+    _, url, _ = routed
+    with grpcclient.InferenceServerClient(url) as c:
+        with expect("NOT_FOUND", "unknown deployment 'nope'; deployments: pending, scale"):
+            c.infer("nope", [x_input(np.ones((1, 16), np.float32))])
+        with expect("UNAVAILABLE", f"deployment 'pending' has no ready replica ({PENDING_REASON})"):
+            c.infer("pending", [x_input(np.ones((1, 16), np.float32))])
+        with expect("NOT_FOUND", "unknown deployment 'nope'"):
+            c.get_model_metadata("nope")
+        with expect("UNIMPLEMENTED", "xpud deploy"):
+            c.load_model("scale")
+        with expect("UNIMPLEMENTED", "xpud undeploy"):
+            c.unload_model("scale")
+        with expect("UNIMPLEMENTED", "shared memory"):
+            c.get_system_shared_memory_status()
+        with expect("UNIMPLEMENTED", "trace"):
+            c.get_trace_settings()
+        bad = [x_input(np.ones((1, 5), np.float32))]
+        with pytest.raises(InferenceServerException) as via:
+            c.infer("scale", bad)
+    with grpcclient.InferenceServerClient(agents[0].grpc_url) as direct, pytest.raises(InferenceServerException) as ref:
+        direct.infer("scale", bad)
+    assert (via.value.status(), via.value.message()) == (ref.value.status(), ref.value.message())
+
+
+def test_server_index_metadata_and_config(agents, routed):
+    _, url, _ = routed
+    with grpcclient.InferenceServerClient(url) as c, grpcclient.InferenceServerClient(agents[1].grpc_url) as direct:
+        assert c.is_server_live() and c.is_server_ready()
+        assert c.get_server_metadata().name == "xpud-router"
+        index = {m.name: (m.state, m.reason) for m in c.get_model_repository_index().models}
+        assert index == {"scale": ("READY", ""), "pending": ("UNAVAILABLE", PENDING_REASON)}
+        assert c.is_model_ready("scale") and not c.is_model_ready("pending") and not c.is_model_ready("nope")
+        assert c.get_model_metadata("scale") == direct.get_model_metadata("scale")
+        config = c.get_model_config("scale")
+        assert config == direct.get_model_config("scale") and config.config.max_batch_size == 8
+
+
+def test_killed_agent_is_retried_on_the_other(repo, agents, start_agent, loop_thread):
+    victim = start_agent(*agent_args(repo))
+    wait_ready(victim.grpc_url)
+    replicas = StaticReplicas({"scale": [victim.grpc_url, agents[0].grpc_url]})
+    router, url = loop_thread.router(replicas)
+    x = np.ones((1, 16), np.float32)
+    with grpcclient.InferenceServerClient(url) as c:
+        for _ in range(2):  # one each: the router holds a connected channel to the victim
+            c.infer("scale", [x_input(x)])
+        assert stats(victim.grpc_url).model_stats[0].inference_count == 1
+        victim.proc.kill()
+        victim.proc.wait(timeout=10)
+        for _ in range(6):  # half of them go to the dead agent first
+            np.testing.assert_array_equal(c.infer("scale", [x_input(x)]).as_numpy("y"), x * 2)
+        assert c.get_inference_statistics("scale", as_json=False).model_stats[0].name == "scale"  # skips the dead
+    replicas.table["scale"] = [agents[0].grpc_url]
+    loop_thread.run(router.prune())
+    assert victim.grpc_url not in router._channels and agents[0].grpc_url in router._channels
+
+
+# -- against fake agents: what reaches the agent ---------------------------------------------------
+
+
+class FakeAgent(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, code: grpc.StatusCode | None = None) -> None:
+        self.code = code
+        self.calls: list[float | None] = []  # the deadline each forwarded call arrived with
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.calls.append(context.time_remaining())
+        if self.code is not None:
+            await context.abort(self.code, f"fake says {self.code.name}")
+        return pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+
+
+def test_deadline_retry_and_pass_through_reach_the_agent(loop_thread):
+    down, up, picky = FakeAgent(grpc.StatusCode.UNAVAILABLE), FakeAgent(), FakeAgent(grpc.StatusCode.INVALID_ARGUMENT)
+    urls = {name: loop_thread.serve(fake) for name, fake in (("down", down), ("up", up), ("picky", picky))}
+    replicas = StaticReplicas({"m": [urls["down"], urls["up"]], "p": [urls["picky"], urls["up"]]})
+    _, url = loop_thread.router(replicas, forward_timeout_s=7.0)
+    x = np.ones((1, 16), np.float32)
+    with grpcclient.InferenceServerClient(url) as c:
+        for _ in range(4):
+            c.infer("m", [x_input(x)], client_timeout=3.0)
+        assert len(down.calls) == 2 and len(up.calls) == 4  # each call to "down" was retried on "up"
+        assert all(r is not None and 1.0 < r <= 3.1 for r in up.calls), up.calls  # client's deadline, rounded up
+        c.infer("m", [x_input(x)])
+        assert up.calls[-1] is not None and 5.0 < up.calls[-1] <= 7.1  # none given: the forward timeout
+        with expect("INVALID_ARGUMENT", "fake says INVALID_ARGUMENT"):
+            c.infer("p", [x_input(x)])
+    assert len(picky.calls) == 1 and len(up.calls) == 5  # not retried

@@ -1,0 +1,301 @@
+"""The admin commands: `xpud nodes`, `pool`, `models`, `deploy`, `apply`, `deployments`, `undeploy`, `events`,
+`drain`, `uncordon` — a thin client of the controller's xpud.v1.Admin API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from xpud.proto import admin_pb2 as apb
+from xpud.proto import admin_pb2_grpc
+from xpud.render import NA, table
+
+DEFAULT_CONTROLLER = "127.0.0.1:7070"
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+CHUNK = 1 << 20
+EXIT_FAILED = 1
+
+
+class CliError(Exception):
+    """A failure to report in one line (exit 1)."""
+
+
+def parse_size(text: str) -> int:
+    """'512MiB', '2G', '1.5GiB', '1048576' -> bytes (binary units)."""
+    match = SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size like 512MiB or 2GiB, got {text!r}")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * 1024 ** " kmgt".index(unit or " "))
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.1f}"
+
+
+def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argparse.ArgumentParser], None]) -> None:
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_)
+        controller_flag(p)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    cmd("nodes", "list the nodes of the pool")
+    cmd("pool", "every device of the pool: memory, utilisation, health, what runs on it")
+    models = cmd("models", "list models, or push one: models push FILE --name N [--version V]")
+    models.add_argument("action", nargs="?", choices=["push", "list"], default="list")
+    models.add_argument("path", nargs="?", metavar="FILE_OR_DIR")
+    models.add_argument("--name", help="model name (push)")
+    models.add_argument("--version", help="model version (push; default: the next one)")
+    deploy = cmd("deploy", "create a deployment")
+    deploy.add_argument("name")
+    deploy.add_argument("--model", required=True, metavar="N[:V]")
+    deploy.add_argument("--replicas", type=int, default=1, metavar="K")
+    deploy.add_argument("--device", choices=["gpu", "cpu", "any"], default="any")
+    deploy.add_argument("--memory", type=parse_size, default=0, metavar="SIZE", help="per replica, e.g. 2GiB")
+    deploy.add_argument("--priority", type=int, default=0, metavar="P")
+    deploy.add_argument("--label", action="append", default=[], metavar="k=v", help="required node label")
+    deploy.add_argument("--zone", default="", metavar="Z")
+    deploy.add_argument("--max-batch", type=int, default=0, metavar="B")
+    deploy.add_argument("--strategy", choices=["binpack", "spread"], default="binpack")
+    apply = cmd("apply", "create or update deployments from a TOML or YAML document")
+    apply.add_argument("-f", "--file", required=True, metavar="FILE")
+    cmd("deployments", "list deployments with their replicas and state")
+    undeploy = cmd("undeploy", "remove a deployment")
+    undeploy.add_argument("name")
+    events = cmd("events", "the controller's events")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    for name, help_ in (("drain", "stop placing on a node and move its replicas away"),
+                        ("uncordon", "let a node take replicas again"), ("cordon", "stop placing on a node")):
+        p = cmd(name, help_)
+        p.add_argument("node")
+
+
+class Admin:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+        self.stub = admin_pb2_grpc.AdminStub(self.channel)
+
+    def call(self, method: str, request: Any, timeout: float = 30.0) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _error(exc, self.target) from None
+
+
+def _error(exc: grpc.RpcError, target: str) -> CliError:
+    code = exc.code() if hasattr(exc, "code") else None
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return CliError(f"cannot reach the controller at {target} (is `xpud controller` running? "
+                        "set --controller or XPUD_CONTROLLER)")
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return CliError(details or str(code))
+
+
+def _deployment(name: str, model: str, **kw: Any) -> apb.Deployment:
+    model_name, _, version = model.partition(":")
+    labels = {}
+    for item in kw.pop("label", []) or []:
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            raise CliError(f"label {item!r} must look like key=value")
+        labels[key] = value
+    labels.update(kw.pop("labels", {}) or {})
+    return apb.Deployment(name=name, model=model_name, version=version, labels=labels, **kw)
+
+
+def load_document(path: str) -> list[apb.Deployment]:
+    """Deployments from TOML ([[deployment]] tables) or YAML (a mapping, a list, or {deployments: [...]})."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {path!r}: {exc.strerror}") from None
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise CliError("YAML documents need PyYAML (pip install pyyaml); or write TOML") from None
+        try:
+            data: Any = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CliError(f"{path} is not valid YAML: {exc}") from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise CliError(f"{path} is not valid TOML: {exc}") from None
+    if isinstance(data, dict):
+        items = data.get("deployment", data.get("deployments", [data] if "name" in data else []))
+    else:
+        items = data
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise CliError(f"{path} holds no deployment (expected [[deployment]] tables with name and model)")
+    out = []
+    keys = {"name", "model", "replicas", "device", "memory", "priority", "labels", "zone", "max_batch", "strategy"}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "name" not in item or "model" not in item:
+            raise CliError(f"{path}: deployment #{i + 1} needs at least name and model")
+        unknown = set(item) - keys
+        if unknown:
+            raise CliError(f"{path}: deployment {item['name']!r} has unknown key(s) {', '.join(sorted(unknown))}")
+        memory = item.get("memory", 0)
+        try:
+            memory = parse_size(str(memory)) if memory else 0
+        except argparse.ArgumentTypeError as exc:
+            raise CliError(f"{path}: deployment {item['name']!r}: {exc}") from None
+        out.append(_deployment(
+            str(item["name"]), str(item["model"]), replicas=int(item.get("replicas", 1)),
+            device=str(item.get("device", "any")), memory_bytes=memory, priority=int(item.get("priority", 0)),
+            labels={str(k): str(v) for k, v in dict(item.get("labels", {})).items()}, zone=str(item.get("zone", "")),
+            max_batch_size=int(item.get("max_batch", 0)), strategy=str(item.get("strategy", "binpack"))))
+    return out
+
+
+def _chunks(path: Path, name: str, version: str) -> Iterator[apb.PushModelChunk]:
+    with path.open("rb") as f:
+        first = True
+        while True:
+            data = f.read(CHUNK)
+            if first:
+                yield apb.PushModelChunk(name=name, version=version, filename=path.name, data=data)
+                first = False
+            elif data:
+                yield apb.PushModelChunk(data=data)
+            if not data:
+                return
+
+
+def _model_file(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("**/model.onnx")) or sorted(p.glob("**/*.onnx"))
+        if not found:
+            raise CliError(f"no .onnx file under {path!r}")
+        return found[-1]  # in a Triton layout, the highest version
+    if not p.is_file():
+        raise CliError(f"{path!r} does not exist")
+    return p
+
+
+def _print(args: argparse.Namespace, message: Any, rows: Callable[[], str]) -> None:
+    if args.json:
+        print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2))
+    else:
+        print(rows())
+
+
+def run(args: argparse.Namespace) -> int:
+    admin = Admin(args.controller or os.environ.get("XPUD_CONTROLLER") or DEFAULT_CONTROLLER)
+    command = args.command
+    if command == "nodes":
+        reply = admin.call("ListNodes", apb.ListNodesRequest())
+        _print(args, reply, lambda: table(
+            ["NAME", "STATE", "DEVICES", "ZONE", "LABELS", "ENDPOINT", "GENERATION", "LAST SEEN"],
+            [[n.name, n.state + (",cordoned" if n.cordoned else ""), str(n.devices), n.zone or NA,
+              ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or NA, n.inference_endpoint or NA,
+              f"{n.generation_observed}/{n.generation_desired}",
+              f"{time.time() - n.last_seen:.0f}s ago" if n.last_seen else NA] for n in reply.nodes]))
+    elif command == "pool":
+        reply = admin.call("GetPool", apb.GetPoolRequest())
+
+        def pool_rows() -> str:
+            rows = []
+            for d in reply.devices:
+                s = d.sample if d.HasField("sample") else None
+                free = d.device.memory_total - d.memory_allocated
+                util = f"{s.utilization * 100:.0f}%" if s is not None and s.HasField("utilization") else NA
+                health = {1: "ok", 2: "degraded", 3: "failed"}.get(s.health, "unknown") if s is not None else "unknown"
+                rows.append([d.node, d.device.id, d.device.model, f"{_gib(d.memory_allocated)}/"
+                             f"{_gib(d.device.memory_total)} GiB", f"{_gib(free)} GiB", util, health,
+                             ",".join(d.replicas) or "-"])
+            return table(["NODE", "DEVICE", "MODEL", "ALLOCATED/TOTAL", "FREE", "UTIL", "HEALTH", "RUNS"], rows)
+
+        _print(args, reply, pool_rows)
+    elif command == "models":
+        if args.action == "push":
+            if not args.path or not args.name:
+                raise CliError("usage: xpud models push FILE_OR_DIR --name N [--version V]")
+            path = _model_file(args.path)
+            try:
+                reply = admin.stub.PushModel(_chunks(path, args.name, args.version or ""), timeout=600)
+            except grpc.RpcError as exc:
+                raise _error(exc, admin.target) from None
+            _print(args, reply, lambda: f"pushed {reply.name}:{reply.version} ({reply.size_bytes} bytes, "
+                   f"sha256 {reply.digest[:12]})")
+        else:
+            reply = admin.call("ListModels", apb.ListModelsRequest())
+            _print(args, reply, lambda: table(["NAME", "VERSION", "SIZE", "SHA256"], [
+                [m.name, m.version, f"{m.size_bytes}", m.digest[:12]] for m in reply.models]))
+    elif command in ("deploy", "apply"):
+        if command == "deploy":
+            specs = [_deployment(args.name, args.model, replicas=args.replicas, device=args.device,
+                                 memory_bytes=args.memory, priority=args.priority, label=args.label, zone=args.zone,
+                                 max_batch_size=args.max_batch, strategy=args.strategy)]
+        else:
+            specs = load_document(args.file)
+        method = "CreateDeployment" if command == "deploy" else "ApplyDeployment"
+        replies = [admin.call(method, spec) for spec in specs]
+        response = apb.ListDeploymentsResponse(deployments=replies)
+        _print(args, response, lambda: _deployments_table(replies))
+    elif command == "deployments":
+        reply = admin.call("ListDeployments", apb.ListDeploymentsRequest())
+        _print(args, reply, lambda: _deployments_table(reply.deployments))
+    elif command == "undeploy":
+        admin.call("DeleteDeployment", apb.DeleteDeploymentRequest(name=args.name))
+        print(json.dumps({"deleted": args.name}) if args.json else f"deployment {args.name} removed")
+    elif command == "events":
+        _events(admin, args)
+    elif command in ("drain", "cordon", "uncordon"):
+        request = apb.SetCordonRequest(node=args.node, cordoned=command != "uncordon", drain=command == "drain")
+        reply = admin.call("SetCordon", request)
+        _print(args, reply, lambda: f"node {reply.name}: {reply.state}" + (", cordoned" if reply.cordoned else ""))
+    return 0
+
+
+def _deployments_table(items: Any) -> str:
+    rows = []
+    for d in items:
+        spec = d.spec
+        where = ", ".join(f"{r.node}/{r.device}:{r.state}" for r in d.replicas) or "-"
+        rows.append([spec.name, f"{spec.model}:{spec.version or 'latest'}", f"{d.ready}/{spec.replicas}", d.phase,
+                     spec.device, where, d.reason or ""])
+    return table(["NAME", "MODEL", "READY", "PHASE", "DEVICE", "REPLICAS", "REASON"], rows)
+
+
+def _events(admin: Admin, args: argparse.Namespace) -> None:
+    def line(e: apb.Event) -> str:
+        if args.json:
+            return json.dumps(MessageToDict(e, preserving_proto_field_name=True))
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
+        return f"{stamp}  {e.kind:<18} {e.subject:<20} {e.message}"
+
+    if not args.follow:
+        for e in admin.call("ListEvents", apb.ListEventsRequest()).events:
+            print(line(e))
+        return
+    try:
+        for e in admin.stub.WatchEvents(apb.ListEventsRequest()):
+            print(line(e), flush=True)
+    except grpc.RpcError as exc:
+        raise _error(exc, admin.target) from None
+    except KeyboardInterrupt:
+        pass
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    raise SystemExit(EXIT_FAILED)
