@@ -15,8 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from google.protobuf.json_format import MessageToDict, ParseDict
+
 from xpud.proto import admin_pb2 as apb
 from xpud.proto import link_pb2 as lpb
+from xpud.proto import telemetry_pb2 as tpb
 
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, Decision, DeploymentSpec, Replica
 from .pool import NodeState, Pool
@@ -61,7 +64,13 @@ class Controller:
         for record in await self.db(self.store.nodes):
             node = self.pool.node(record.name)
             node.labels, node.zone, node.cordoned = dict(record.labels), record.zone, record.cordoned
-            node.state, node.last_seen = NODE_SUSPECT, now  # known before the restart: a lease to come back
+            # known before the restart: its devices as last seen, and a lease to come back before anything moves
+            devices = [ParseDict(d, tpb.DeviceInfo()) for d in record.info.get("devices", [])
+                       if isinstance(d, dict)]
+            node.devices = {d.id: d for d in devices}
+            node.providers = list(record.info.get("providers", []))
+            node.endpoint = str(record.info.get("endpoint", ""))
+            node.state, node.last_seen = NODE_SUSPECT, now
         log.info("controller state: %d deployment(s), %d node(s) known", len(self.specs), len(self.pool.nodes))
         self._tasks = [asyncio.create_task(self._schedule_loop()), asyncio.create_task(self._detect_loop())]
         self._dirty.set()
@@ -92,8 +101,9 @@ class Controller:
 
     # -- nodes ------------------------------------------------------------------------------------
     async def node_joined(self, node: NodeState, hello: lpb.Hello) -> None:
-        await self.db(self.store.upsert_node, node.name, dict(node.labels), node.zone,
-                      {"devices": len(node.devices), "endpoint": node.endpoint, "version": node.agent_version})
+        info = {"devices": [MessageToDict(d, preserving_proto_field_name=True) for d in node.devices.values()],
+                "endpoint": node.endpoint, "version": node.agent_version, "providers": node.providers}
+        await self.db(self.store.upsert_node, node.name, dict(node.labels), node.zone, info)
         node.state = NODE_READY
         self._adopt(node)
         await self.event("NodeJoined", node.name,

@@ -26,6 +26,9 @@ from .core import NODE_READY, Decision, DeploymentSpec, DeviceView, NodeView, Re
 
 Key = tuple[str, str]  # (node, device id)
 Signature = tuple[str, tuple[tuple[str, str], ...], str]
+# Like Kubernetes' DefaultPreemption (minCandidateNodesAbsolute), preemption compares a bounded number of
+# devices where eviction works, taken in binpack order, instead of every device in the pool.
+PREEMPTION_CANDIDATES = 100
 
 
 class _Pool:
@@ -165,6 +168,7 @@ class _Scheduler:
             return None
         floor = min((p for p, n in self.by_priority.items() if n), default=prio)  # the best top victim priority
         best: tuple[tuple[int, int, int, float, str, str], Key, list[Replica]] | None = None
+        candidates = 0
         for free, util, node, dev in pool.asc:  # binpack order, so the first (1 victim, floor) device is the best
             here = self.on_device.get((node, dev))
             if not here:
@@ -179,8 +183,9 @@ class _Scheduler:
             rank = scoring.preemption_key([self.priority[r.deployment] for r in chosen], free, util, node, dev)
             if best is None or rank < best[0]:
                 best = (rank, (node, dev), chosen)
-                if rank[:2] == (1, floor):
-                    break
+            candidates += 1
+            if rank[:2] == (1, floor) or candidates >= PREEMPTION_CANDIDATES:
+                break
         if best is None:
             self.no_preemption[(sig, prio)] = need
             return None

@@ -7,9 +7,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,11 +24,25 @@ def run_xpud(*args: str, timeout: float = 60, env: dict[str, str] | None = None)
     return subprocess.run(xpud_command(*args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def drain(proc: subprocess.Popen[str], lines: list[str]) -> threading.Thread:
+    """Keep reading a child's output so that it never blocks on a full pipe."""
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
 class AgentProcess:
     """A real `xpud agent --standalone` process on 127.0.0.1 with an ephemeral metrics port."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        cmd = xpud_command("agent", "--standalone", "--metrics-host", "127.0.0.1", "--metrics-port", "0", *args)
+    def __init__(self, *args: str, env: dict[str, str] | None = None, standalone: bool = True) -> None:
+        mode = ["--standalone"] if standalone else []
+        cmd = xpud_command("agent", *mode, "--metrics-host", "127.0.0.1", "--metrics-port", "0", *args)
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
         )
@@ -35,6 +51,7 @@ class AgentProcess:
         grpc = re.search(r"OIP gRPC\) at 127\.0\.0\.1:(\d+)", "".join(self.lines))
         self.grpc_port = int(grpc.group(1)) if grpc else None
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        self._reader = drain(self.proc, self.lines)
 
     def _wait_for_port(self, timeout: float = 30) -> int:
         deadline = time.monotonic() + timeout
@@ -56,13 +73,14 @@ class AgentProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "".join(self.lines) + out
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return self.proc.returncode, "".join(self.lines)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
 
 
 def metric_values(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
@@ -83,3 +101,77 @@ def metric(text: str, name: str, **labels: str) -> float:
     found = [v for k, v in metric_values(text, name).items() if wanted <= k]
     assert len(found) == 1, f"{name}{labels}: expected one sample, found {len(found)}"
     return found[0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ControllerProcess:
+    """A real `xpud controller` on 127.0.0.1; --listen port fixed (agents must find it again after a restart)."""
+
+    def __init__(self, state: str, port: int | None = None, *args: str) -> None:
+        self.port = port or free_port()
+        cmd = xpud_command("controller", "--listen", f"127.0.0.1:{self.port}", "--inference-port", "0",
+                           "--state", state, *args)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"controller exited early ({self.proc.wait()}):\n{''.join(self.lines)}")
+            self.lines.append(line)
+            match = re.search(r"inference at 127\.0\.0\.1:(\d+)", line)
+            if match:
+                self.inference_port = int(match.group(1))
+                break
+        else:
+            raise AssertionError("controller did not start:\n" + "".join(self.lines))
+        self.address = f"127.0.0.1:{self.port}"
+        self.inference_url = f"127.0.0.1:{self.inference_port}"
+        self._reader = drain(self.proc, self.lines)
+
+    def admin(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return run_xpud(*args, "--controller", self.address, timeout=timeout)
+
+    def admin_json(self, *args: str) -> Any:
+        import json
+
+        result = self.admin(*args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=20)
+        self._reader.join(timeout=5)
+        return self.proc.returncode, "".join(self.lines)
+
+
+def linked_agent(controller: ControllerProcess, node: str, cache: str, *extra: str) -> AgentProcess:
+    return AgentProcess("--controller", controller.address, "--node", node, "--grpc-host", "127.0.0.1",
+                        "--grpc-port", "0", "--cache-dir", cache, *extra, standalone=False)
+
+
+def wait_for(check: Any, timeout: float = 20, interval: float = 0.2, what: str = "condition") -> Any:
+    """Poll ``check()`` until it returns something truthy; fail after ``timeout`` seconds (a bound, not a measure)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")

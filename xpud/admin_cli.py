@@ -284,8 +284,12 @@ def _events(admin: Admin, args: argparse.Namespace) -> None:
         return f"{stamp}  {e.kind:<18} {e.subject:<20} {e.message}"
 
     if not args.follow:
-        for e in admin.call("ListEvents", apb.ListEventsRequest()).events:
-            print(line(e))
+        reply = admin.call("ListEvents", apb.ListEventsRequest())
+        if args.json:
+            print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
+        else:
+            for e in reply.events:
+                print(line(e))
         return
     try:
         for e in admin.stub.WatchEvents(apb.ListEventsRequest()):
