@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/xpud agent --standalone --model-repo models $(ARGS)
+	$(VENV)/bin/xpud up $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -166,8 +166,13 @@ async def run_standalone(config: AgentConfig, stop: asyncio.Event | None = None)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    notifier = SystemdNotifier()
     agent = await start_agent(config)
+    return await serve_agent(agent, config, stop)
+
+
+async def serve_agent(agent: RunningAgent, config: AgentConfig, stop: asyncio.Event) -> int:
+    """Tick telemetry, keep the controller link and talk to systemd until ``stop``; then close everything."""
+    notifier = SystemdNotifier()
     devices = agent.inventory.devices
     log.info(
         "xpud agent on node %s: %d device(s) [%s]; metrics at http://%s:%d/metrics",

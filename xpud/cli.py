@@ -121,6 +121,7 @@ def build_parser() -> Parser:
     up.add_argument("--inference-port", type=_port, default=8000, metavar="P")
     up.add_argument("--grpc-port", type=_port, default=8001, metavar="P")
     up.add_argument("--metrics-port", type=_port, default=8002, metavar="P")
+    up.add_argument("--cache-dir", metavar="DIR", help="the local agent's artifact cache and state")
 
     def controller_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", type=_address, metavar="HOST:PORT",

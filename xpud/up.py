@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -13,7 +14,7 @@ import grpc
 
 from xpud.agent.config import AgentConfig
 from xpud.agent.daemon import StartupError as AgentStartupError
-from xpud.agent.daemon import run_standalone
+from xpud.agent.daemon import serve_agent, start_agent
 from xpud.controller.server import StartupError, start_controller
 from xpud.controller.store import StoreError
 from xpud.proto import admin_pb2 as apb
@@ -42,35 +43,40 @@ async def deploy_demo(target: str) -> None:
 
 async def run_up(args: argparse.Namespace, state: Path) -> int:
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         controller = await start_controller(args.listen, args.inference_port, state)
     except (StartupError, StoreError) as exc:
         sys.stderr.write(f"xpud up: error: {exc}\n")
         return 1
     host = args.listen.rpartition(":")[0]
-    config = AgentConfig(controller=f"{host}:{controller.port}", grpc_port=args.grpc_port,
-                         metrics_port=args.metrics_port, advertise="127.0.0.1")
+    admin = f"{host}:{controller.port}"
+    config = AgentConfig(controller=admin, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                         advertise="127.0.0.1", cache_dir=args.cache_dir)
     if args.sim:
         config.enable_sim(args.sim)
-    agent = asyncio.create_task(run_standalone(config, stop))
-    code = 1
     try:
-        await deploy_demo(f"{host}:{controller.port}")
+        agent = await start_agent(config)
+    except AgentStartupError as exc:
+        sys.stderr.write(f"xpud up: error: {exc}\n")
+        await controller.stop()
+        return 1
+    serving = asyncio.create_task(serve_agent(agent, config, stop))
+    try:
+        await deploy_demo(admin)
         print(
             f"xpud is up.\n"
             f"  inference (Triton gRPC, any deployment by name): {host}:{controller.inference_port}\n"
-            f"  this node's own endpoint:                        127.0.0.1:{args.grpc_port}\n"
-            f"  admin (xpud nodes/pool/deploy ...):              {host}:{controller.port}\n"
-            f"  metrics:                                         http://127.0.0.1:{args.metrics_port}/metrics\n"
-            f"  demo deployment '{DEMO}': try `xpud deployments`",
+            f"  this node's own endpoint:                        127.0.0.1:{agent.grpc_port}\n"
+            f"  admin (xpud nodes/pool/deploy ...):              {admin}\n"
+            f"  metrics:                                         http://127.0.0.1:{agent.metrics_port}/metrics\n"
+            f"  demo deployment '{DEMO}': try `xpud deployments --controller {admin}`",
             flush=True,
         )
-        code = await agent
-    except AgentStartupError as exc:
-        sys.stderr.write(f"xpud up: error: {exc}\n")
+        return await serving
     finally:
         stop.set()
-        if not agent.done():
-            await asyncio.gather(agent, return_exceptions=True)
+        await asyncio.gather(serving, return_exceptions=True)
         await controller.stop()
-    return code
