@@ -180,6 +180,7 @@ def session_options(config: mc.ModelConfig, cpu_instances: int) -> SessionOption
         inter_op_threads=int(inter) if inter else 0,
         graph_level=config_parameter(config, "graph_optimization_level", level),
         mem_arena=_true(config_parameter(config, "enable_mem_arena", "true")),
+        strict_ep=_true(config_parameter(config, "disable_cpu_ep_fallback")),
     )
     for accel in config.optimization.execution_accelerators.gpu_execution_accelerator:
         ep = ACCELERATOR_EPS.get(accel.name.lower())

@@ -62,6 +62,7 @@ class SessionOptions:
     inter_op_threads: int = 0
     graph_level: str = "all"
     mem_arena: bool = True
+    strict_ep: bool = False  # refuse a session in which any node falls back to the CPU EP
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -92,7 +93,8 @@ class OrtInstance:
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[options.graph_level])
         so.enable_cpu_mem_arena = options.mem_arena
         so.log_severity_level = 3
-        if placement.wanted != CPU and not placement.allow_cpu_fallback:
+        if placement.wanted != CPU and options.strict_ep:
+            # every node on the asked-for EP, or no session (by default a few CPU-only ops may stay on the CPU)
             so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         providers: list[Any] = []
         for ep in placement.providers:
