@@ -26,20 +26,22 @@ from .core import NODE_READY, Decision, DeploymentSpec, DeviceView, NodeView, Re
 
 Key = tuple[str, str]  # (node, device id)
 Signature = tuple[str, tuple[tuple[str, str], ...], str]
-# Like Kubernetes' DefaultPreemption (minCandidateNodesAbsolute), preemption compares a bounded number of
-# devices where eviction works, taken in binpack order, instead of every device in the pool.
+# Like Kubernetes' DefaultPreemption (minCandidateNodesAbsolute), preemption compares a bounded number of devices
+# where eviction works (those with the least room that is enough first), not every device of the pool.
 PREEMPTION_CANDIDATES = 100
 
 
 class _Pool:
     """The devices passing every static filter for one signature, sorted by binpack and (lazily) spread keys."""
 
-    __slots__ = ("asc", "desc", "rejected")
+    __slots__ = ("asc", "desc", "rejected", "room")
 
     def __init__(self, rejected: Counter[filters.Tally], asc: list[scoring.BinpackKey]) -> None:
         self.rejected = rejected
         self.asc = asc  # binpack_key(free, util, node, device), ascending
         self.desc: list[tuple[int, float, str, str]] | None = None  # spread_key(...)[1:], ascending
+        # priority p -> (room, util, node, device) ascending, room = free + memory of replicas of priority <= p
+        self.room: dict[int, list[scoring.BinpackKey]] = {}
 
 
 class _Scheduler:
@@ -51,24 +53,28 @@ class _Scheduler:
         self.util = {k: scoring.utilization(d) for k, d in self.devices.items()}
         self.specs = {d.name: d for d in deployments}
         self.priority = {d.name: d.priority for d in deployments}
-        self.by_priority: Counter[int] = Counter()  # placed replicas per priority
+        self.levels = sorted({d.priority for d in deployments})
         self.order = sorted(self.specs.values(), key=lambda d: (-d.priority, d.name))
-        self.min_priority = min((d.priority for d in deployments), default=0)
         self.pools: dict[Signature, _Pool] = {}
         self.members: dict[Key, list[_Pool]] = defaultdict(list)
         self.placed: dict[str, dict[int, Replica]] = {d.name: {} for d in deployments}
         self.on_device: dict[Key, dict[tuple[str, int], Replica]] = defaultdict(dict)
         self.on_node: dict[str, Counter[str]] = defaultdict(Counter)
         self.displaced: dict[str, dict[int, tuple[str, str]]] = defaultdict(dict)  # dep -> index -> (cause, from)
-        self.no_preemption: dict[tuple[Signature, int], int] = {}  # (signature, priority) -> smallest need that failed
+        self.held: dict[Key, Counter[int]] = defaultdict(Counter)  # device -> priority -> memory of its replicas
         self.any_ready = any(n.state == NODE_READY for n in nodes)
         self.decision = Decision()
 
     # --- bookkeeping ------------------------------------------------------------------------------------------
 
-    def _set_free(self, key: Key, new: int) -> None:
+    def _held(self, key: Key, ceiling: int) -> int:
+        """Memory held on a device by replicas with priority <= ceiling."""
+        return sum(m for p, m in self.held[key].items() if p <= ceiling)
+
+    def _take(self, key: Key, memory: int, priority: int) -> None:
+        """A replica of `priority` takes `memory` bytes of the device (gives them back when negative)."""
         old = self.free[key]
-        self.free[key] = new
+        new = self.free[key] = old - memory
         util, (node, dev) = self.util[key], key
         for pool in self.members.get(key, ()):
             del pool.asc[bisect_left(pool.asc, (old, util, node, dev))]
@@ -76,14 +82,19 @@ class _Scheduler:
             if pool.desc is not None:
                 del pool.desc[bisect_left(pool.desc, (-old, util, node, dev))]
                 insort(pool.desc, (-new, util, node, dev))
+            for ceiling, room in pool.room.items():
+                if priority > ceiling:  # memory of replicas <= ceiling counts as room: theirs does not change it
+                    held = self._held(key, ceiling)
+                    del room[bisect_left(room, (old + held, util, node, dev))]
+                    insort(room, (new + held, util, node, dev))
+        self.held[key][priority] += memory
 
     def _place(self, spec: DeploymentSpec, index: int, key: Key) -> Replica:
         replica = Replica(spec.name, index, key[0], key[1], spec.memory_bytes)
         self.placed[spec.name][index] = replica
         self.on_device[key][(spec.name, index)] = replica
         self.on_node[spec.name][key[0]] += 1
-        self.by_priority[spec.priority] += 1
-        self._set_free(key, self.free[key] - spec.memory_bytes)
+        self._take(key, spec.memory_bytes, spec.priority)
         return replica
 
     def _evict(self, replica: Replica, cause: str) -> None:
@@ -91,8 +102,7 @@ class _Scheduler:
         del self.placed[replica.deployment][replica.index]
         del self.on_device[key][(replica.deployment, replica.index)]
         self.on_node[replica.deployment][replica.node] -= 1
-        self.by_priority[self.priority[replica.deployment]] -= 1
-        self._set_free(key, self.free[key] + replica.memory)
+        self._take(key, -replica.memory, self.priority[replica.deployment])
         self.displaced[replica.deployment][replica.index] = (cause, f"{replica.node}/{replica.device}")
 
     # --- pass 1: stability ------------------------------------------------------------------------------------
@@ -115,11 +125,11 @@ class _Scheduler:
 
     # --- pass 2: placement ------------------------------------------------------------------------------------
 
-    def _pool(self, spec: DeploymentSpec) -> tuple[_Pool, Signature]:
+    def _pool(self, spec: DeploymentSpec) -> _Pool:
         sig: Signature = (spec.device, tuple(sorted(spec.labels.items())), spec.zone)
         pool = self.pools.get(sig)
         if pool is not None:
-            return pool, sig
+            return pool
         rejected: Counter[filters.Tally] = Counter()
         keys: list[Key] = []
         for node in self.nodes.values():
@@ -135,7 +145,7 @@ class _Scheduler:
         for k in keys:
             self.members[k].append(pool)
         self.pools[sig] = pool
-        return pool, sig
+        return pool
 
     def _find(self, spec: DeploymentSpec, pool: _Pool) -> Key | None:
         need = spec.memory_bytes
@@ -157,37 +167,38 @@ class _Scheduler:
                     break
         return best
 
-    def _preempt(self, spec: DeploymentSpec, pool: _Pool, sig: Signature) -> Key | None:
-        """Evict lower-priority replicas from the one device where that works best; None when nowhere works.
+    def _preempt(self, spec: DeploymentSpec, pool: _Pool) -> Key | None:
+        """Evict replicas of lower priority from the device where that works best; None when nowhere works.
 
-        Deployments come in priority order, so for priority p a device's room (free memory plus what replicas
-        below p hold) never grows again once p's turn has come: a need that failed stays failed for >= needs.
+        Victims come from the lowest priority level that is enough somewhere (then the next level up, ...);
+        among the first candidates of that level, the device needing the fewest victims wins.
         """
         need, prio = spec.memory_bytes, spec.priority
-        if prio <= self.min_priority or need >= self.no_preemption.get((sig, prio), need + 1):
-            return None
-        floor = min((p for p, n in self.by_priority.items() if n), default=prio)  # the best top victim priority
         best: tuple[tuple[int, int, int, float, str, str], Key, list[Replica]] | None = None
-        candidates = 0
-        for free, util, node, dev in pool.asc:  # binpack order, so the first (1 victim, floor) device is the best
-            here = self.on_device.get((node, dev))
-            if not here:
-                continue
-            lower = [r for r in here.values() if self.priority[r.deployment] < prio]
-            if not lower or free + sum(r.memory for r in lower) < need:
-                continue
-            lower.sort(key=lambda r: scoring.victim_key(self.priority[r.deployment], r.index, r.deployment))
-            chosen = scoring.pick_victims(free, need, lower)
-            if not chosen:
-                continue
-            rank = scoring.preemption_key([self.priority[r.deployment] for r in chosen], free, util, node, dev)
-            if best is None or rank < best[0]:
-                best = (rank, (node, dev), chosen)
-            candidates += 1
-            if rank[:2] == (1, floor) or candidates >= PREEMPTION_CANDIDATES:
+        for ceiling in (p for p in self.levels if p < prio):
+            room = pool.room.get(ceiling)
+            if room is None:
+                room = pool.room[ceiling] = sorted(
+                    (f + self._held((n, d), ceiling), u, n, d) for f, u, n, d in pool.asc
+                )
+            start = bisect_left(room, (need,))
+            for space, util, node, dev in room[start : start + PREEMPTION_CANDIDATES]:
+                key = (node, dev)
+                victims = sorted(
+                    (r for r in self.on_device[key].values() if self.priority[r.deployment] <= ceiling),
+                    key=lambda r: scoring.victim_key(self.priority[r.deployment], r.index, r.deployment),
+                )
+                chosen = scoring.pick_victims(self.free[key], need, victims)
+                if not chosen:  # cannot happen (room >= need and _find failed), but stay safe
+                    continue
+                rank = scoring.preemption_key([self.priority[r.deployment] for r in chosen], space, util, node, dev)
+                if best is None or rank < best[0]:
+                    best = (rank, key, chosen)
+                    if len(chosen) == 1:  # candidates come in (room, util, names) order: none can beat it
+                        break
+            if best is not None:
                 break
         if best is None:
-            self.no_preemption[(sig, prio)] = need
             return None
         for r in best[2]:
             cause = f"preempted by {spec.name} (priority {prio} > {self.priority[r.deployment]})"
@@ -210,24 +221,36 @@ class _Scheduler:
             rejected[(filters.MEMORY_RANK, *why)] += short
         return prefix + filters.explain(rejected, len(self.devices), len(pool.asc) - short)
 
+    def _fill(self, spec: DeploymentSpec) -> bool:
+        """Place the missing replicas of one deployment, lowest index first; False when some are left."""
+        have = self.placed[spec.name]
+        missing = [i for i in range(spec.replicas) if i not in have]
+        if not missing:
+            return True
+        pool = self._pool(spec)
+        for index in missing:
+            key = self._find(spec, pool) or self._preempt(spec, pool)
+            if key is None:
+                return False
+            self._place(spec, index, key)
+            if (gone := self.displaced[spec.name].pop(index, None)) is not None:
+                to = f"{key[0]}/{key[1]}"
+                self.decision.moved.append((spec.name, f"{gone[0]}: replica {index} moved {gone[1]} -> {to}"))
+        return True
+
     def place(self) -> None:
+        # No second pass is needed for the ones left short: once priority p's turn has come, a device's room for p
+        # (memory_total minus what replicas of priority >= p hold) only shrinks. So the result is a fixed point:
+        # the same input with this decision in force keeps everything and places nothing more. Pending reasons are
+        # written against the final state, so they are the same in that next call.
+        short = [spec for spec in self.order if not self._fill(spec)]
+        for spec in short:
+            self.decision.pending[spec.name] = self._pending_reason(spec, self._pool(spec))
         for spec in self.order:
-            have = self.placed[spec.name]
-            missing = [i for i in range(spec.replicas) if i not in have]
-            if missing:
-                pool, sig = self._pool(spec)
-            for index in missing:
-                key = self._find(spec, pool) or self._preempt(spec, pool, sig)
-                if key is None:
-                    self.decision.pending[spec.name] = self._pending_reason(spec, pool)
-                    break
-                self._place(spec, index, key)
-                if (gone := self.displaced[spec.name].pop(index, None)) is not None:
-                    to = f"{key[0]}/{key[1]}"
-                    self.decision.moved.append((spec.name, f"{gone[0]}: replica {index} moved {gone[1]} -> {to}"))
             for index, (cause, source) in sorted(self.displaced.pop(spec.name, {}).items()):
                 if index < spec.replicas:
                     self.decision.moved.append((spec.name, f"{cause}: replica {index} from {source} awaits a device"))
+            have = self.placed[spec.name]
             self.decision.replicas[spec.name] = [have[i] for i in sorted(have)]
 
 

@@ -56,8 +56,8 @@ def pick_victims(free: int, need: int, victims: Sequence[Replica]) -> list[Repli
 
 
 def preemption_key(
-    priorities: Sequence[int], free: int, util: float, node: str, device: str
+    priorities: Sequence[int], room: int, util: float, node: str, device: str
 ) -> tuple[int, int, int, float, str, str]:
-    """Between devices where preemption works: the fewest victims, then the lowest top victim priority, then
-    binpack order (the least free memory before eviction, the least busy, names)."""
-    return len(priorities), max(priorities, default=0), free, util, node, device
+    """Between devices where preemption works: the lowest top victim priority, then the fewest victims, then the
+    least room (free memory plus what the victims hold: the tightest fit), the least busy, names."""
+    return max(priorities, default=0), len(priorities), room, util, node, device
