@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpud import __version__
 from xpud.proto.oip import SERVICE_NAME, TensorError, config_to_triton, pb, pb_grpc
+from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
 
 from .batcher import BatcherClosed, QueueFull, QueueTimeout
 from .inference import InvalidRequest, infer
@@ -71,7 +72,9 @@ def _status(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
+    logs_hint = "use --verbose or the agent's configuration"
+
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
         self.ready = False
@@ -166,72 +169,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """Requests are served concurrently; each answer (or error) is sent as it completes."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
 
-        async def one(req: Any) -> None:
+        async def answer(req: Any) -> Any:
             try:
-                reply = await infer(self.manager, req)
-                await queue.put(pb.ModelStreamInferResponse(infer_response=reply))
+                return pb.ModelStreamInferResponse(infer_response=await infer(self.manager, req))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if status_of(exc) is grpc.StatusCode.INTERNAL:
                     log.exception("stream inference failed")
-                await queue.put(pb.ModelStreamInferResponse(
-                    error_message=f"{status_of(exc).name}: {exc}",
-                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id),
-                ))
+                return stream_error(req, status_of(exc).name, str(exc))
 
-        async def reader() -> None:
-            async for req in request_iterator:
-                task = asyncio.create_task(one(req))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            while pending:
-                await asyncio.gather(*list(pending))
-            await queue.put(None)
-
-        read = asyncio.create_task(reader())
-        try:
-            while (item := await queue.get()) is not None:
-                yield item
-            await read
-        finally:
-            read.cancel()
-            for task in list(pending):
-                task.cancel()
-
-    # -- not offered ----------------------------------------------------------------------
-    async def _unimplemented(self, what: str, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f"{what} is not supported by xpud: send tensors in the request (raw_input_contents)")
-
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("system shared memory", context)
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("system shared memory", context)
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("system shared memory", context)
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("CUDA shared memory", context)
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("CUDA shared memory", context)
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("CUDA shared memory", context)
-
-    async def TraceSetting(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "trace settings are not supported by xpud; "
-                            "use the agent's /metrics and logs")
-
-    async def LogSettings(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "log settings are not supported by xpud; "
-                            "use --verbose or the agent's configuration")
+        async for item in stream_each(request_iterator, answer):
+            yield item
 
 
 class InferenceServer:

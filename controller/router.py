@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from xpud.proto.oip import pb, pb_grpc
+from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,11 @@ def merge_statistics(into: pb.ModelStatistics, add: pb.ModelStatistics) -> None:
             memory[(m.type, m.id)] = into.memory_usage.add(type=m.type, id=m.id, byte_size=m.byte_size)
 
 
-class Router(pb_grpc.GRPCInferenceServiceServicer):
+class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     """Serves every deployment under its name by forwarding to the agents that hold a ready replica."""
+
+    product = "the xpud router"
+    logs_hint = "use --verbose or the controller's configuration"
 
     SWEEP_INTERVAL_S = 10.0  # how often channels of endpoints no deployment lists any more are looked for
 
@@ -317,75 +321,21 @@ class Router(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request is forwarded as a ModelInfer, concurrently; answers (or errors) go out as they complete."""
-        queue: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
 
-        async def one(req: pb.ModelInferRequest) -> None:
+        async def answer(req: pb.ModelInferRequest) -> Any:
             try:
                 reply = await self._forward(req.model_name, "ModelInfer", req, context)
-                await queue.put(pb.ModelStreamInferResponse(infer_response=reply))
+                return pb.ModelStreamInferResponse(infer_response=reply)
             except RouteError as exc:
-                await queue.put(pb.ModelStreamInferResponse(
-                    error_message=f"{exc.code.name}: {exc.message}",
-                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id),
-                ))
+                return stream_error(req, exc.code.name, exc.message)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # a bug of ours: answer this request, keep the stream going
                 log.exception("stream inference of %r failed", req.model_name)
-                await queue.put(pb.ModelStreamInferResponse(
-                    error_message=f"INTERNAL: {type(exc).__name__}: {exc}",
-                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id),
-                ))
+                return stream_error(req, "INTERNAL", f"{type(exc).__name__}: {exc}")
 
-        async def reader() -> None:
-            async for req in request_iterator:
-                task = asyncio.create_task(one(req))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            while pending:
-                await asyncio.gather(*list(pending))
-            await queue.put(None)
-
-        read = asyncio.create_task(reader())
-        try:
-            while (item := await queue.get()) is not None:
-                yield item
-            await read
-        finally:
-            read.cancel()
-            for task in list(pending):
-                task.cancel()
-
-    # -- not offered ----------------------------------------------------------------------
-    async def _unimplemented(self, what: str, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f"{what} is not supported by the xpud router: send tensors in the request "
-                            "(raw_input_contents)")
-
-    async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented("system shared memory", context)
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented("system shared memory", context)
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented("system shared memory", context)
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented("CUDA shared memory", context)
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented("CUDA shared memory", context)
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented("CUDA shared memory", context)
-
-    async def TraceSetting(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "trace settings are not supported by the xpud router; "
-                            "use the agents' /metrics and logs")
-
-    async def LogSettings(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "log settings are not supported by the xpud router; "
-                            "use --verbose or the controller's configuration")
+        async for item in stream_each(request_iterator, answer):
+            yield item
 
 
 def add_router(server: grpc.aio.Server, router: Router) -> None:
