@@ -94,7 +94,7 @@ class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServi
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
             self.manager.get(request.name, request.version)
-        except ModelUnavailable:
+        except (ModelUnavailable, ModelNotFound):  # as Triton and the router: not ready, not an error
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 

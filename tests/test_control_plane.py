@@ -204,3 +204,30 @@ def test_apply_file_creates_and_updates(cluster, tmp_path):
     bad.write_text('[[deployment]]\nname = "d"\n')
     result = c.admin("apply", "-f", str(bad))
     assert result.returncode == 1 and "needs at least name and model" in result.stderr
+
+
+def test_a_node_that_comes_back_is_reconciled_not_duplicated(cluster):
+    start_controller, start_agent = cluster
+    c = start_controller()
+    start_agent(c, "n1")
+    n2 = start_agent(c, "n2")
+    wait_for(lambda: len(c.admin_json("nodes").get("nodes", [])) == 2, what="two nodes")
+    assert c.admin("models", "push", str(IRIS), "--name", "iris").returncode == 0
+    assert c.admin("deploy", "iris", "--model", "iris", "--replicas", "2", "--strategy", "spread").returncode == 0
+    wait_for(lambda: running(c, "iris", 2), what="iris Running")
+    n2.kill()
+    wait_for(lambda: running(c, "iris", 2) if all(r["node"] == "n1" for r in deployment(c, "iris")["replicas"])
+             else None, what="replicas moved to n1")
+    back = start_agent(c, "n2")  # same node name, same cache directory
+    wait_for(lambda: {n["name"]: n["state"] for n in c.admin_json("nodes")["nodes"]}.get("n2") == "Ready",
+             what="n2 Ready again")
+    nodes = c.admin_json("nodes")["nodes"]
+    assert sorted(n["name"] for n in nodes) == ["n1", "n2"]  # one entry per node, not two
+    d = wait_for(lambda: running(c, "iris", 2), what="iris still Running")
+    assert len(d["replicas"]) == 2  # not duplicated by what n2 ran before it died
+
+    def n2_dropped_its_copy() -> bool:
+        with grpcclient.InferenceServerClient(back.grpc_url) as client:
+            return not client.is_model_ready("iris")
+
+    wait_for(n2_dropped_its_copy, what="n2 to drop the replica that moved away")
