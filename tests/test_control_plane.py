@@ -231,3 +231,23 @@ def test_a_node_that_comes_back_is_reconciled_not_duplicated(cluster):
             return not client.is_model_ready("iris")
 
     wait_for(n2_dropped_its_copy, what="n2 to drop the replica that moved away")
+
+
+def test_events_follow_streams_new_events(cluster):
+    import subprocess
+
+    from helpers import drain, xpud_command
+
+    start_controller, start_agent = cluster
+    c = start_controller()
+    follow = subprocess.Popen(xpud_command("events", "--follow", "--controller", c.address),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = drain(follow, lines)
+    try:
+        start_agent(c, "n9")
+        wait_for(lambda: any("NodeJoined" in line and "n9" in line for line in lines), what="a followed event")
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
+        reader.join(timeout=5)
