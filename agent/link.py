@@ -117,7 +117,7 @@ class LinkClient:
         return [
             lpb.InstanceStatus(deployment=r.deployment, model=r.model, version=r.version, digest=r.digest,
                                state=r.state, reason=r.reason, devices=list(r.devices),
-                               execution_provider=r.execution_provider)
+                               execution_provider=r.execution_provider, memory_bytes=r.memory_bytes)
             for r in self.reconciler.statuses()
         ]
 

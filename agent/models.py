@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from xpud.proto.oip import config_to_triton, mc, numpy_dtype
 
@@ -71,6 +72,7 @@ class ModelVersion:
     batcher: Batcher | None = None
     state: ModelState = ModelState.LOADING
     output_names: list[str] = field(default_factory=list)
+    memory_bytes: int = 0  # measured growth of the process while loading and warming up
 
     @property
     def provider(self) -> str:
@@ -105,6 +107,10 @@ class ModelVersion:
             return [(res, compute) for res in results]
 
         return run
+
+
+def _rss() -> int:
+    return int(psutil.Process().memory_info().rss)
 
 
 def batch_policy(config: mc.ModelConfig) -> BatchPolicy:
@@ -288,6 +294,7 @@ class ModelManager:
         config = read_config(model_dir)
         files = version_files(model_dir, config)
         providers = available_providers()
+        rss_before = _rss()
         built: dict[int, ModelVersion] = {}
         try:
             for version, path in files.items():
@@ -307,6 +314,11 @@ class ModelManager:
                 mv.output_names = [o.name for o in outputs]
                 mv.stats = ModelStats(name, str(version), mv.provider, self.metrics)
                 self._warm_up(mv)
+            # what loading cost this process (sessions, weights, arenas after warm-up), for the controller's
+            # placement; host memory only: GPU memory is not attributed per model yet
+            grown = max(_rss() - rss_before, 0)
+            for mv in built.values():
+                mv.memory_bytes = grown // max(len(built), 1)
         except BaseException:
             for mv in built.values():
                 for inst in mv.instances:

@@ -49,6 +49,7 @@ class InstanceReport:
     reason: str = ""
     devices: tuple[str, ...] = ()
     execution_provider: str = ""
+    memory_bytes: int = 0
 
 
 @dataclass
@@ -156,6 +157,7 @@ class Reconciler:
             versions = await self.manager.load(a.deployment)
             report.state = "READY"
             report.execution_provider = versions[0].provider if versions else ""
+            report.memory_bytes = sum(v.memory_bytes for v in versions)
             log.info("deployment %s: model %s:%s READY on %s", a.deployment, a.model, a.version, ", ".join(a.devices))
         except Exception as exc:
             report.state, report.reason = "FAILED", str(exc)

@@ -93,8 +93,14 @@ class Controller:
 
     # -- deployments ------------------------------------------------------------------------------
     async def memory_estimate(self, spec: DeploymentSpec) -> int:
+        """Per replica: what the user said; else what an agent measured; else the model file x a factor."""
         if spec.memory_bytes:
             return spec.memory_bytes
+        measured = [inst.memory_bytes // max(len(inst.devices), 1) for node in self.pool.nodes.values()
+                    if (inst := node.instances.get(spec.name)) is not None and inst.state == "READY"
+                    and inst.memory_bytes]
+        if measured:
+            return max(max(measured), MIN_MEMORY)
         model = await self.db(self.store.model, spec.model, spec.version or None)
         size = model.size if model is not None else 0
         return max(size * MEMORY_FACTOR, MIN_MEMORY)

@@ -1,0 +1,51 @@
+"""The controller's core without processes: memory estimates, failure detection with a stepped clock."""
+
+from __future__ import annotations
+
+from xpud.controller.control import MIN_MEMORY, Controller
+from xpud.controller.core import NODE_LOST, NODE_READY, NODE_SUSPECT, DeploymentSpec
+from xpud.controller.store import Store
+from xpud.proto import link_pb2 as lpb
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_memory_estimate_prefers_the_user_then_the_measurement_then_the_file(tmp_path):
+    store = Store(tmp_path)
+    controller = Controller(store)
+    digest, size = store.put_artifact([b"\x08" + b"\0" * (100 << 20)])
+    store.add_model("big", None, digest, size, "model.onnx")
+    spec = DeploymentSpec("web", "big", "", 2, 0)
+    assert await controller.memory_estimate(spec) == 3 * size  # the file x the factor
+    node = controller.pool.node("n1")
+    node.instances["web"] = lpb.InstanceStatus(deployment="web", state="READY", devices=["cpu:0", "cpu:0"],
+                                               memory_bytes=600 << 20)
+    assert await controller.memory_estimate(spec) == 300 << 20  # measured, per replica
+    node.instances["web"].memory_bytes = 1 << 20
+    assert await controller.memory_estimate(spec) == MIN_MEMORY  # never below the floor
+    assert await controller.memory_estimate(DeploymentSpec("web", "big", "", 2, 5 << 30)) == 5 << 30
+    await controller.close()
+    store.close()
+
+
+def test_failure_detection_suspect_then_lost():
+    clock = Clock()
+    from xpud.controller.pool import Pool
+
+    pool = Pool(clock)
+    node = pool.node("n1")
+    pool.seen(node, 0.0)
+    node.state = NODE_READY
+    clock.t += 1.5
+    assert pool.age(1.0, 3.0) == []
+    clock.t += 0.6  # 2.1 s silent: two intervals missed
+    assert pool.age(1.0, 3.0) == [(node, NODE_SUSPECT)]
+    clock.t += 1.0  # 3.1 s: past the lease
+    assert pool.age(1.0, 3.0) == [(node, NODE_LOST)] and not node.connected
+    assert pool.age(1.0, 3.0) == []  # reported once
