@@ -60,6 +60,7 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     zone: str = ""
     cache_dir: str | None = None  # artifacts, the agent-managed repository, the last desired state
+    cache_max_bytes: int = 20 << 30  # the artifact cache evicts least recently used artifacts past this
     advertise: str | None = None  # host the controller's router uses to reach this agent's endpoint
     enabled: list[str] | None = None  # None: every installed plugin but the opt-in ones
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -101,7 +101,8 @@ async def _start_linked(agent: RunningAgent, config: AgentConfig) -> None:
     config.model_repo = str(repo)
     await _start_serving(agent, config, load_all=False)
     assert agent.manager is not None and agent.grpc_port is not None
-    reconciler = Reconciler(agent.manager, ArtifactCache(cache / "artifacts"), cache / "desired.json")
+    artifacts = ArtifactCache(cache / "artifacts", config.cache_max_bytes)
+    reconciler = Reconciler(agent.manager, artifacts, cache / "desired.json")
     generation, saved = reconciler.saved()
     if saved:  # the data plane comes back before (and without) the controller
         log.info("serving the last desired state (generation %d) until the controller answers", generation)

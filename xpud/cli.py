@@ -57,6 +57,12 @@ _positive = _number(float, "seconds", lambda v: v > 0, "must be > 0, got {value}
 _size = _number(int, "a number of bytes", lambda v: v >= 1024, "must be at least 1024 bytes, got {value}")
 
 
+def _cache_size(text: str) -> int:
+    from xpud.admin_cli import parse_size
+
+    return parse_size(text)
+
+
 def _address(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -104,6 +110,8 @@ def build_parser() -> Parser:
     agent.add_argument("--zone", metavar="Z", help="node zone for placement")
     agent.add_argument("--cache-dir", metavar="DIR", help="artifact cache and agent state (default ~/.cache/xpud/NODE)")
     agent.add_argument("--advertise", metavar="HOST", help="host the controller's router uses to reach this agent")
+    agent.add_argument("--cache-size", type=_cache_size, metavar="SIZE",
+                       help="artifact cache limit, e.g. 50GiB (default 20GiB)")
 
     controller = sub.add_parser("controller", help="run the controller (pool, scheduler, router, admin API)")
     controller.add_argument("--listen", type=_address, default="127.0.0.1:7070", metavar="HOST:PORT",
@@ -154,6 +162,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
+    if getattr(args, "cache_size", None):
+        config.cache_max_bytes = args.cache_size
     if getattr(args, "labels", None):
         from xpud.agent.config import parse_labels
 
