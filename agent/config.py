@@ -61,6 +61,9 @@ class AgentConfig:
     zone: str = ""
     cache_dir: str | None = None  # artifacts, the agent-managed repository, the last desired state
     cache_max_bytes: int = 20 << 30  # the artifact cache evicts least recently used artifacts past this
+    tls_ca: str | None = None  # the link to the controller: CA of the controller's certificate
+    tls_cert: str | None = None  # this agent's certificate and key, for a controller that requires mTLS
+    tls_key: str | None = None
     advertise: str | None = None  # host the controller's router uses to reach this agent's endpoint
     enabled: list[str] | None = None  # None: every installed plugin but the opt-in ones
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -86,6 +86,8 @@ async def start_agent(config: AgentConfig) -> RunningAgent:
 
 async def _start_linked(agent: RunningAgent, config: AgentConfig) -> None:
     """Serve what the controller assigns: an agent-managed repository, the artifact cache, the link."""
+    from xpud.proto.credentials import CredentialsError, TlsFiles, channel_credentials
+
     from .artifacts import ArtifactCache
     from .link import LinkClient
     from .reconcile import Reconciler
@@ -107,10 +109,16 @@ async def _start_linked(agent: RunningAgent, config: AgentConfig) -> None:
     if saved:  # the data plane comes back before (and without) the controller
         log.info("serving the last desired state (generation %d) until the controller answers", generation)
         await reconciler.apply(generation, saved, None)
+    tls = TlsFiles(config.tls_ca, config.tls_cert, config.tls_key)
+    try:
+        credentials = channel_credentials(tls) if tls.enabled else None
+    except CredentialsError as exc:
+        await agent.close()
+        raise StartupError(str(exc)) from None
     agent.link = LinkClient(
         config.controller or "", node=config.node, labels=config.labels, zone=config.zone,
         endpoint=config.endpoint(agent.grpc_port), telemetry=agent.telemetry, reconciler=reconciler,
-        providers=available_providers,
+        providers=available_providers, credentials=credentials,
     )
 
 

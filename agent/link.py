@@ -53,7 +53,9 @@ class LinkClient:
         backoff_initial: float = 0.25,
         backoff_max: float = 10.0,
         rng: Callable[[], float] = random.random,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        self.credentials = credentials
         self.target = target
         self.node, self.labels, self.zone, self.endpoint = node, dict(labels), zone, endpoint
         self.telemetry = telemetry
@@ -122,7 +124,11 @@ class LinkClient:
         ]
 
     async def _session(self, stop: asyncio.Event) -> bool:
-        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
+        if self.credentials is not None:
+            channel = grpc.aio.secure_channel(self.target, self.credentials, options=CHANNEL_OPTIONS)
+        else:
+            channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        async with channel:
             self._stub = link_pb2_grpc.AgentLinkStub(channel)
             call = self._stub.Connect()
             await call.write(self._hello())

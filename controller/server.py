@@ -7,11 +7,13 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpud.proto import admin_pb2_grpc, link_pb2_grpc
+from xpud.proto.credentials import TlsFiles, server_credentials
 
 from .admin import AdminService
 from .control import Controller
@@ -71,9 +73,9 @@ class RunningController:
         self.controller.store.close()
 
 
-def _bind(server: grpc.aio.Server, address: str, what: str) -> int:
+def _bind(server: grpc.aio.Server, address: str, what: str, creds: grpc.ServerCredentials | None = None) -> int:
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {address} for {what}: {exc}") from None
     if port == 0:
@@ -82,7 +84,8 @@ def _bind(server: grpc.aio.Server, address: str, what: str) -> int:
 
 
 async def start_controller(listen: str, inference_port: int, state_dir: Path, *, inference_host: str | None = None,
-                           interval: float = 1.0, lease: float = 3.0) -> RunningController:
+                           interval: float = 1.0, lease: float = 3.0, tls: TlsFiles | None = None) -> RunningController:
+    creds = server_credentials(tls) if tls is not None and tls.enabled else None  # CredentialsError: bad files
     store = Store(state_dir)  # raises StoreError (in use, corrupt) before anything listens
     controller = Controller(store, interval=interval, lease=lease)
     server = grpc.aio.server(options=OPTIONS)
@@ -95,7 +98,7 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     add_router(router_server, router)
     host = inference_host or listen.rpartition(":")[0] or "0.0.0.0"
     try:
-        port = _bind(server, listen, "the agent link and admin API")
+        port = _bind(server, listen, "the agent link and admin API", creds)
         inference = _bind(router_server, f"{host}:{inference_port}", "inference")
     except StartupError:
         store.close()
@@ -104,18 +107,20 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     await server.start()
     await router_server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("xpud controller: agents and admin at %s:%d, inference at %s:%d, state in %s",
-             listen.rpartition(":")[0], port, host, inference, state_dir)
+    security = "mTLS" if tls is not None and tls.ca and creds is not None else "TLS" if creds is not None else \
+        "plaintext"
+    log.info("xpud controller: agents and admin at %s:%d (%s), inference at %s:%d, state in %s",
+             listen.rpartition(":")[0], port, security, host, inference, state_dir)
     return RunningController(controller, server, router_server, router, port, inference)
 
 
 async def run_controller(listen: str, inference_port: int, state_dir: Path, stop: asyncio.Event | None = None,
-                         **kwargs: float) -> int:
+                         **kwargs: Any) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running = await start_controller(listen, inference_port, state_dir, **kwargs)  # type: ignore[arg-type]
+    running = await start_controller(listen, inference_port, state_dir, **kwargs)
     try:
         await stop.wait()
     finally:

@@ -19,6 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from xpud.proto import admin_pb2 as apb
 from xpud.proto import admin_pb2_grpc
+from xpud.proto.credentials import CredentialsError, TlsFiles, channel_credentials
 from xpud.render import NA, table
 
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
@@ -83,9 +84,17 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
 
 
 class Admin:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: TlsFiles | None = None) -> None:
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+        options = [("grpc.max_send_message_length", 64 << 20)]
+        if tls is not None and tls.enabled:
+            try:
+                creds = channel_credentials(tls)
+            except CredentialsError as exc:
+                raise CliError(str(exc)) from None
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = admin_pb2_grpc.AdminStub(self.channel)
 
     def call(self, method: str, request: Any, timeout: float = 30.0) -> Any:
@@ -99,7 +108,8 @@ def _error(exc: grpc.RpcError, target: str) -> CliError:
     code = exc.code() if hasattr(exc, "code") else None
     if code is grpc.StatusCode.UNAVAILABLE:
         return CliError(f"cannot reach the controller at {target} (is `xpud controller` running? "
-                        "set --controller or XPUD_CONTROLLER)")
+                        "set --controller or XPUD_CONTROLLER; a controller with TLS needs --tls-ca, with mTLS also "
+                        "--tls-cert and --tls-key)")
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return CliError(details or str(code))
 
@@ -199,7 +209,8 @@ def _print(args: argparse.Namespace, message: Any, rows: Callable[[], str]) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    admin = Admin(args.controller or os.environ.get("XPUD_CONTROLLER") or DEFAULT_CONTROLLER)
+    tls = TlsFiles.from_env(args.tls_ca, args.tls_cert, args.tls_key)
+    admin = Admin(args.controller or os.environ.get("XPUD_CONTROLLER") or DEFAULT_CONTROLLER, tls)
     command = args.command
     if command == "nodes":
         reply = admin.call("ListNodes", apb.ListNodesRequest())

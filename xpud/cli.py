@@ -76,6 +76,12 @@ def _existing_file(text: str) -> str:
     return text
 
 
+def _tls_flags(p: argparse.ArgumentParser, ca_help: str, cert_help: str) -> None:
+    p.add_argument("--tls-ca", type=_existing_file, metavar="FILE", help=ca_help)
+    p.add_argument("--tls-cert", type=_existing_file, metavar="FILE", help=cert_help)
+    p.add_argument("--tls-key", type=_existing_file, metavar="FILE", help="the private key of --tls-cert")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="xpud", description="Node-level accelerator agent and control plane.")
     parser.add_argument("--version", action="version", version=f"xpud {__version__}")
@@ -112,6 +118,8 @@ def build_parser() -> Parser:
     agent.add_argument("--advertise", metavar="HOST", help="host the controller's router uses to reach this agent")
     agent.add_argument("--cache-size", type=_cache_size, metavar="SIZE",
                        help="artifact cache limit, e.g. 50GiB (default 20GiB)")
+    _tls_flags(agent, "the controller link: CA of the controller's certificate",
+               "this agent's certificate, for a controller that requires mTLS")
 
     controller = sub.add_parser("controller", help="run the controller (pool, scheduler, router, admin API)")
     controller.add_argument("--listen", type=_address, default="127.0.0.1:7070", metavar="HOST:PORT",
@@ -121,6 +129,8 @@ def build_parser() -> Parser:
     controller.add_argument("--state", metavar="DIR", help="state directory (default: a per-user data dir)")
     controller.add_argument("--lease", type=_positive, default=3.0, metavar="SECONDS",
                             help="a node silent this long is Lost and its replicas move (default 3)")
+    _tls_flags(controller, "require agents and admin clients to present a certificate signed by this CA (mTLS)",
+               "serve the agent link and admin API over TLS with this certificate")
 
     up = sub.add_parser("up", help="all in one: a controller, a local agent and the demo model deployed")
     up.add_argument("--state", metavar="DIR", help="controller state directory")
@@ -134,6 +144,8 @@ def build_parser() -> Parser:
     def controller_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", type=_address, metavar="HOST:PORT",
                        help="controller admin address (default $XPUD_CONTROLLER or 127.0.0.1:7070)")
+        _tls_flags(p, "CA of the controller's certificate (default $XPUD_TLS_CA)",
+                   "client certificate for a controller that requires mTLS (default $XPUD_TLS_CERT)")
 
     from xpud.admin_cli import add_commands
 
@@ -158,7 +170,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
                 usage_error(prog, str(exc))
         config.enable_sim(args.sim, args.scenario)
     for name in ("metrics_port", "metrics_host", "interval", "node", "model_repo", "grpc_port", "grpc_host",
-                 "max_message_bytes", "controller", "zone", "cache_dir", "advertise"):
+                 "max_message_bytes", "controller", "zone", "cache_dir", "advertise", "tls_ca", "tls_cert",
+                 "tls_key"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
@@ -227,11 +240,15 @@ def default_state_dir() -> Path:
 def cmd_controller(args: argparse.Namespace) -> int:
     from xpud.controller.server import StartupError, run_controller
     from xpud.controller.store import StoreError
+    from xpud.proto.credentials import CredentialsError, TlsFiles
 
     state = Path(args.state) if args.state else default_state_dir()
+    tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    if tls.enabled and not (tls.cert and tls.key):
+        usage_error("xpud controller", "TLS needs --tls-cert and --tls-key (with --tls-ca: client certificates too)")
     try:
-        return asyncio.run(run_controller(args.listen, args.inference_port, state, lease=args.lease))
-    except (StartupError, StoreError) as exc:
+        return asyncio.run(run_controller(args.listen, args.inference_port, state, lease=args.lease, tls=tls))
+    except (StartupError, StoreError, CredentialsError) as exc:
         sys.stderr.write(f"xpud controller: error: {exc}\n")
         return 1
 

@@ -1,0 +1,66 @@
+"""TLS and mutual TLS for the control plane's gRPC (the agent link and the admin API).
+
+A controller given a CA requires every agent and admin client to present a
+certificate signed by it (mTLS); given only a certificate and key it serves TLS.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+class CredentialsError(ValueError):
+    """A certificate or key that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: str | None = None  # CA that signs the peer's certificate
+    cert: str | None = None  # our certificate chain (PEM)
+    key: str | None = None  # our private key (PEM)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca or self.cert or self.key)
+
+    @classmethod
+    def from_env(cls, ca: str | None = None, cert: str | None = None, key: str | None = None) -> TlsFiles:
+        """Flags first, then XPUD_TLS_CA / XPUD_TLS_CERT / XPUD_TLS_KEY."""
+        return cls(ca or os.environ.get("XPUD_TLS_CA") or None, cert or os.environ.get("XPUD_TLS_CERT") or None,
+                   key or os.environ.get("XPUD_TLS_KEY") or None)
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CredentialsError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
+    if b"-----BEGIN" not in data:
+        raise CredentialsError(f"the {what} {path!r} is not PEM (no -----BEGIN line)")
+    marker = b"PRIVATE KEY-----" if what == "private key" else b"-----BEGIN CERTIFICATE-----"
+    if marker not in data:
+        raise CredentialsError(f"the {what} {path!r} holds no {marker.decode().strip('-')} block")
+    return data
+
+
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    if not tls.cert or not tls.key:
+        raise CredentialsError("serving TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+    chain, key = _read(tls.cert, "certificate"), _read(tls.key, "private key")
+    assert chain is not None and key is not None
+    root = _read(tls.ca, "CA certificate")
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=root, require_client_auth=root is not None)
+
+
+def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
+    if bool(tls.cert) != bool(tls.key):
+        raise CredentialsError("a client certificate needs its key and the other way round (--tls-cert, --tls-key)")
+    return grpc.ssl_channel_credentials(root_certificates=_read(tls.ca, "CA certificate"),
+                                        private_key=_read(tls.key, "private key"),
+                                        certificate_chain=_read(tls.cert, "certificate"))
