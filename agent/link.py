@@ -101,7 +101,8 @@ class LinkClient:
                 await asyncio.wait_for(stop.wait(), pause)
             except TimeoutError:
                 pass
-        if self._applier is not None:
+        if self._applier is not None:  # stopping: don't wait out a retry back-off
+            self._applier.cancel()
             await asyncio.gather(self._applier, return_exceptions=True)
 
     def _hello(self) -> lpb.AgentMessage:
@@ -173,10 +174,18 @@ class LinkClient:
             self._applier = asyncio.create_task(self._apply_pending())
 
     async def _apply_pending(self) -> None:
+        retry = 2.0
         while self._pending is not None:
             generation, assignments = self._pending
             self._pending = None
             await self.reconciler.apply(generation, assignments, self._fetch)
+            failed = [r.deployment for r in self.reconciler.statuses() if r.state == "FAILED"]
+            if failed and self._pending is None:  # try failed assignments again, backing off, until a newer state
+                log.info("retrying %s in %.0f s", ", ".join(failed), retry)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, 60.0)
+                if self._pending is None:
+                    self._pending = (generation, assignments)
 
     async def _fetch(self, digest: str, offset: int) -> AsyncIterator[bytes]:
         if self._stub is None:
