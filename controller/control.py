@@ -134,6 +134,12 @@ class Controller:
                 used.add(index)
                 replicas.append(Replica(name, index, node.name, device, spec.memory_bytes or MIN_MEMORY))
 
+    async def node_back(self, node: NodeState) -> None:
+        was = node.state
+        node.state = NODE_READY
+        await self.event("NodeReady", node.name, f"heard from again (was {was})")
+        self.changed()
+
     async def node_left(self, node: NodeState) -> None:
         node.connected = False
         node.session = None
@@ -221,35 +227,62 @@ class Controller:
         await self.push_all()
         return decision
 
-    async def desired_for(self, node: str) -> list[lpb.ModelAssignment]:
-        out = []
-        for name in sorted(self.placement):
-            devices = sorted(r.device for r in self.placement[name] if r.node == node)
-            spec = self.specs.get(name)
-            if not devices or spec is None:
-                continue
-            model = await self.db(self.store.model, spec.model, spec.version or None)
-            if model is None:
-                continue
-            out.append(lpb.ModelAssignment(
-                deployment=name, model=model.name, version=model.version, digest=model.digest,
-                size_bytes=model.size, devices=devices, max_batch_size=spec.max_batch_size,
-                priority=max(spec.priority, 0)))
+    async def desired(self) -> dict[str, list[lpb.ModelAssignment]]:
+        """Every node's share of the placement, built in one pass (one model lookup per deployment)."""
+        models = {(m.name, m.version): m for m in await self.db(self.store.models)}
+        latest: dict[str, Any] = {}
+        for m in models.values():  # store.models() is in creation order: the last of a name is the latest
+            if m.name not in latest or _newer(m.version, latest[m.name].version):
+                latest[m.name] = m
+        per_node: dict[str, dict[str, list[str]]] = {}
+        for name, replicas in self.placement.items():
+            for r in replicas:
+                per_node.setdefault(r.node, {}).setdefault(name, []).append(r.device)
+        out: dict[str, list[lpb.ModelAssignment]] = {}
+        for node, deployments in per_node.items():
+            assignments = []
+            for name in sorted(deployments):
+                spec = self.specs.get(name)
+                if spec is None:
+                    continue
+                model = models.get((spec.model, spec.version)) if spec.version else latest.get(spec.model)
+                if model is None:
+                    continue
+                assignments.append(lpb.ModelAssignment(
+                    deployment=name, model=model.name, version=model.version, digest=model.digest,
+                    size_bytes=model.size, devices=sorted(deployments[name]), max_batch_size=spec.max_batch_size,
+                    priority=max(spec.priority, 0)))
+            out[node] = assignments
         return out
 
     async def push_all(self) -> None:
-        for node in self.pool.nodes.values():
+        """Send every connected node whose share changed its new desired state: generations are written in one
+        transaction first (they never go backwards, even after a crash), then all pushes go out at once."""
+        desired = await self.desired()
+        changed: dict[str, tuple[Any, list[lpb.ModelAssignment]]] = {}
+        for node in list(self.pool.nodes.values()):
             if node.session is None or node.state == NODE_LOST:
                 continue
-            assignments = await self.desired_for(node.name)
-            if self.sent.get(node.name) == assignments:
-                continue
-            generation = self.generations.get(node.name, 0) + 1
-            await self.db(self.store.set_generation, node.name, generation)  # never backwards, even after a crash
-            self.generations[node.name] = generation
-            self.sent[node.name] = assignments
-            node.session.push(lpb.ControllerMessage(desired=lpb.DesiredState(generation=generation,
-                                                                             assignments=assignments)))
+            assignments = desired.get(node.name, [])
+            if self.sent.get(node.name) != assignments:
+                changed[node.name] = (node, assignments)
+        if not changed:
+            return
+        generations = {name: self.generations.get(name, 0) + 1 for name in changed}
+        await self.db(self.store.set_generations, generations)
+        for name, (node, assignments) in changed.items():
+            self.generations[name] = generations[name]
+            self.sent[name] = assignments
+            if node.session is not None:
+                node.session.push(lpb.ControllerMessage(desired=lpb.DesiredState(
+                    generation=generations[name], assignments=assignments)))
+
+
+def _newer(a: str, b: str) -> bool:
+    """Is model version a newer than b? Whole numbers compare as numbers."""
+    if a.isdigit() and b.isdigit():
+        return int(a) > int(b)
+    return True  # later in creation order
 
 
 def _with_memory(spec: DeploymentSpec, memory: int) -> DeploymentSpec:

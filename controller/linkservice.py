@@ -15,6 +15,7 @@ from xpud.proto import link_pb2 as lpb
 from xpud.proto import link_pb2_grpc
 
 from .control import Controller
+from .core import NODE_READY
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -58,9 +59,11 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
         controller.pool.hello(node, hello, time.time())
         yield lpb.ControllerMessage(welcome=lpb.Welcome(
             telemetry_interval_s=controller.interval, lease_s=controller.lease, controller_version=__version__))
-        await controller.node_joined(node, hello)
+        # read (and so hear the heartbeat) before the join is written: a slow store must not make it look silent
+        node.state = NODE_READY
         reader = asyncio.create_task(self._read(iterator, node, session))
         try:
+            await controller.node_joined(node, hello)
             while True:
                 message = await session.outbox.get()
                 if message is None:
@@ -79,6 +82,8 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
                 if node.session is not session:
                     break
                 pool.seen(node, time.time())
+                if node.state != NODE_READY:  # a Suspect (or Lost) node that speaks again is back
+                    await self.controller.node_back(node)
                 kind = message.WhichOneof("kind")
                 if kind == "telemetry":
                     pool.telemetry(node, message.telemetry)

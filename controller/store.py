@@ -384,6 +384,15 @@ class Store:
                 (node, int(generation)),
             )
 
+    def set_generations(self, generations: Mapping[str, int]) -> None:
+        """Several nodes' generations in one transaction (one fsync for a whole push round)."""
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO generations (node, generation) VALUES (?, ?) "
+                "ON CONFLICT (node) DO UPDATE SET generation = max(generation, excluded.generation)",
+                [(node, int(g)) for node, g in generations.items()],
+            )
+
     def generations(self) -> dict[str, int]:
         return {node: gen for node, gen in self._db.execute("SELECT node, generation FROM generations")}
 

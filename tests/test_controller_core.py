@@ -49,3 +49,22 @@ def test_failure_detection_suspect_then_lost():
     clock.t += 1.0  # 3.1 s: past the lease
     assert pool.age(1.0, 3.0) == [(node, NODE_LOST)] and not node.connected
     assert pool.age(1.0, 3.0) == []  # reported once
+
+
+async def test_a_suspect_node_that_speaks_again_is_ready(tmp_path):
+    from xpud.controller.linkservice import AgentLinkService, Session
+
+    store = Store(tmp_path)
+    controller = Controller(store)
+    node = controller.pool.node("n1")
+    session = Session("n1")
+    node.session, node.state = session, NODE_SUSPECT
+
+    async def messages():  # type: ignore[no-untyped-def]
+        yield lpb.AgentMessage(telemetry=lpb.Telemetry(seq=1))
+
+    await AgentLinkService(controller)._read(messages(), node, session)
+    assert node.state == NODE_READY
+    assert [e.kind for e in store.events()] == ["NodeReady"]
+    await controller.close()
+    store.close()
