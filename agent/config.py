@@ -4,6 +4,9 @@ Example (all keys optional)::
 
     [agent]
     node = "gpu-01"            # default: the host name
+    controller = "ctl:7070"    # join this controller (else: --standalone)
+    labels = { rack = "r1" }
+    zone = "z1"
     interval = 1.0             # telemetry tick, seconds
     metrics_host = "0.0.0.0"
     metrics_port = 8002
@@ -131,7 +134,8 @@ def load_config(path: str | Path | None) -> AgentConfig:
     if unknown:
         raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(sorted(unknown))}")
     agent = data.get("agent", {})
-    known = {"node", "interval", "metrics_host", "metrics_port", "sample_budget"}
+    known = {"node", "interval", "metrics_host", "metrics_port", "sample_budget", "controller", "labels", "zone",
+             "cache_dir", "advertise"}
     if set(agent) - known:
         raise ConfigError(f"[agent] unknown key(s) {', '.join(sorted(set(agent) - known))}")
     config.node = str(agent.get("node", config.node))
@@ -139,6 +143,13 @@ def load_config(path: str | Path | None) -> AgentConfig:
     config.metrics_host = str(agent.get("metrics_host", config.metrics_host))
     config.metrics_port = _number(agent, "metrics_port", config.metrics_port, minimum=0, maximum=65535, integer=True)
     config.sample_budget = float(_number(agent, "sample_budget", config.sample_budget, minimum=0.01))
+    for key in ("controller", "zone", "cache_dir", "advertise"):
+        if key in agent:
+            setattr(config, key, str(agent[key]))
+    labels = agent.get("labels", {})
+    if not isinstance(labels, dict):
+        raise ConfigError('[agent] labels must be a table, e.g. labels = { rack = "r1" }')
+    config.labels = {str(k): str(v) for k, v in labels.items()}
     _serving(config, data.get("serving", {}))
     plugins = dict(data.get("plugins", {}))
     enabled = plugins.pop("enabled", None)

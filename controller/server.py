@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,15 +116,20 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
 
 
 async def run_controller(listen: str, inference_port: int, state_dir: Path, stop: asyncio.Event | None = None,
-                         **kwargs: Any) -> int:
+                         notify: Callable[..., Any] | None = None, **kwargs: Any) -> int:
+    """Serve until SIGTERM/SIGINT (or ``stop``); ``notify`` gets systemd's READY=1 / STOPPING=1."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     running = await start_controller(listen, inference_port, state_dir, **kwargs)
+    if notify is not None:
+        notify("READY=1", f"STATUS=agents and admin on port {running.port}, inference on {running.inference_port}")
     try:
         await stop.wait()
     finally:
+        if notify is not None:
+            notify("STOPPING=1")
         log.info("xpud controller stopping")
         await running.stop()
     return 0

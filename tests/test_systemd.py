@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -67,3 +68,32 @@ def test_agent_sends_ready_watchdog_and_stopping(start_agent, tmp_path):
         except TimeoutError:
             pass
         assert any("STOPPING=1" in m for m in rest)
+
+
+def test_controller_unit_verifies_and_the_controller_notifies_systemd(tmp_path):
+    import subprocess as sp
+
+    from helpers import free_port, xpud_command
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is not None:
+        unit = tmp_path / "xpud-controller.service"
+        xpud = Path(sys.executable).with_name("xpud")
+        unit.write_text((UNIT.parent / "xpud-controller.service").read_text().replace("/usr/local/bin/xpud", str(xpud)))
+        result = sp.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "xpud-controller.service" not in result.stderr, result.stderr
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(20)
+        env = {**os.environ, "NOTIFY_SOCKET": path, "STATE_DIRECTORY": str(tmp_path / "st")}
+        proc = sp.Popen(xpud_command("controller", "--listen", f"127.0.0.1:{free_port()}", "--inference-port", "0"),
+                        env=env, stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+        try:
+            assert "READY=1" in sock.recv(4096).decode()
+            assert (tmp_path / "st" / "state.db").exists()  # systemd's StateDirectory is the default --state
+            proc.send_signal(signal.SIGTERM)
+            assert "STOPPING=1" in sock.recv(4096).decode()
+            assert proc.wait(timeout=20) == 0
+        finally:
+            proc.kill()

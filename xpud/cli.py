@@ -218,9 +218,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from xpud.agent.daemon import StartupError, run_standalone
 
-    if args.standalone == bool(args.controller):
-        usage_error("xpud agent", "give either --standalone or --controller HOST:PORT")
     config = _config(args)
+    if args.standalone == bool(config.controller):
+        usage_error("xpud agent", "give either --standalone or --controller HOST:PORT (or controller in --config)")
     if config.controller is not None and args.model_repo:
         usage_error("xpud agent", "--model-repo is for --standalone; with --controller, deploy with `xpud deploy`")
     if config.model_repo is not None and not Path(config.model_repo).is_dir():
@@ -233,7 +233,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def default_state_dir() -> Path:
-    base = os.environ.get("STATE_DIRECTORY") or os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    """systemd's StateDirectory when run as a unit, else ~/.local/share/xpud/controller."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
     return Path(base) / "xpud" / "controller"
 
 
@@ -246,8 +249,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
     tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
     if tls.enabled and not (tls.cert and tls.key):
         usage_error("xpud controller", "TLS needs --tls-cert and --tls-key (with --tls-ca: client certificates too)")
+    from xpud.agent.sdnotify import SystemdNotifier
+
     try:
-        return asyncio.run(run_controller(args.listen, args.inference_port, state, lease=args.lease, tls=tls))
+        return asyncio.run(run_controller(args.listen, args.inference_port, state, lease=args.lease, tls=tls,
+                                          notify=SystemdNotifier().notify))
     except (StartupError, StoreError, CredentialsError) as exc:
         sys.stderr.write(f"xpud controller: error: {exc}\n")
         return 1
