@@ -139,8 +139,8 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, load_all: boo
     if not repo.is_dir():
         await agent.close()
         raise StartupError(f"model repository {str(repo)!r} is not a directory (check --model-repo)")
-    meter = agent.metrics.provider.get_meter("xpud.inference")
-    agent.manager = ModelManager(repo, gpus=serving_gpus(agent.inventory), metrics=InferenceMetrics(meter),
+    agent.manager = ModelManager(repo, gpus=serving_gpus(agent.inventory),
+                                 metrics=InferenceMetrics(agent.metrics.registry),
                                  default_max_batch_size=config.default_max_batch_size)
     agent.server = InferenceServer(agent.manager, max_message_bytes=config.max_message_bytes)
     try:

@@ -8,6 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import prometheus_client
+
 from xpud.proto.oip import pb
 
 # Histogram buckets in seconds for request, queue and compute durations.
@@ -36,20 +38,38 @@ class BatchBucket:
 
 
 class InferenceMetrics:
-    """The ``xpud_inference_*`` instruments, shared by every model of the process."""
+    """The ``xpud_inference_*`` metrics, shared by every model of the process.
 
-    def __init__(self, meter: Any) -> None:
-        self.requests = meter.create_counter("xpud.inference.requests", unit="{request}",
-                                             description="Inference requests by model, version and outcome")
-        self.latency = meter.create_histogram("xpud.inference.request.duration", unit="s",
-                                              description="Request latency from arrival to response",
-                                              explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
-        self.queue = meter.create_histogram("xpud.inference.queue.duration", unit="s",
-                                            description="Time a request waited in the batcher queue",
-                                            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
-        self.batch = meter.create_histogram("xpud.inference.batch.size", unit="{request}",
-                                            description="Rows per executed batch",
-                                            explicit_bucket_boundaries_advisory=BATCH_BUCKETS)
+    These are on the request path, so they are plain prometheus_client instruments with their label
+    children bound once per model version (a few microseconds a request), in the same registry that
+    /metrics serves; the device metrics stay OpenTelemetry's observable instruments.
+    """
+
+    def __init__(self, registry: Any) -> None:
+        labels = ("model", "version", "execution_provider")
+        self.requests = prometheus_client.Counter(
+            "xpud_inference_requests", "Inference requests by model, version and outcome", [*labels, "status"],
+            registry=registry)
+        self.latency = prometheus_client.Histogram(
+            "xpud_inference_request_duration_seconds", "Request latency from arrival to response",
+            [*labels, "status"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.queue = prometheus_client.Histogram(
+            "xpud_inference_queue_duration_seconds", "Time a request waited in the batcher queue", labels,
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch = prometheus_client.Histogram(
+            "xpud_inference_batch_size", "Rows per executed batch", labels, buckets=BATCH_BUCKETS, registry=registry)
+
+
+class _Bound:
+    """One model version's label children, looked up once."""
+
+    def __init__(self, m: InferenceMetrics, labels: tuple[str, str, str]) -> None:
+        self.ok = m.requests.labels(*labels, "success")
+        self.failed = m.requests.labels(*labels, "failure")
+        self.latency_ok = m.latency.labels(*labels, "success")
+        self.latency_failed = m.latency.labels(*labels, "failure")
+        self.queue = m.queue.labels(*labels)
+        self.batch = m.batch.labels(*labels)
 
 
 class ModelStats:
@@ -57,8 +77,7 @@ class ModelStats:
 
     def __init__(self, name: str, version: str, provider: str, metrics: InferenceMetrics | None = None) -> None:
         self.name, self.version = name, version
-        self._attrs = {"model": name, "version": version, "execution_provider": provider}
-        self._metrics = metrics
+        self._metrics = _Bound(metrics, (name, version, provider)) if metrics is not None else None
         self._lock = threading.Lock()
         self.success = Duration()
         self.fail = Duration()
@@ -81,12 +100,15 @@ class ModelStats:
                     self.compute_infer.add(compute[1])
                     self.compute_output.add(compute[2])
             self.last_inference_ms = int(time.time() * 1000)
-        if self._metrics is not None:
-            attrs = {**self._attrs, "status": "success" if ok else "failure"}
-            self._metrics.requests.add(1, attrs)
-            self._metrics.latency.record(total_ns / 1e9, attrs)
+        m = self._metrics
+        if m is not None:
             if ok:
-                self._metrics.queue.record(queue_ns / 1e9, self._attrs)
+                m.ok.inc()
+                m.latency_ok.observe(total_ns / 1e9)
+                m.queue.observe(queue_ns / 1e9)
+            else:
+                m.failed.inc()
+                m.latency_failed.observe(total_ns / 1e9)
 
     def batch_done(self, rows: int, compute: tuple[int, int, int]) -> None:
         with self._lock:
@@ -97,7 +119,7 @@ class ModelStats:
             bucket.compute_infer.add(compute[1])
             bucket.compute_output.add(compute[2])
         if self._metrics is not None:
-            self._metrics.batch.record(rows, self._attrs)
+            self._metrics.batch.observe(rows)
 
     def proto(self) -> pb.ModelStatistics:
         with self._lock:
