@@ -2,7 +2,7 @@
 
 The tick runs on the event loop and awaits the plugins, whose blocking calls
 run in their own threads (see inventory). Consumers (the Prometheus
-collector, later the controller link) read ``snapshot``: an immutable mapping
+collector, the controller link) read ``snapshot``: an immutable mapping
 swapped whole each tick, so readers on other threads never see half a tick.
 """
 
@@ -15,9 +15,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
-from xpud.plugins.base import DeviceSample, changed_fields
+from xpud.plugins.base import DeviceSample
 
 from .inventory import Inventory
 
@@ -33,32 +32,6 @@ class Snapshot:
     samples: Mapping[str, DeviceSample] = field(default_factory=dict)
     # (device_id, event kind, code or "") -> events since the agent started
     event_totals: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
-
-
-class DeltaEncoder:
-    """Per-device deltas against the last *acknowledged* sample, for the controller link.
-
-    ``delta`` gives only the fields that changed since what the peer has
-    acknowledged (all fields for a device it has not seen), ``ack`` records that
-    the peer has it, ``reset`` forgets everything (a reconnect sends full samples).
-    """
-
-    def __init__(self) -> None:
-        self._acked: dict[str, DeviceSample] = {}
-
-    def delta(self, samples: Mapping[str, DeviceSample]) -> dict[str, dict[str, Any]]:
-        out = {}
-        for device_id, sample in samples.items():
-            changed = changed_fields(self._acked.get(device_id), sample)
-            if changed.keys() - {"timestamp"}:  # a new timestamp alone is not worth sending
-                out[device_id] = changed
-        return out
-
-    def ack(self, samples: Mapping[str, DeviceSample]) -> None:
-        self._acked.update(samples)
-
-    def reset(self) -> None:
-        self._acked.clear()
 
 
 class Telemetry:

@@ -62,16 +62,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.c = controller
 
     # -- nodes and pool -------------------------------------------------------------------------
+    def _node_info(self, n: Any) -> apb.NodeInfo:
+        return apb.NodeInfo(name=n.name, state=n.state, cordoned=n.cordoned, labels=n.labels, zone=n.zone,
+                            agent_version=n.agent_version, inference_endpoint=n.endpoint,
+                            generation_desired=self.c.generations.get(n.name, 0),
+                            generation_observed=n.generation_observed, last_seen=n.last_seen_wall,
+                            devices=len(n.devices), execution_providers=n.providers)
+
     @_errors
     async def ListNodes(self, request: Any, context: Any) -> apb.ListNodesResponse:
-        out = apb.ListNodesResponse()
-        for n in sorted(self.c.pool.nodes.values(), key=lambda n: n.name):
-            out.nodes.add(name=n.name, state=n.state, cordoned=n.cordoned, labels=n.labels, zone=n.zone,
-                          agent_version=n.agent_version, inference_endpoint=n.endpoint,
-                          generation_desired=self.c.generations.get(n.name, 0),
-                          generation_observed=n.generation_observed, last_seen=n.last_seen_wall,
-                          devices=len(n.devices), execution_providers=n.providers)
-        return out
+        return apb.ListNodesResponse(nodes=[self._node_info(n) for n in sorted(self.c.pool.nodes.values(),
+                                                                               key=lambda n: n.name)])
 
     @_errors
     async def GetPool(self, request: Any, context: Any) -> apb.GetPoolResponse:
@@ -104,7 +105,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         what = "drained" if request.cordoned and request.drain else "cordoned" if request.cordoned else "uncordoned"
         await self.c.event(what.capitalize(), node.name, f"node {what} by an operator")
         await self.c.reconcile_now()
-        return (await self.ListNodes(request, context)).nodes[sorted(self.c.pool.nodes).index(node.name)]
+        return self._node_info(node)
 
     # -- models ---------------------------------------------------------------------------------
     @_errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from xpud.agent.inventory import Inventory, PluginSlot
-from xpud.agent.telemetry import DeltaEncoder, Telemetry
+from xpud.agent.telemetry import Telemetry
 from xpud.agent.wire import device_info_to_proto, encode_sample, sample_to_proto
 from xpud.plugins.base import DeviceSample, Health, changed_fields
 from xpud.plugins.sim import SimPlugin
@@ -61,17 +61,13 @@ def test_changed_fields_is_a_delta():
     assert len(changed_fields(None, b)) > 20
 
 
-def test_delta_encoder_sends_only_changes_since_the_ack():
-    enc = DeltaEncoder()
-    a = {"g": DeviceSample("g", 1.0, utilization=0.5, temperature=50.0)}
-    assert "utilization" in enc.delta(a)["g"]  # never acknowledged: everything
-    enc.ack(a)
-    same = {"g": DeviceSample("g", 2.0, utilization=0.5, temperature=50.0)}
-    assert enc.delta(same) == {}  # only the clock moved: nothing to send
-    hotter = {"g": DeviceSample("g", 3.0, utilization=0.5, temperature=52.0)}
-    assert enc.delta(hotter) == {"g": {"timestamp": 3.0, "temperature": 52.0}}
-    enc.reset()
-    assert "utilization" in enc.delta(hotter)["g"]
+def test_a_delta_holds_only_what_changed_since_the_peer_last_got():
+    a = DeviceSample("g", 1.0, utilization=0.5, temperature=50.0)
+    assert encode_sample(a, None).full  # the peer has nothing yet (a new stream): a full sample
+    assert encode_sample(DeviceSample("g", 2.0, utilization=0.5, temperature=50.0), a) is None  # only the clock
+    hotter = encode_sample(DeviceSample("g", 3.0, utilization=0.5, temperature=52.0), a)
+    assert hotter is not None and not hotter.full
+    assert {f.name for f, _ in hotter.ListFields()} == {"device_id", "timestamp", "temperature"}
 
 
 def test_wire_round_trip_of_deltas_equals_the_full_sample():
