@@ -53,6 +53,7 @@ SEQ_LEN = 32
 # Tuned on the 2-core VM (see BENCHMARKS.md): a sub-millisecond queue delay costs a whole millisecond, and
 # ORT's spinning intra-op pool burns the core the gRPC loop needs for the tiny MLP.
 DEFAULT_QUEUE_DELAY_US = 0
+GPU: int | None = None  # --gpu N: every case on that GPU with the CUDA EP
 DEFAULT_INTRA = {"mlp": 1, "minilm": 2}
 
 FLOOR = r"""
@@ -180,7 +181,8 @@ def config_pbtxt(m: Model, delay_us: int, preferred: list[int], intra: int, inst
         f'name: "{m.name}"\nbackend: "onnxruntime"\nmax_batch_size: {MAX_BATCH}\n'
         + tensors("input", m.inputs) + tensors("output", m.outputs)
         + f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n{pref}}}\n"
-        + f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
+        + (f"instance_group [ {{ count: {instances} kind: KIND_GPU gpus: [ {GPU} ] }} ]\n" if GPU is not None
+           else f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n")
         + f'parameters {{ key: "intra_op_thread_count" value {{ string_value: "{intra}" }} }}\n'
     )
 
@@ -433,6 +435,9 @@ def ort_session(path: Path, intra: int) -> Any:
     so.intra_op_num_threads = intra
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if GPU is not None:  # as the agent makes one for a KIND_GPU instance
+        return ort.InferenceSession(str(path), sess_options=so,
+                                    providers=[("CUDAExecutionProvider", {"device_id": str(GPU)})])
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
@@ -491,8 +496,9 @@ async def _in_process(repo: Path, name: str, arrays: dict[str, np.ndarray], requ
     takes = next(iter(inspect.signature(InferenceMetrics).parameters))
     metrics = InferenceMetrics(prometheus_client.CollectorRegistry() if takes == "registry"
                                else provider.get_meter("bench"))
-    managers = {"infer_path": ModelManager(repo, metrics=metrics),
-                "infer_path_no_metrics": ModelManager(repo, metrics=None)}
+    gpus = [GPU] if GPU is not None else []
+    managers = {"infer_path": ModelManager(repo, gpus=gpus, metrics=metrics),
+                "infer_path_no_metrics": ModelManager(repo, gpus=gpus, metrics=None)}
     times: dict[str, list[float]] = {k: [] for k in managers}
     for manager in managers.values():
         await manager.load(name)
@@ -582,7 +588,10 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="seconds to wait at most for an idle machine before starting (0: don't)")
     parser.add_argument("--only-build-repo", metavar="DIR", help="write the model repository to DIR and exit")
+    parser.add_argument("--gpu", type=int, metavar="N", help="run every case on GPU N with the CUDA EP (KIND_GPU)")
     args = parser.parse_args()
+    global GPU
+    GPU = args.gpu
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
@@ -691,7 +700,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "arch": platform.machine()},
         "code": code,
         "start": quiet,
-        "settings": {"requests": args.requests, "seconds": args.seconds, "concurrency": c,
+        "settings": {"gpu": args.gpu, "requests": args.requests, "seconds": args.seconds, "concurrency": c,
                      "max_batch_size": MAX_BATCH, "queue_delay_us": args.queue_delay_us,
                      "preferred_batch_sizes": preferred, "intra_op_threads": intra,
                      "instances": args.instances, "minilm_seq_len": SEQ_LEN},
