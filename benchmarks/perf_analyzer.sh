@@ -10,7 +10,8 @@
 # per-concurrency CSV. If perf_analyzer fails, its exit status, its output and the agent's log are printed.
 #
 # Usage:  bash benchmarks/perf_analyzer.sh [extra perf_analyzer arguments]
-# Env:    MODEL (mlp)  CONCURRENCY (1:8:1)  INTERVAL_MS (1500)  MAX_TRIALS (6)  PA_TIMEOUT_S (300)
+# Env:    MODEL (mlp)  CONCURRENCY (1:8:1)  INTERVAL_MS (1500)  MAX_TRIALS (8)  STABILITY (20, percent)
+#         PA_TIMEOUT_S (300)
 #         QUEUE_DELAY_US (passed to serving.py --queue-delay-us; default: serving.py's)
 #         PA_VENV (.venv-pa)  PYTHON (.venv/bin/python)
 set -euo pipefail
@@ -22,7 +23,10 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 MODEL=${MODEL:-mlp}
 CONCURRENCY=${CONCURRENCY:-1:8:1}
 INTERVAL_MS=${INTERVAL_MS:-1500}
-MAX_TRIALS=${MAX_TRIALS:-6}
+MAX_TRIALS=${MAX_TRIALS:-8}
+# perf_analyzer's default 10 % often fails to settle at c >= 4 on a shared 2-core VM ("Failed to obtain stable
+# measurement ..."), and it then stops the sweep there
+STABILITY=${STABILITY:-20}
 PA_TIMEOUT_S=${PA_TIMEOUT_S:-300}
 
 # -- perf_analyzer's own venv (idempotent) ------------------------------------------------------------------
@@ -80,7 +84,8 @@ echo "agent pid $AGENT_PID, OIP gRPC at 127.0.0.1:$PORT" >&2
 
 # -- perf_analyzer --------------------------------------------------------------------------------------------
 CMD=("$PA" -m "$MODEL" -u "127.0.0.1:$PORT" -i grpc --concurrency-range "$CONCURRENCY"
-     --measurement-interval "$INTERVAL_MS" --max-trials "$MAX_TRIALS" -f "$TMP/pa.csv" "$@")
+     --measurement-interval "$INTERVAL_MS" --max-trials "$MAX_TRIALS" --stability-percentage "$STABILITY"
+     -f "$TMP/pa.csv" "$@")
 echo "+ ${CMD[*]}"
 set +e
 timeout "$PA_TIMEOUT_S" "${CMD[@]}" 2>&1 | tee "$TMP/pa.out"
@@ -94,4 +99,7 @@ if [ "$RC" -ne 0 ]; then
 fi
 echo "--- per-concurrency CSV"
 cat "$TMP/pa.csv"
+if grep -q 'Failed to obtain stable measurement' "$TMP/pa.out"; then
+    echo "(perf_analyzer stopped the sweep early: unstable measurement; raise INTERVAL_MS or STABILITY)"
+fi
 grep -iE 'warn|error|exception' "$TMP/agent.log" && echo "(the agent logged the lines above)" || true
