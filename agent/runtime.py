@@ -63,6 +63,7 @@ class SessionOptions:
     graph_level: str = "all"
     mem_arena: bool = True
     strict_ep: bool = False  # refuse a session in which any node falls back to the CPU EP
+    allow_spinning: bool | None = None  # intra-op threads busy-wait after a run; None: ONNX Runtime's default
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -93,6 +94,8 @@ class OrtInstance:
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[options.graph_level])
         so.enable_cpu_mem_arena = options.mem_arena
         so.log_severity_level = 3
+        if options.allow_spinning is not None:  # spinning threads compete with the event loop for the cores
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
         if placement.wanted != CPU and options.strict_ep:
             # every node on the asked-for EP, or no session (by default a few CPU-only ops may stay on the CPU)
             so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")

@@ -135,3 +135,16 @@ model_warmup [{ name: "ones", batch_size: 8, inputs { key: "x" value { data_type
     ((name, count, inputs),) = warmup_inputs(config)
     assert name == "ones" and count == 1 and inputs["x"].shape == (8, 16)
     assert not batch_policy(config_of(tmp_path, "max_batch_size: 4")).dynamic
+
+
+def test_intra_op_spinning_is_configurable(tmp_path):
+    from xpud.agent.models import session_options
+
+    assert session_options(config_of(tmp_path, ""), 1).allow_spinning is None  # ONNX Runtime's default
+    off = config_of(tmp_path, 'parameters { key: "intra_op_allow_spinning" value { string_value: "false" } }')
+    options = session_options(off, 1)
+    assert options.allow_spinning is False
+    path = save(mlp(), tmp_path, "spin")
+    instance = OrtInstance(path, Placement("cpu", None, (CPU,)), options, "spin_1_0")
+    assert instance.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    instance.close()
