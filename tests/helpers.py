@@ -37,40 +37,31 @@ def drain(proc: subprocess.Popen[str], lines: list[str]) -> threading.Thread:
     return thread
 
 
-class AgentProcess:
-    """A real `xpud agent --standalone` process on 127.0.0.1 with an ephemeral metrics port."""
+class ChildProcess:
+    """A real xpud process whose output is collected; started, watched for a log line, stopped or killed."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, standalone: bool = True) -> None:
-        mode = ["--standalone"] if standalone else []
-        cmd = xpud_command("agent", *mode, "--metrics-host", "127.0.0.1", "--metrics-port", "0", *args)
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
         )
         self.lines: list[str] = []
-        self.port = self._wait_for_port()
-        grpc = re.search(r"OIP gRPC\) at 127\.0\.0\.1:(\d+)", "".join(self.lines))
-        self.grpc_port = int(grpc.group(1)) if grpc else None
-        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
-        self._reader = drain(self.proc, self.lines)
 
-    def _wait_for_port(self, timeout: float = 30) -> int:
+    def wait_for_line(self, pattern: str, what: str, timeout: float = 30) -> re.Match[str]:
+        """Read output until a line matches ``pattern``; then keep draining it in the background."""
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                raise AssertionError(f"agent exited early ({self.proc.wait()}):\n{''.join(self.lines)}")
+                raise AssertionError(f"{what} exited early ({self.proc.wait()}):\n{''.join(self.lines)}")
             self.lines.append(line)
-            match = re.search(r"metrics at http://127\.0\.0\.1:(\d+)/metrics", line)
+            match = re.search(pattern, line)
             if match:
-                return int(match.group(1))
-        raise AssertionError(f"agent did not report its metrics port:\n{''.join(self.lines)}")
+                self._reader = drain(self.proc, self.lines)
+                return match
+        raise AssertionError(f"{what} did not start:\n{''.join(self.lines)}")
 
-    def scrape(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
-            return resp.read().decode()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, str]:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> tuple[int, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         self.proc.wait(timeout=timeout)
@@ -81,6 +72,24 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+class AgentProcess(ChildProcess):
+    """A real `xpud agent` process on 127.0.0.1 with an ephemeral metrics port."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, standalone: bool = True) -> None:
+        mode = ["--standalone"] if standalone else []
+        super().__init__(xpud_command("agent", *mode, "--metrics-host", "127.0.0.1", "--metrics-port", "0", *args),
+                         env)
+        self.port = int(self.wait_for_line(r"metrics at http://127\.0\.0\.1:(\d+)/metrics", "agent").group(1))
+        grpc = re.search(r"OIP gRPC\) at 127\.0\.0\.1:(\d+)", "".join(self.lines))
+        self.grpc_port = int(grpc.group(1)) if grpc else None
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
 
 
 def metric_values(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
@@ -111,31 +120,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ControllerProcess:
+class ControllerProcess(ChildProcess):
     """A real `xpud controller` on 127.0.0.1; --listen port fixed (agents must find it again after a restart)."""
 
     def __init__(self, state: str, port: int | None = None, *args: str) -> None:
         self.port = port or free_port()
-        cmd = xpud_command("controller", "--listen", f"127.0.0.1:{self.port}", "--inference-port", "0",
-                           "--state", state, *args)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"controller exited early ({self.proc.wait()}):\n{''.join(self.lines)}")
-            self.lines.append(line)
-            match = re.search(r"inference at 127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.inference_port = int(match.group(1))
-                break
-        else:
-            raise AssertionError("controller did not start:\n" + "".join(self.lines))
+        super().__init__(xpud_command("controller", "--listen", f"127.0.0.1:{self.port}", "--inference-port", "0",
+                                      "--state", state, *args))
+        self.inference_port = int(self.wait_for_line(r"inference at 127\.0\.0\.1:(\d+)", "controller").group(1))
         self.address = f"127.0.0.1:{self.port}"
         self.inference_url = f"127.0.0.1:{self.inference_port}"
-        self._reader = drain(self.proc, self.lines)
 
     def admin(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return run_xpud(*args, "--controller", self.address, timeout=timeout)
@@ -147,17 +141,6 @@ class ControllerProcess:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.proc.wait(timeout=20)
-        self._reader.join(timeout=5)
-        return self.proc.returncode, "".join(self.lines)
 
 
 def linked_agent(controller: ControllerProcess, node: str, cache: str, *extra: str) -> AgentProcess:
@@ -175,3 +158,23 @@ def wait_for(check: Any, timeout: float = 20, interval: float = 0.2, what: str =
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def expect_status(code: str, *fragments: str) -> Any:
+    """A context manager: the tritonclient call inside must fail with gRPC status ``code`` and a message
+    holding every fragment."""
+    from tritonclient.utils import InferenceServerException
+
+    class Check:
+        def __enter__(self) -> Check:
+            return self
+
+        def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+            assert kind is not None, f"expected {code}, the call succeeded"
+            assert issubclass(kind, InferenceServerException), exc
+            assert exc.status() == f"StatusCode.{code}", f"{exc.status()}: {exc.message()}"
+            for fragment in fragments:
+                assert fragment in exc.message(), exc.message()
+            return True
+
+    return Check()

@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from helpers import AgentProcess
+from helpers import AgentProcess, expect_status
 from models import save, scale
 from xpud.controller.router import Router, add_router
 from xpud.proto.oip import pb, pb_grpc
@@ -179,22 +179,6 @@ def summed(*replies: Any) -> dict[str, Any]:
     return out
 
 
-def expect(code: str, *fragments: str) -> Any:
-    class Check:
-        def __enter__(self) -> Check:
-            return self
-
-        def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-            assert kind is not None, f"expected {code}, the call succeeded"
-            assert issubclass(kind, InferenceServerException), exc
-            assert exc.status() == f"StatusCode.{code}", f"{exc.status()}: {exc.message()}"
-            for fragment in fragments:
-                assert fragment in exc.message(), exc.message()
-            return True
-
-    return Check()
-
-
 # -- over two real agents ----------------------------------------------------------------------
 
 
@@ -259,19 +243,19 @@ def test_stream_infer(agents, routed):
 def test_errors(agents, routed):
     _, url, _ = routed
     with grpcclient.InferenceServerClient(url) as c:
-        with expect("NOT_FOUND", "unknown deployment 'nope'; deployments: pending, scale"):
+        with expect_status("NOT_FOUND", "unknown deployment 'nope'; deployments: pending, scale"):
             c.infer("nope", [x_input(np.ones((1, 16), np.float32))])
-        with expect("UNAVAILABLE", f"deployment 'pending' has no ready replica ({PENDING_REASON})"):
+        with expect_status("UNAVAILABLE", f"deployment 'pending' has no ready replica ({PENDING_REASON})"):
             c.infer("pending", [x_input(np.ones((1, 16), np.float32))])
-        with expect("NOT_FOUND", "unknown deployment 'nope'"):
+        with expect_status("NOT_FOUND", "unknown deployment 'nope'"):
             c.get_model_metadata("nope")
-        with expect("UNIMPLEMENTED", "xpud deploy"):
+        with expect_status("UNIMPLEMENTED", "xpud deploy"):
             c.load_model("scale")
-        with expect("UNIMPLEMENTED", "xpud undeploy"):
+        with expect_status("UNIMPLEMENTED", "xpud undeploy"):
             c.unload_model("scale")
-        with expect("UNIMPLEMENTED", "shared memory"):
+        with expect_status("UNIMPLEMENTED", "shared memory"):
             c.get_system_shared_memory_status()
-        with expect("UNIMPLEMENTED", "trace"):
+        with expect_status("UNIMPLEMENTED", "trace"):
             c.get_trace_settings()
         bad = [x_input(np.ones((1, 5), np.float32))]
         with pytest.raises(InferenceServerException) as via:
@@ -342,6 +326,6 @@ def test_deadline_retry_and_pass_through_reach_the_agent(loop_thread):
         assert all(r is not None and 1.0 < r <= 3.1 for r in up.calls), up.calls  # client's deadline, rounded up
         c.infer("m", [x_input(x)])
         assert up.calls[-1] is not None and 5.0 < up.calls[-1] <= 7.1  # none given: the forward timeout
-        with expect("INVALID_ARGUMENT", "fake says INVALID_ARGUMENT"):
+        with expect_status("INVALID_ARGUMENT", "fake says INVALID_ARGUMENT"):
             c.infer("p", [x_input(x)])
     assert len(picky.calls) == 1 and len(up.calls) == 5  # not retried

@@ -13,7 +13,7 @@ import tritonclient.grpc.aio as aioclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from helpers import AgentProcess, metric, metric_values
+from helpers import AgentProcess, expect_status, metric, metric_values
 from models import IDENTITY_TYPES, identities, image_identity, iris_classifier, mlp, mlp_reference, save, scale, slow
 
 SCALE_CONFIG = """
@@ -75,22 +75,6 @@ def inp(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
     i = grpcclient.InferInput(name, list(array.shape), datatype)
     i.set_data_from_numpy(array)
     return i
-
-
-def expect_error(code: str, *fragments: str):  # type: ignore[no-untyped-def]
-    class Check:
-        def __enter__(self):  # type: ignore[no-untyped-def]
-            return self
-
-        def __exit__(self, kind, exc, tb):  # type: ignore[no-untyped-def]
-            assert kind is not None, f"expected {code}, the call succeeded"
-            assert issubclass(kind, InferenceServerException), exc
-            assert exc.status() == f"StatusCode.{code}", f"{exc.status()}: {exc.message()}"
-            for fragment in fragments:
-                assert fragment in exc.message(), exc.message()
-            return True
-
-    return Check()
 
 
 # -- server and model RPCs --------------------------------------------------------------------
@@ -218,13 +202,13 @@ def test_a_12_mib_image_fits_the_default_message_limit(client):
 
 def test_unknown_model_and_version(client):
     x = np.ones((1, 4), np.float32)
-    with expect_error("NOT_FOUND", "unknown model 'nope'"):
+    with expect_status("NOT_FOUND", "unknown model 'nope'"):
         client.infer("nope", [inp("x", x, "FP32")])
-    with expect_error("NOT_FOUND", "has no version '9'"):
+    with expect_status("NOT_FOUND", "has no version '9'"):
         client.infer("mlp", [inp("x", x, "FP32")], model_version="9")
-    with expect_error("NOT_FOUND"):
+    with expect_status("NOT_FOUND"):
         client.get_model_metadata("nope")
-    with expect_error("UNAVAILABLE", "its load failed"):
+    with expect_status("UNAVAILABLE", "its load failed"):
         client.infer("broken", [inp("x", x, "FP32")])
 
 
@@ -239,7 +223,7 @@ def test_unknown_model_and_version(client):
     ],
 )
 def test_bad_tensors_are_invalid_argument(client, inputs, fragments):
-    with expect_error("INVALID_ARGUMENT", *fragments):
+    with expect_status("INVALID_ARGUMENT", *fragments):
         client.infer("mlp", [inp(n, a, t) for n, a, t in inputs])
 
 
@@ -269,19 +253,19 @@ def test_byte_size_and_malformed_bytes(server, client):
 
 
 def test_unknown_requested_output(client):
-    with expect_error("INVALID_ARGUMENT", "has no output(s) ['nope']"):
+    with expect_status("INVALID_ARGUMENT", "has no output(s) ['nope']"):
         client.infer("mlp", [inp("x", np.ones((1, 4), np.float32), "FP32")],
                      outputs=[grpcclient.InferRequestedOutput("nope")])
 
 
 def test_shared_memory_trace_and_log_are_unimplemented(client):
-    with expect_error("UNIMPLEMENTED", "shared memory is not supported"):
+    with expect_status("UNIMPLEMENTED", "shared memory is not supported"):
         client.get_system_shared_memory_status()
-    with expect_error("UNIMPLEMENTED", "CUDA shared memory"):
+    with expect_status("UNIMPLEMENTED", "CUDA shared memory"):
         client.get_cuda_shared_memory_status()
-    with expect_error("UNIMPLEMENTED", "trace"):
+    with expect_status("UNIMPLEMENTED", "trace"):
         client.get_trace_settings()
-    with expect_error("UNIMPLEMENTED", "log"):
+    with expect_status("UNIMPLEMENTED", "log"):
         client.get_log_settings()
 
 
@@ -290,7 +274,7 @@ def test_a_message_over_the_limit_is_resource_exhausted(repo):
                          "--max-message-bytes", str(1 << 20))
     try:
         with grpcclient.InferenceServerClient(agent.grpc_url) as c:
-            with expect_error("RESOURCE_EXHAUSTED"):
+            with expect_status("RESOURCE_EXHAUSTED"):
                 c.infer("image", [inp("image", np.zeros((1, 3, 1024, 1024), np.float32), "FP32")])
             assert c.infer("mlp", [inp("x", np.ones((1, 4), np.float32), "FP32")]).as_numpy("probs").shape == (1, 3)
     finally:
