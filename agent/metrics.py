@@ -109,10 +109,10 @@ class AgentMetrics:
         for (name, kind, unit, desc), parts in groups.items():
             create[kind](name, [self._callback(parts)], unit=unit, description=desc)
         meter.create_observable_up_down_counter(
-            "hw.gpu.memory.limit", [self._limits], unit="By", description="GPU memory size"
+            "hw.gpu.memory.limit", [self._memory_total("gpu")], unit="By", description="GPU memory size"
         )
         meter.create_observable_up_down_counter(
-            "system.memory.limit", [self._host_memory], unit="By", description="Host memory size"
+            "system.memory.limit", [self._memory_total("cpu")], unit="By", description="Host memory size"
         )
         meter.create_observable_up_down_counter(
             "hw.status", [self._status], unit="1", description="1 for the device's current health state, else 0"
@@ -165,15 +165,13 @@ class AgentMetrics:
 
         return observe
 
-    def _limits(self, _options: CallbackOptions) -> Iterator[Observation]:
-        for device in self._devices():
-            if device.kind == "gpu" and device.memory_total is not None:
-                yield Observation(device.memory_total, device_attributes(device))
+    def _memory_total(self, kind: str) -> Callable[[CallbackOptions], Iterator[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterator[Observation]:
+            for device in self._devices():
+                if device.kind == kind and device.memory_total is not None:
+                    yield Observation(device.memory_total, device_attributes(device))
 
-    def _host_memory(self, _options: CallbackOptions) -> Iterator[Observation]:
-        for device in self._devices():
-            if device.kind == "cpu" and device.memory_total is not None:
-                yield Observation(device.memory_total, device_attributes(device))
+        return observe
 
     def _status(self, _options: CallbackOptions) -> Iterator[Observation]:
         for device, sample in self._pairs():

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from google.protobuf.json_format import MessageToDict, ParseDict
@@ -286,6 +287,4 @@ def _newer(a: str, b: str) -> bool:
 
 
 def _with_memory(spec: DeploymentSpec, memory: int) -> DeploymentSpec:
-    from dataclasses import replace
-
     return replace(spec, memory_bytes=memory)
