@@ -53,7 +53,7 @@ def prepare(manager: ModelManager, req: pb.ModelInferRequest) -> Prepared:
     mv = manager.get(req.model_name, req.model_version)
     config = mv.config
     batching = config.max_batch_size > 0
-    declared = {i.name: i for i in config.input}
+    declared = mv.inputs
     raws = list(req.raw_input_contents)
     if raws and len(raws) != len(req.inputs):
         raise InvalidRequest(f"{len(req.inputs)} inputs but {len(raws)} raw_input_contents: send one per input")
@@ -103,7 +103,7 @@ def prepare(manager: ModelManager, req: pb.ModelInferRequest) -> Prepared:
     if missing:
         raise InvalidRequest(f"model {mv.name!r} needs input(s) {missing}; the request has {sorted(seen)}")
     outputs = [o.name for o in req.outputs] or [o.name for o in config.output]
-    known = {o.name for o in config.output}
+    known = mv.output_types
     unknown = [n for n in outputs if n not in known]
     if unknown:
         raise InvalidRequest(f"model {mv.name!r} has no output(s) {unknown}; its outputs are {sorted(known)}")
@@ -127,8 +127,8 @@ def prepare(manager: ModelManager, req: pb.ModelInferRequest) -> Prepared:
 def response(prepared: Prepared, req: pb.ModelInferRequest, results: dict[str, np.ndarray]) -> pb.ModelInferResponse:
     mv = prepared.model
     out = pb.ModelInferResponse(model_name=mv.name, model_version=str(mv.version), id=req.id)
-    reshaped = {o.name: tuple(o.dims) for o in mv.config.output if o.HasField("reshape")}
-    datatypes = {o.name: config_to_triton(o.data_type) for o in mv.config.output}
+    reshaped = mv.output_reshapes
+    datatypes = mv.output_types
     for name in prepared.outputs:
         array = results[name]
         if name in reshaped:

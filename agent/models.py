@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -77,6 +78,19 @@ class ModelVersion:
     @property
     def provider(self) -> str:
         return self.instances[0].provider if self.instances else CPU
+
+    # Looked up on every request: derived once from the (complete, then unchanging) served config.
+    @functools.cached_property
+    def inputs(self) -> dict[str, Any]:
+        return {i.name: i for i in self.config.input}
+
+    @functools.cached_property
+    def output_types(self) -> dict[str, str]:
+        return {o.name: config_to_triton(o.data_type) for o in self.config.output}
+
+    @functools.cached_property
+    def output_reshapes(self) -> dict[str, tuple[int, ...]]:
+        return {o.name: tuple(o.dims) for o in self.config.output if o.HasField("reshape")}
 
     def runner(self, instance: OrtInstance) -> Callable[[list[Request]], Any]:
         loop = asyncio.get_running_loop()
