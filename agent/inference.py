@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xpud.proto.oip import TensorError, config_to_triton, decode_input, encode_output, pb, request_parameter
+from xpud.proto.oip import TensorError, decode_input, encode_output, pb, request_parameter
 
 from .batcher import Request
 from .models import Batch, ModelManager, ModelVersion
@@ -36,7 +36,7 @@ def _shape(dims: list[int] | tuple[int, ...]) -> str:
     return "[" + ",".join(str(d) for d in dims) + "]"
 
 
-def _matches(dims: tuple[int, ...], want: list[int]) -> bool:
+def _matches(dims: tuple[int, ...], want: tuple[int, ...]) -> bool:
     return len(dims) == len(want) and all(w < 0 or d == w for d, w in zip(dims, want, strict=True))
 
 
@@ -69,10 +69,10 @@ def prepare(manager: ModelManager, req: pb.ModelInferRequest) -> Prepared:
         if tensor.name in seen:
             raise InvalidRequest(f"input {tensor.name!r} is given twice")
         seen.add(tensor.name)
-        want_type = config_to_triton(spec.data_type)
+        want_type = spec.datatype
         if tensor.datatype != want_type:
             raise InvalidRequest(f"input {tensor.name!r}: datatype {tensor.datatype}, expected {want_type}")
-        dims = tuple(int(d) for d in tensor.shape)
+        dims = tuple(tensor.shape)
         if batching:
             if not dims:
                 raise InvalidRequest(f"input {tensor.name!r}: shape [] has no batch dimension; expected "
@@ -88,16 +88,15 @@ def prepare(manager: ModelManager, req: pb.ModelInferRequest) -> Prepared:
             inner = dims[1:]
         else:
             inner = dims
-        if not _matches(inner, list(spec.dims)):
+        if not _matches(inner, spec.dims):
             want = [-1, *spec.dims] if batching else list(spec.dims)
             raise InvalidRequest(f"input {tensor.name!r}: shape {_shape(dims)} does not match the model's "
                                  f"{_shape(want)} (-1: any size)")
         array = decode_input(tensor, raws[i] if raws else None)
         if want_type == "BYTES":
             array = _text(array, tensor.name)
-        if spec.HasField("reshape"):
-            target = tuple(spec.reshape.shape)
-            array = array.reshape(((batch_size,) if batching else ()) + target)
+        if spec.reshape is not None:
+            array = array.reshape(((batch_size,) if batching else ()) + spec.reshape)
         inputs[tensor.name] = array
     missing = [n for n, s in declared.items() if n not in seen and not s.optional]
     if missing:

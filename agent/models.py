@@ -63,6 +63,17 @@ class Batch:
     inputs: dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What a request's input must look like, read once from the served config."""
+
+    name: str
+    datatype: str  # Triton's name: FP32, INT64, BYTES, ...
+    dims: tuple[int, ...]  # without the batch dimension; -1: any size
+    reshape: tuple[int, ...] | None  # the shape the model takes instead, if the config reshapes it
+    optional: bool
+
+
 @dataclass
 class ModelVersion:
     name: str
@@ -81,8 +92,10 @@ class ModelVersion:
 
     # Looked up on every request: derived once from the (complete, then unchanging) served config.
     @functools.cached_property
-    def inputs(self) -> dict[str, Any]:
-        return {i.name: i for i in self.config.input}
+    def inputs(self) -> dict[str, InputSpec]:
+        return {i.name: InputSpec(i.name, config_to_triton(i.data_type), tuple(i.dims),
+                                  tuple(i.reshape.shape) if i.HasField("reshape") else None, i.optional)
+                for i in self.config.input}
 
     @functools.cached_property
     def output_types(self) -> dict[str, str]:
@@ -92,23 +105,24 @@ class ModelVersion:
     def output_reshapes(self) -> dict[str, tuple[int, ...]]:
         return {o.name: tuple(o.dims) for o in self.config.output if o.HasField("reshape")}
 
-    def runner(self, instance: OrtInstance) -> Callable[[list[Request]], Any]:
-        loop = asyncio.get_running_loop()
+    def runner(self, instance: OrtInstance) -> Callable[[list[Request]], list[Any]]:
+        """Run one batch on ``instance``: concatenate, ``session.run``, split. Called on the instance's thread."""
         names = [i.name for i in self.config.input]
+        batching = self.config.max_batch_size > 0
 
-        async def run(batch: list[Request]) -> list[Any]:
+        def run(batch: list[Request]) -> list[Any]:
             t0 = time.perf_counter_ns()
             if len(batch) == 1:
                 feed = batch[0].payload.inputs
             else:
                 feed = {n: np.concatenate([r.payload.inputs[n] for r in batch]) for n in names}
             t1 = time.perf_counter_ns()
-            outputs = await loop.run_in_executor(instance.executor, instance.run, feed, self.output_names)
+            outputs = instance.run(feed, self.output_names)
             t2 = time.perf_counter_ns()
-            results: list[Any] = []
             if len(batch) == 1:
-                results.append(dict(zip(self.output_names, outputs, strict=True)))
+                results = [dict(zip(self.output_names, outputs, strict=True))]
             else:
+                results = []
                 offset = 0
                 for r in batch:
                     end = offset + r.batch_size
@@ -116,8 +130,7 @@ class ModelVersion:
                     offset = end
             t3 = time.perf_counter_ns()
             compute = (t1 - t0, t2 - t1, t3 - t2)
-            rows = sum(r.batch_size for r in batch) if self.config.max_batch_size > 0 else 1
-            self.stats.batch_done(rows, compute)
+            self.stats.batch_done(sum(r.batch_size for r in batch) if batching else 1, compute)
             return [(res, compute) for res in results]
 
         return run

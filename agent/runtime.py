@@ -12,7 +12,6 @@ import ctypes
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,10 +77,10 @@ def available_providers() -> list[str]:
 
 
 class OrtInstance:
-    """One ONNX Runtime session on one device, with its own single worker thread.
+    """One ONNX Runtime session on one device.
 
-    ``run`` is blocking and meant for ``await loop.run_in_executor(instance.executor, ...)``:
-    one batch at a time per instance, so the thread pool is bounded by the instance count.
+    ``run`` is blocking: the model's batcher calls it on the instance's own thread, one batch at a time,
+    so the threads running models are bounded by the instance count.
     """
 
     def __init__(self, model_path: Path, placement: Placement, options: SessionOptions, name: str) -> None:
@@ -134,7 +133,6 @@ class OrtInstance:
         # numpy has no bfloat16 of its own: ORT takes and gives those through OrtValues
         self._bf16_outputs = {o.name for o in self.session.get_outputs() if o.type == "tensor(bfloat16)"}
         self._ort_value = ort.OrtValue
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
         self._run_options = ort.RunOptions()
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
@@ -155,7 +153,6 @@ class OrtInstance:
         return self._ort_value.ortvalue_from_numpy_with_onnx_type(contiguous, onnx_element_type=ONNX_BFLOAT16)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
         del self.session
 
 

@@ -471,8 +471,9 @@ async def _in_process(repo: Path, name: str, arrays: dict[str, np.ndarray], requ
 
     Two managers on the same repository, one with OpenTelemetry instruments as the agent has them (a
     MeterProvider with a Prometheus reader), one without (metrics=None), take turns in chunks of 50 requests;
-    then the bare ``loop.run_in_executor`` round trip each batch makes to its instance's thread. Splits the
-    agent's overhead over raw ORT into its parts.
+    then the bare hand-off of a request to its instance's thread and back (the agent's Batcher with a runner
+    that does nothing) and, for comparison, a ``loop.run_in_executor`` round trip. Splits the agent's overhead
+    over raw ORT into its parts.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -480,6 +481,7 @@ async def _in_process(repo: Path, name: str, arrays: dict[str, np.ndarray], requ
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
 
+    from xpud.agent.batcher import Batcher, BatchPolicy, Request
     from xpud.agent.inference import infer
     from xpud.agent.models import ModelManager
     from xpud.agent.stats import InferenceMetrics
@@ -524,8 +526,18 @@ async def _in_process(repo: Path, name: str, arrays: dict[str, np.ndarray], requ
         if i >= 100:
             hops.append(time.perf_counter() - t0)
     pool.shutdown()
+    handoffs: list[float] = []
+    batcher = Batcher("handoff", BatchPolicy(dynamic=True, max_batch_size=8), [lambda b: [None] * len(b)])
+    await batcher.start()
+    for i in range(min(requests, 5000) + 100):
+        t0 = time.perf_counter()
+        await batcher.submit(Request(None, 1))
+        if i >= 100:
+            handoffs.append(time.perf_counter() - t0)
+    await batcher.close()
     out: dict[str, Any] = {f"{k}_p50_ms": pct(v)["p50_ms"] for k, v in times.items()}
     out["executor_round_trip_p50_ms"] = pct(hops)["p50_ms"]
+    out["batcher_handoff_p50_ms"] = pct(handoffs)["p50_ms"]
     out.update({k: pct(v) for k, v in times.items()})
     out["others_cores_busy"] = cpu.cores()["others"]
     out["metrics_over"] = takes

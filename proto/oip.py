@@ -248,7 +248,8 @@ def decode_input(tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: by
     count = math.prod(shape)
     dtype = _NUMPY[datatype]
     contents = tensor.contents
-    typed = [f for f in _ALL_CONTENTS_FIELDS if len(getattr(contents, f))]
+    # HasField first: a raw-data request (the common case) never sets contents, so skip the nine field reads
+    typed = [f for f in _ALL_CONTENTS_FIELDS if len(getattr(contents, f))] if tensor.HasField("contents") else []
 
     if raw is not None:
         if typed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,24 +14,23 @@ from xpud.agent.batcher import Batcher, BatcherClosed, BatchPolicy, QueueFull, Q
 
 
 class FakeRunner:
-    """A model instance: records each batch's payloads; holds while ``gate`` is clear; fails on ``fail_on``."""
+    """A model instance, called on its own thread: records each batch's payloads; holds while ``gate`` is clear;
+    fails on ``fail_on``."""
 
-    def __init__(self, *, gate: asyncio.Event | None = None, fail_on: Any = None) -> None:
+    def __init__(self, *, gate: threading.Event | None = None, fail_on: Any = None) -> None:
         self.batches: list[list[Any]] = []
         self.gate = gate
         self.fail_on = fail_on
-        self.started = asyncio.Event()
+        self.started = threading.Event()
         self.running = 0
 
-    async def __call__(self, batch: list[Request]) -> list[Any]:
+    def __call__(self, batch: list[Request]) -> list[Any]:
         self.batches.append([r.payload for r in batch])
         self.started.set()
         self.running += 1
         try:
             if self.gate is not None:
-                await self.gate.wait()
-            else:
-                await asyncio.sleep(0)
+                assert self.gate.wait(10), "the test never opened the gate"
             if self.fail_on is not None and self.fail_on in [r.payload for r in batch]:
                 raise RuntimeError(f"boom in batch {[r.payload for r in batch]}")
             return [("out", r.payload) for r in batch]
@@ -66,8 +66,13 @@ def dyn(**kw: Any) -> BatchPolicy:
 async def hold(b: Batcher, runner: FakeRunner, payload: Any = "busy", **kw: Any) -> asyncio.Task[tuple[Any, float]]:
     """Occupy ``runner`` with one full-size request (its gate must be clear); return the task awaiting it."""
     task = asyncio.create_task(b.submit(Request(payload, max(1, b.policy.max_batch_size), **kw)))
-    await asyncio.wait_for(runner.started.wait(), 2)
+    await started(runner)
     return task
+
+
+async def started(runner: FakeRunner) -> None:
+    """Wait (without blocking the loop) until ``runner`` has been handed a batch."""
+    assert await asyncio.to_thread(runner.started.wait, 5), "the instance never ran a batch"
 
 
 async def settle() -> None:
@@ -86,7 +91,7 @@ async def test_concurrent_submits_are_merged_and_results_routed(make):
 
 
 async def test_max_batch_size_counts_rows(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(dyn(max_batch_size=4, max_queue_delay_s=0.05), runner)
     busy = await hold(b, runner)
@@ -99,7 +104,7 @@ async def test_max_batch_size_counts_rows(make):
 
 
 async def test_request_that_does_not_fit_closes_the_batch_at_once(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(dyn(max_batch_size=4, max_queue_delay_s=10), runner)
     busy = await hold(b, runner)
@@ -125,7 +130,7 @@ async def test_preferred_size_dispatches_without_waiting_for_the_delay(make):
 
 
 async def test_largest_preferred_size_wins(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(dyn(preferred_batch_sizes=(2, 4), max_queue_delay_s=30), runner)
     busy = await hold(b, runner)
@@ -162,7 +167,7 @@ async def test_without_dynamic_batching_each_request_runs_alone(make):
 
 
 async def test_different_keys_are_never_merged(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(dyn(max_queue_delay_s=0.05), runner)
     busy = await hold(b, runner, key="k0")
@@ -174,7 +179,7 @@ async def test_different_keys_are_never_merged(make):
 
 
 async def test_higher_priority_runs_first(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(BatchPolicy(priority_levels=3), runner)
     busy = await hold(b, runner)
@@ -189,7 +194,7 @@ async def test_higher_priority_runs_first(make):
 
 
 async def test_batch_collects_in_priority_order(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(dyn(max_batch_size=2, priority_levels=2, default_priority=1, max_queue_delay_s=0.05), runner)
     busy = await hold(b, runner)
@@ -204,7 +209,7 @@ async def test_batch_collects_in_priority_order(make):
 
 
 async def test_full_queue_rejects_at_once(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(BatchPolicy(max_queue_size=1, priority_levels=2), runner)
     busy = await hold(b, runner)
@@ -221,7 +226,7 @@ async def test_full_queue_rejects_at_once(make):
 
 
 async def test_queue_timeout_fires_while_instance_busy(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(BatchPolicy(default_timeout_s=0.1), runner)
     busy = await hold(b, runner)
@@ -236,7 +241,7 @@ async def test_queue_timeout_fires_while_instance_busy(make):
 
 
 async def test_request_timeout_override_only_shortens(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(BatchPolicy(default_timeout_s=0.3, allow_timeout_override=True), runner)
     busy = await hold(b, runner)
@@ -252,7 +257,7 @@ async def test_request_timeout_override_only_shortens(make):
     await busy
 
     # Without allow_timeout_override the request's own timeout is ignored.
-    gate2 = asyncio.Event()
+    gate2 = threading.Event()
     runner2 = FakeRunner(gate=gate2)
     b2 = await make(BatchPolicy(), runner2)
     busy2 = await hold(b2, runner2)
@@ -263,7 +268,7 @@ async def test_request_timeout_override_only_shortens(make):
     await busy2
 
     # With no default timeout, an allowed request timeout applies.
-    gate3 = asyncio.Event()
+    gate3 = threading.Event()
     runner3 = FakeRunner(gate=gate3)
     b3 = await make(BatchPolicy(allow_timeout_override=True), runner3)
     busy3 = await hold(b3, runner3)
@@ -274,7 +279,7 @@ async def test_request_timeout_override_only_shortens(make):
 
 
 async def test_cancelled_queued_request_never_runs(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(dyn(max_queue_delay_s=0.01), runner)
     busy = await hold(b, runner)
@@ -292,12 +297,12 @@ async def test_cancelled_queued_request_never_runs(make):
 
 
 async def test_cancelled_executing_request_lets_the_batch_finish(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(dyn(preferred_batch_sizes=(2,)), runner)
     a = asyncio.create_task(b.submit(Request("a", 1)))
     c = asyncio.create_task(b.submit(Request("c", 1)))
-    await asyncio.wait_for(runner.started.wait(), 2)
+    await started(runner)
     assert b.in_flight == 2
     a.cancel()
     await settle()
@@ -320,27 +325,46 @@ async def test_runner_exception_fails_only_that_batch(make):
 
 
 async def test_two_instances_run_in_parallel(make):
-    both = asyncio.Event()
-    running = 0
+    both = threading.Barrier(2, timeout=5)  # broken (and the test failed) unless both instances run at once
     seen: list[Any] = []
 
-    async def runner(batch: list[Request]) -> list[Any]:
-        nonlocal running
-        running += 1
+    def runner(batch: list[Request]) -> list[Any]:
         seen.extend(r.payload for r in batch)
-        if running == 2:
-            both.set()
-        await asyncio.wait_for(both.wait(), 2)  # times out unless the other instance runs meanwhile
+        both.wait()
         return [r.payload for r in batch]
 
     b = await make(BatchPolicy(), runner, runner)
-    results = await asyncio.wait_for(asyncio.gather(b.submit(Request(1, 1)), b.submit(Request(2, 1))), 3)
+    results = await asyncio.wait_for(asyncio.gather(b.submit(Request(1, 1)), b.submit(Request(2, 1))), 6)
     assert [r for r, _ in results] == [1, 2]
     assert sorted(seen) == [1, 2]
 
 
+async def test_sub_millisecond_queue_delay_is_kept(make):
+    """A 300 µs delay holds a lone request about that long, not the event loop's 1 ms timer resolution."""
+    runner = FakeRunner()
+    b = await make(dyn(max_queue_delay_s=0.0003), runner)
+    for i in range(20):
+        await asyncio.wait_for(b.submit(Request(i, 1)), 2)
+    assert runner.batches == [[i] for i in range(20)]
+    stats = sorted(q for q in [(await asyncio.wait_for(b.submit(Request("x", 1)), 2))[1] for _ in range(20)])
+    assert all(q >= 0.0003 - 2e-5 for q in stats), stats  # each waited out the delay before running alone
+
+
+async def test_instance_threads_run_off_the_event_loop(make):
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+
+    def runner(batch: list[Request]) -> list[Any]:
+        threads.add(threading.get_ident())
+        return [r.payload for r in batch]
+
+    b = await make(BatchPolicy(), runner)
+    await asyncio.wait_for(b.submit(Request(1, 1)), 2)
+    assert threads and loop_thread not in threads
+
+
 async def test_close_drain_finishes_queued_requests(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(dyn(max_batch_size=2, max_queue_delay_s=30), runner)
     busy = await hold(b, runner)
@@ -358,7 +382,7 @@ async def test_close_drain_finishes_queued_requests(make):
 
 
 async def test_close_without_drain_fails_queued_requests(make):
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(BatchPolicy(), runner)
     busy = await hold(b, runner)
@@ -415,7 +439,7 @@ def test_invalid_policies_raise_value_error():
 
 async def test_queue_seconds_come_from_the_injected_clock(make):
     now = [100.0]
-    gate = asyncio.Event()
+    gate = threading.Event()
     runner = FakeRunner(gate=gate)
     b = await make(BatchPolicy(), runner, clock=lambda: now[0])
     busy = await hold(b, runner)
