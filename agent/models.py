@@ -215,6 +215,7 @@ def session_options(config: mc.ModelConfig, cpu_instances: int) -> SessionOption
         mem_arena=_true(config_parameter(config, "enable_mem_arena", "true")),
         strict_ep=_true(config_parameter(config, "disable_cpu_ep_fallback")),
         allow_spinning=_true(spin) if (spin := config_parameter(config, "intra_op_allow_spinning")) else None,
+        spinning_stop=_true(config_parameter(config, "intra_op_spinning_stop")),
     )
     for accel in config.optimization.execution_accelerators.gpu_execution_accelerator:
         ep = ACCELERATOR_EPS.get(accel.name.lower())
