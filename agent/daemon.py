@@ -131,6 +131,7 @@ def serving_gpus(inventory: Inventory) -> list[int]:
 
 
 async def _start_serving(agent: RunningAgent, config: AgentConfig, load_all: bool = True) -> None:
+    from .gpumemory import GpuMemory
     from .models import ModelManager  # imports onnxruntime: only for an agent that serves
     from .serving import InferenceServer
     from .stats import InferenceMetrics
@@ -139,9 +140,12 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, load_all: boo
     if not repo.is_dir():
         await agent.close()
         raise StartupError(f"model repository {str(repo)!r} is not a directory (check --model-repo)")
-    agent.manager = ModelManager(repo, gpus=serving_gpus(agent.inventory),
+    gpus = serving_gpus(agent.inventory)
+    nvidia = any(d.plugin == "nvidia" and d.index in gpus for d in agent.inventory.devices)
+    agent.manager = ModelManager(repo, gpus=gpus,
                                  metrics=InferenceMetrics(agent.metrics.registry),
-                                 default_max_batch_size=config.default_max_batch_size)
+                                 default_max_batch_size=config.default_max_batch_size,
+                                 gpu_memory=GpuMemory() if nvidia else None)
     agent.server = InferenceServer(agent.manager, max_message_bytes=config.max_message_bytes)
     try:
         agent.grpc_port = await agent.server.start(config.grpc_host, config.grpc_port)

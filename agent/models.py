@@ -23,6 +23,7 @@ import psutil
 from xpud.proto.oip import config_to_triton, mc, numpy_dtype
 
 from .batcher import Batcher, BatcherClosed, BatchPolicy, Request
+from .gpumemory import GpuMemory, growth
 from .modelrepo import ModelConfigError, TensorSpec, complete_config, model_names, read_config, version_files
 from .runtime import (
     ACCELERATOR_EPS,
@@ -84,7 +85,9 @@ class ModelVersion:
     batcher: Batcher | None = None
     state: ModelState = ModelState.LOADING
     output_names: list[str] = field(default_factory=list)
-    memory_bytes: int = 0  # measured growth of the process while loading and warming up
+    memory_bytes: int = 0  # what loading and warming up took on its devices: GPU memory if on GPUs, else host
+    host_memory_bytes: int = 0  # this process's host memory growth over the same load
+    memory_on_gpu: bool = False  # memory_bytes was read from NVML on the instances' GPUs
 
     @property
     def provider(self) -> str:
@@ -296,9 +299,11 @@ class ModelManager:
         gpus: list[int] | None = None,
         metrics: InferenceMetrics | None = None,
         default_max_batch_size: int = 4,
+        gpu_memory: GpuMemory | None = None,
     ) -> None:
         self.repo = repo
         self.gpus = gpus or []
+        self.gpu_memory = gpu_memory  # NVML readings, to report a GPU model's memory on its device
         self.metrics = metrics
         self.default_max_batch_size = default_max_batch_size
         self.models: dict[str, dict[int, ModelVersion]] = {}
@@ -323,13 +328,19 @@ class ModelManager:
         config = read_config(model_dir)
         files = version_files(model_dir, config)
         providers = available_providers()
+        plans = {}
+        for version in files:
+            vconfig = mc.ModelConfig()
+            vconfig.CopyFrom(config)
+            plans[version] = (vconfig, placements(vconfig, self.gpus, providers))
+        on_gpus = sorted({p.device_id for _, where in plans.values() for p in where
+                          if p.kind == "gpu" and p.device_id is not None})
+        gpu_before = {d: self.gpu_memory.read(d) for d in on_gpus} if self.gpu_memory else {}
         rss_before = _rss()
         built: dict[int, ModelVersion] = {}
         try:
             for version, path in files.items():
-                vconfig = mc.ModelConfig()
-                vconfig.CopyFrom(config)
-                where = placements(vconfig, self.gpus, providers)
+                vconfig, where = plans[version]
                 cpu_count = sum(p.kind == "cpu" for p in where)
                 options = session_options(vconfig, cpu_count)
                 instances: list[OrtInstance] = []
@@ -343,11 +354,17 @@ class ModelManager:
                 mv.output_names = [o.name for o in outputs]
                 mv.stats = ModelStats(name, str(version), mv.provider, self.metrics)
                 self._warm_up(mv)
-            # what loading cost this process (sessions, weights, arenas after warm-up), for the controller's
-            # placement; host memory only: GPU memory is not attributed per model yet
-            grown = max(_rss() - rss_before, 0)
+            # what loading cost (sessions, weights, arenas after warm-up), for the controller's placement: on
+            # the GPUs the instances run on when NVML can tell, else this process's host memory
+            host = max(_rss() - rss_before, 0)
+            gpu_memory = self.gpu_memory
+            gpu = [growth(before, gpu_memory.read(d)) for d, before in gpu_before.items()] if gpu_memory else []
+            measured = [g for g in gpu if g is not None]
+            grown = sum(measured) if measured else host
             for mv in built.values():
+                mv.host_memory_bytes = host // max(len(built), 1)
                 mv.memory_bytes = grown // max(len(built), 1)
+                mv.memory_on_gpu = bool(measured)
         except BaseException:
             for mv in built.values():
                 for inst in mv.instances:
@@ -390,8 +407,9 @@ class ModelManager:
             self.models[name] = built
             self.failures.pop(name, None)
             for mv in built.values():
-                log.info("model %s version %d READY on %s (%s), max_batch_size %d", name, mv.version,
-                         ", ".join(i.placement.label() for i in mv.instances), mv.provider, mv.config.max_batch_size)
+                log.info("model %s version %d READY on %s (%s), max_batch_size %d, %s MiB %s", name, mv.version,
+                         ", ".join(i.placement.label() for i in mv.instances), mv.provider, mv.config.max_batch_size,
+                         f"{mv.memory_bytes / 2**20:.1f}", "of GPU memory" if mv.memory_on_gpu else "of host memory")
         await self._retire(list(old.values()))
         return list(built.values())
 
@@ -444,3 +462,5 @@ class ModelManager:
     async def close(self) -> None:
         for name in list(self.models):
             await self.unload(name)
+        if self.gpu_memory is not None:
+            self.gpu_memory.close()

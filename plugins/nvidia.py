@@ -27,14 +27,13 @@ from .base import (
     ProcessInfo,
     option,
 )
-from .nvml import DeviceLost, Nvml, decode, decode_throttle, handle_key, mig_profile, xid_message
+from .nvml import NOT_AVAILABLE, DeviceLost, Nvml, decode, decode_throttle, handle_key, mig_profile, xid_message
 
 logger = logging.getLogger(__name__)
 
 DEGRADING_THROTTLE = frozenset({"hw_slowdown", "hw_thermal", "hw_power_brake"})
 EVENT_SBE, EVENT_DBE, EVENT_XID = 0x1, 0x2, 0x8  # nvmlEventType{SingleBitEccError,DoubleBitEccError,XidCriticalError}
 NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId/computeInstanceId of an event not scoped to a MIG instance
-NOT_AVAILABLE = (2**64 - 1, 2**32 - 1)  # NVML_VALUE_NOT_AVAILABLE (ulonglong, uint)
 DBE_MESSAGE = "uncorrectable (double-bit) ECC error"
 SBE_MESSAGE = "correctable (single-bit) ECC error"
 MAX_EVENTS_PER_SAMPLE = 256

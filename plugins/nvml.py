@@ -20,6 +20,7 @@ from .base import LogOnce
 
 logger = logging.getLogger(__name__)
 
+NOT_AVAILABLE = (2**64 - 1, 2**32 - 1)  # NVML_VALUE_NOT_AVAILABLE (ulonglong, uint)
 # The field is absent on this device or driver: the answer is None.
 UNAVAILABLE_ERRORS: tuple[str, ...] = (
     "NVMLError_NotSupported",
