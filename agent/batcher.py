@@ -378,21 +378,27 @@ class Batcher:
         assert loop is not None
         try:
             while (batch := self._next_batch()) is not None:
-                results: Sequence[Any] | None = None
-                error: BaseException | None = None
                 try:
                     results = runner(batch)
                     if len(results) != len(batch):
                         raise RuntimeError(f"model '{self.name}': instance returned {len(results)} results for a "
                                            f"batch of {len(batch)}")
                 except Exception as exc:  # fails this batch only; the instance goes on
-                    error = exc
-                with self._cond:
-                    self._in_flight -= len(batch)
-                    self.batches_executed += 1
-                _call_soon(loop, self._deliver, batch, results, error)
+                    self._finish(loop, batch, None, exc)
+                except BaseException:  # SystemExit and the like end this thread: its batch must not hang
+                    self._finish(loop, batch, None, BatcherClosed(f"model '{self.name}': its instance stopped"))
+                    raise
+                else:
+                    self._finish(loop, batch, results, None)
         finally:
             _call_soon(loop, self._instance_exited)
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[Request], results: Sequence[Any] | None,
+                error: BaseException | None) -> None:
+        with self._cond:
+            self._in_flight -= len(batch)
+            self.batches_executed += 1
+        _call_soon(loop, self._deliver, batch, results, error)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:

@@ -450,3 +450,14 @@ async def test_queue_seconds_come_from_the_injected_clock(make):
     (_, busy_q), (_, queued_q) = await asyncio.wait_for(asyncio.gather(busy, queued), 2)
     assert busy_q == 0.0
     assert queued_q == 5.0
+
+
+async def test_instance_thread_that_stops_fails_its_batch_instead_of_hanging(make):
+    def runner(batch: list[Request]) -> list[Any]:
+        raise SystemExit("the instance's thread ends")
+
+    b = await make(BatchPolicy(), runner)
+    with pytest.raises(BatcherClosed, match="instance stopped"):
+        await asyncio.wait_for(b.submit(Request("x", 1)), 2)
+    assert b.in_flight == 0
+    await asyncio.wait_for(b.close(), 2)  # the thread has exited: close does not wait for it forever
