@@ -452,6 +452,7 @@ async def test_queue_seconds_come_from_the_injected_clock(make):
     assert queued_q == 5.0
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's end, as meant
 async def test_instance_thread_that_stops_fails_its_batch_instead_of_hanging(make):
     def runner(batch: list[Request]) -> list[Any]:
         raise SystemExit("the instance's thread ends")
