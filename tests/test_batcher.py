@@ -452,8 +452,10 @@ async def test_queue_seconds_come_from_the_injected_clock(make):
     assert queued_q == 5.0
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's end, as meant
-async def test_instance_thread_that_stops_fails_its_batch_instead_of_hanging(make):
+async def test_instance_thread_that_stops_fails_its_batch_instead_of_hanging(make, monkeypatch):
+    ended: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", ended.append)  # the thread's own end, as meant here
+
     def runner(batch: list[Request]) -> list[Any]:
         raise SystemExit("the instance's thread ends")
 
@@ -462,3 +464,6 @@ async def test_instance_thread_that_stops_fails_its_batch_instead_of_hanging(mak
         await asyncio.wait_for(b.submit(Request("x", 1)), 2)
     assert b.in_flight == 0
     await asyncio.wait_for(b.close(), 2)  # the thread has exited: close does not wait for it forever
+    for thread in b._threads:
+        await asyncio.to_thread(thread.join, 2)
+    assert [type(e.exc_value) for e in ended] == [SystemExit]
