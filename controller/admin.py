@@ -103,8 +103,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         elif not request.cordoned:
             self.c.draining.discard(node.name)
         what = "drained" if request.cordoned and request.drain else "cordoned" if request.cordoned else "uncordoned"
-        await self.c.event(what.capitalize(), node.name, f"node {what} by an operator")
-        await self.c.reconcile_now()
+        await self.c.reconcile_now([(what.capitalize(), node.name, f"node {what} by an operator")])
         return self._node_info(node)
 
     # -- models ---------------------------------------------------------------------------------
@@ -196,9 +195,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def _applied(self, spec: DeploymentSpec, kind: str) -> apb.DeploymentStatus:
         self.c.specs[spec.name] = spec
-        await self.c.event(kind, spec.name, f"model {spec.model}{':' + spec.version if spec.version else ''}, "
-                           f"{spec.replicas} replica(s) on {spec.device}")
-        await self.c.reconcile_now()
+        await self.c.reconcile_now([(kind, spec.name, f"model {spec.model}{':' + spec.version if spec.version else ''}"
+                                     f", {spec.replicas} replica(s) on {spec.device}")])
         return self.c.status(spec.name)
 
     @_errors
@@ -212,8 +210,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                              f"{', '.join(sorted(self.c.specs)) or 'none'}")
         await self.c.db(self.c.store.delete_deployment, request.name)
         del self.c.specs[request.name]
-        await self.c.event("DeploymentDeleted", request.name, "removed by an operator")
-        await self.c.reconcile_now()
+        await self.c.reconcile_now([("DeploymentDeleted", request.name, "removed by an operator")])
         return apb.DeleteDeploymentResponse()
 
     # -- events ---------------------------------------------------------------------------------

@@ -12,7 +12,9 @@
 
 Speed: the static filters depend on a deployment only through its (device kind, labels, zone) signature, so
 each signature's feasible devices are computed once into lists sorted by the score keys, kept sorted as free
-memory changes; picking a device is then a bisect (binpack) or a short scan (spread).
+memory changes; picking a device is then a bisect (binpack) or a short scan (spread). A caller that schedules
+again and again over mostly the same node views (the controller) passes a `FilterMemo`, which keeps each node's
+static-filter answers per signature across calls for as long as the node's view is the same object.
 """
 
 from __future__ import annotations
@@ -44,9 +46,47 @@ class _Pool:
         self.room: dict[int, list[scoring.BinpackKey]] = {}
 
 
+NodeAnswer = tuple[NodeView, tuple[tuple[filters.Tally, int], ...], tuple[Key, ...]]  # view, rejections, feasible
+
+
+class FilterMemo:
+    """Static-filter answers per (signature, draining) and node, valid while the node's view is the same object.
+
+    Views are immutable, so an identical object gets identical answers; the signatures of deployments that are
+    gone are dropped, so the memo holds at most the live signatures times the nodes.
+    """
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[Signature, frozenset[str]], dict[str, NodeAnswer]] = {}
+
+    def keep_only(self, used: set[tuple[Signature, frozenset[str]]]) -> None:
+        self.answers = {k: v for k, v in self.answers.items() if k in used}
+
+
+def _signature(spec: DeploymentSpec) -> Signature:
+    """What the static filters read of a deployment."""
+    return spec.device, tuple(sorted(spec.labels.items())), spec.zone
+
+
+def _answer(node: NodeView, spec: DeploymentSpec, draining: frozenset[str]) -> NodeAnswer:
+    """One node's static-filter answer for a deployment: its devices' rejections (tallied) and the feasible ones."""
+    if (why := filters.first_node_rejection(node, spec, draining)) is not None:
+        return node, ((why, len(node.devices)),), ()
+    rejected: Counter[filters.Tally] = Counter()
+    feasible = []
+    for dev in node.devices:
+        if (why := filters.first_device_rejection(dev, spec)) is not None:
+            rejected[why] += 1
+        else:
+            feasible.append((node.name, dev.id))
+    return node, tuple(rejected.items()), tuple(feasible)
+
+
 class _Scheduler:
-    def __init__(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec], draining: frozenset[str]):
+    def __init__(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec], draining: frozenset[str],
+                 memo: FilterMemo | None = None):
         self.draining = draining
+        self.memo = memo if memo is not None else FilterMemo()
         self.nodes = {n.name: n for n in nodes}
         self.devices: dict[Key, DeviceView] = {(n.name, d.id): d for n in nodes for d in n.devices}
         self.free = {k: d.memory_total for k, d in self.devices.items()}
@@ -126,21 +166,20 @@ class _Scheduler:
     # --- pass 2: placement ------------------------------------------------------------------------------------
 
     def _pool(self, spec: DeploymentSpec) -> _Pool:
-        sig: Signature = (spec.device, tuple(sorted(spec.labels.items())), spec.zone)
+        sig = _signature(spec)
         pool = self.pools.get(sig)
         if pool is not None:
             return pool
+        answers = self.memo.answers.setdefault((sig, self.draining), {})
         rejected: Counter[filters.Tally] = Counter()
         keys: list[Key] = []
         for node in self.nodes.values():
-            if (why := filters.first_node_rejection(node, spec, self.draining)) is not None:
-                rejected[why] += len(node.devices)
-                continue
-            for dev in node.devices:
-                if (why := filters.first_device_rejection(dev, spec)) is not None:
-                    rejected[why] += 1
-                else:
-                    keys.append((node.name, dev.id))
+            answer = answers.get(node.name)
+            if answer is None or answer[0] is not node:
+                answer = answers[node.name] = _answer(node, spec, self.draining)
+            for why, count in answer[1]:
+                rejected[why] += count
+            keys.extend(answer[2])
         pool = _Pool(rejected, sorted(scoring.binpack_key(self.free[k], self.util[k], *k) for k in keys))
         for k in keys:
             self.members[k].append(pool)
@@ -260,13 +299,17 @@ def schedule(
     current: Mapping[str, Sequence[Replica]],
     *,
     draining: frozenset[str] = frozenset(),
+    memo: FilterMemo | None = None,
 ) -> Decision:
     """Place every replica of every deployment on a device, keeping `current` placements that still hold.
 
     `draining` names nodes whose replicas must move (the caller also marks them cordoned). Returns the
     replicas per deployment (sorted by index), what is pending and why, what was preempted and what moved.
+    `memo` carries static-filter answers from one call to the next (the same decision, sooner).
     """
-    s = _Scheduler(nodes, deployments, frozenset(draining))
+    s = _Scheduler(nodes, deployments, frozenset(draining), memo)
     s.keep(current)
     s.place()
+    if memo is not None:
+        memo.keep_only({(_signature(spec), s.draining) for spec in deployments})
     return s.decision

@@ -29,6 +29,12 @@ DB_NAME, LOCK_NAME, ARTIFACTS_DIR = "state.db", "lock", "artifacts"
 BUSY_TIMEOUT_MS = 5000
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _TMP_PREFIX = ".tmp-"
+_PLACE_SQL = "INSERT INTO placement (deployment, idx, node, device, memory) VALUES (?, ?, ?, ?, ?)"
+_GENERATION_SQL = ("INSERT INTO generations (node, generation) VALUES (?, ?) "
+                   "ON CONFLICT (node) DO UPDATE SET generation = max(generation, excluded.generation)")
+_NODE_SQL = ("INSERT INTO nodes (name, labels, zone, info) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+             "SET labels = excluded.labels, zone = excluded.zone, info = excluded.info")
+_EVENT_SQL = "INSERT INTO events (kind, subject, message, time) VALUES (?, ?, ?, ?)"
 
 # Schema migrations: step i brings the database from version i to i + 1. To change the schema, append a step
 # (never edit a released one); a database at a version above len(MIGRATIONS) comes from a newer controller.
@@ -338,10 +344,29 @@ class Store:
     # ---- placement in force
     def set_placement(self, replicas: Mapping[str, Sequence[Replica]]) -> None:
         """Replace the whole placement table in one transaction."""
-        rows = [(r.deployment, r.index, r.node, r.device, r.memory) for reps in replicas.values() for r in reps]
+        self.commit(placement=replicas)
+
+    def commit(self, *, placement: Mapping[str, Sequence[Replica]] | None = None,
+               generations: Mapping[str, int] | None = None, nodes: Sequence[NodeRecord] = (),
+               events: Sequence[tuple[str, str, str]] = (), when: float = 0.0) -> list[EventRecord]:
+        """Several writes in one transaction (one fsync): the whole placement (None: unchanged), nodes'
+        generations (never backwards), what nodes reported (their cordon and last_seen are kept) and events
+        (kind, subject, message) at `when`; returns the events written."""
+        rows = [(r.deployment, r.index, r.node, r.device, r.memory) for reps in (placement or {}).values()
+                for r in reps]
+        reported = [(n.name, json.dumps(dict(n.labels), sort_keys=True), n.zone,
+                     json.dumps(dict(n.info), sort_keys=True)) for n in nodes]
+        records = []
         with self._tx() as c:
-            c.execute("DELETE FROM placement")
-            c.executemany("INSERT INTO placement (deployment, idx, node, device, memory) VALUES (?, ?, ?, ?, ?)", rows)
+            c.executemany(_NODE_SQL, reported)
+            if placement is not None:
+                c.execute("DELETE FROM placement")
+                c.executemany(_PLACE_SQL, rows)
+            c.executemany(_GENERATION_SQL, [(node, int(g)) for node, g in (generations or {}).items()])
+            for kind, subject, message in events:
+                seq = c.execute(_EVENT_SQL, (kind, subject, message, when)).lastrowid
+                records.append(EventRecord(int(seq or 0), kind, subject, message, when))
+        return records
 
     def placement(self) -> dict[str, list[Replica]]:
         """Placed replicas per deployment, by replica index (deployments without replicas are absent)."""
@@ -354,13 +379,7 @@ class Store:
     # ---- nodes
     def upsert_node(self, name: str, labels: Mapping[str, str], zone: str, info: Mapping[str, Any]) -> None:
         """Record what a node reported; keeps its cordon and last_seen."""
-        labels_json, info_json = json.dumps(dict(labels), sort_keys=True), json.dumps(dict(info), sort_keys=True)
-        with self._tx() as c:
-            c.execute(
-                "INSERT INTO nodes (name, labels, zone, info) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                "SET labels = excluded.labels, zone = excluded.zone, info = excluded.info",
-                (name, labels_json, zone, info_json),
-            )
+        self.commit(nodes=[NodeRecord(name, labels, zone, info=info)])
 
     def set_cordon(self, name: str, cordoned: bool) -> bool:
         with self._tx() as c:
@@ -377,31 +396,18 @@ class Store:
 
     def set_generation(self, node: str, generation: int) -> None:
         """Record a node's desired-state generation; it never goes backwards (a lower value is ignored)."""
-        with self._tx() as c:
-            c.execute(
-                "INSERT INTO generations (node, generation) VALUES (?, ?) "
-                "ON CONFLICT (node) DO UPDATE SET generation = max(generation, excluded.generation)",
-                (node, int(generation)),
-            )
+        self.commit(generations={node: generation})
 
     def set_generations(self, generations: Mapping[str, int]) -> None:
         """Several nodes' generations in one transaction (one fsync for a whole push round)."""
-        with self._tx() as c:
-            c.executemany(
-                "INSERT INTO generations (node, generation) VALUES (?, ?) "
-                "ON CONFLICT (node) DO UPDATE SET generation = max(generation, excluded.generation)",
-                [(node, int(g)) for node, g in generations.items()],
-            )
+        self.commit(generations=generations)
 
     def generations(self) -> dict[str, int]:
         return {node: gen for node, gen in self._db.execute("SELECT node, generation FROM generations")}
 
     # ---- events
     def add_event(self, kind: str, subject: str, message: str, when: float) -> EventRecord:
-        sql = "INSERT INTO events (kind, subject, message, time) VALUES (?, ?, ?, ?)"
-        with self._tx() as c:
-            seq = c.execute(sql, (kind, subject, message, when)).lastrowid
-        return EventRecord(int(seq or 0), kind, subject, message, when)
+        return self.commit(events=[(kind, subject, message)], when=when)[0]
 
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[EventRecord]:
         sql = "SELECT seq, kind, subject, message, time FROM events WHERE seq > ? ORDER BY seq LIMIT ?"

@@ -11,7 +11,7 @@ import pytest
 from xpud.controller import filters, scoring
 from xpud.controller.core import NODE_LOST, NODE_SUSPECT, Decision, DeploymentSpec, DeviceView, NodeView
 from xpud.controller.core import Replica as R
-from xpud.controller.scheduler import schedule
+from xpud.controller.scheduler import FilterMemo, schedule
 
 GiB = 1 << 30
 
@@ -734,3 +734,22 @@ def test_preemption_cascades_down_the_priorities() -> None:
         ("mid", "preempted by hi (priority 10 > 5): replica 0 moved a/nvidia:0 -> b/nvidia:0"),
         ("lo", "preempted by mid (priority 5 > 0): replica 0 from b/nvidia:0 awaits a device"),
     ]
+
+
+def test_a_filter_memo_gives_the_same_decisions_and_follows_changed_views() -> None:
+    rng = random.Random(7)
+    nodes = [node(f"n{i}", rng.choice(list(SHAPES)), labels={"rack": f"r{i % 3}"}, zone=f"z{i % 2}")
+             for i in range(12)]
+    specs = [dep("a", 3, 20, device="gpu", strategy="spread"), dep("b", 2, 8, labels={"rack": "r1"}),
+             dep("c", 2, 4, device="cpu", zone="z1")]
+    memo = FilterMemo()
+    current: dict[str, list[R]] = {}
+    for step in range(4):
+        if step == 2:  # a node's view changes (a new object): its answers are recomputed, not reused
+            nodes[1] = replace(nodes[1], state=NODE_LOST)
+        if step == 3:
+            specs = specs[:1]  # the signatures of deployments that are gone are dropped
+        plain = schedule(nodes, specs, current)
+        assert schedule(nodes, specs, current, memo=memo) == plain
+        current = plain.replicas
+    assert len(memo.answers) == 1

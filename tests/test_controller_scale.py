@@ -1,0 +1,173 @@
+"""What keeps the controller's hot path short at scale: cached node views, in-place telemetry deltas, one store
+transaction per reconcile and per failure-detector pass, and an admin call that answers with everything persisted."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from xpud.controller.control import Catalog, Controller
+from xpud.controller.core import NODE_READY
+from xpud.controller.pool import Pool, merge_delta
+from xpud.controller.server import start_controller
+from xpud.controller.store import Store
+from xpud.proto import admin_pb2 as apb
+from xpud.proto import admin_pb2_grpc, link_pb2_grpc
+from xpud.proto import link_pb2 as lpb
+from xpud.proto import telemetry_pb2 as tpb
+from xpud.proto.samples import apply_delta
+
+GiB = 1 << 30
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def hello(node: str) -> lpb.Hello:
+    out = lpb.Hello(node=node, execution_providers=["CPUExecutionProvider"], inference_endpoint="127.0.0.1:9")
+    out.devices.add(id="sim:0", vendor="sim", kind="gpu", memory_total=80 * GiB)
+    return out
+
+
+def telemetry(**fields: Any) -> lpb.Telemetry:
+    return lpb.Telemetry(samples=[tpb.DeviceSample(device_id="sim:0", **fields)])
+
+
+def test_a_node_view_is_rebuilt_only_when_what_the_scheduler_reads_changes():
+    pool = Pool(Clock())
+    node = pool.node("n1")
+    pool.hello(node, hello("n1"), 0.0)
+    pool.telemetry(node, telemetry(full=True, health=tpb.HEALTH_OK, utilization=0.50, memory_used=10 * GiB))
+    first = pool.views()[0]
+    assert first.devices[0].utilization == 0.50 and first.devices[0].health == "ok"
+    pool.telemetry(node, telemetry(utilization=0.55, memory_used=11 * GiB, temperature=60.0))  # under a step
+    assert pool.views()[0] is first
+    assert node.samples["sim:0"].utilization == 0.55 and node.samples["sim:0"].temperature == 60.0
+    pool.telemetry(node, telemetry(utilization=0.70))  # a step (0.1) from what the view holds
+    moved = pool.views()[0]
+    assert moved is not first and moved.devices[0].utilization == 0.70
+    pool.telemetry(node, telemetry(memory_used=16 * GiB))  # 1/16 of 80 GiB from the view's 10 GiB
+    assert pool.views()[0].devices[0].memory_used == 16 * GiB
+    pool.telemetry(node, telemetry(health=tpb.HEALTH_FAILED))
+    assert pool.views()[0].devices[0].health == "failed"
+    same = pool.views()[0]
+    node.state = NODE_READY  # state and cordon are read straight from the node, however they were set
+    node.cordoned = True
+    assert pool.views()[0] is not same and pool.views()[0].cordoned and pool.views()[0].state == NODE_READY
+
+
+def test_views_are_sorted_by_name_as_nodes_join():
+    pool = Pool(Clock())
+    for name in ("b", "c", "a"):
+        pool.hello(pool.node(name), hello(name), 0.0)
+        assert [v.name for v in pool.views()] == sorted(pool.nodes)
+
+
+def test_merge_delta_matches_apply_delta():
+    full = tpb.DeviceSample(device_id="sim:0", full=True, health=tpb.HEALTH_OK, utilization=0.5, temperature=40.0)
+    full.events.add(kind="xid", message="13")
+    deltas = [
+        tpb.DeviceSample(device_id="sim:0", utilization=0.7, power_draw=100.0),  # scalars: merged in place
+        tpb.DeviceSample(device_id="sim:0", cleared=["temperature"]),
+        tpb.DeviceSample(device_id="sim:0", health=tpb.HEALTH_DEGRADED, extra={"x": 1.0}),
+        tpb.DeviceSample(device_id="sim:0", full=True, utilization=0.1),
+    ]
+    for delta in deltas:
+        expected = apply_delta(apply_delta(None, full), delta)
+        held = apply_delta(None, full)
+        assert merge_delta(held, delta) == expected, delta
+    held = apply_delta(None, full)
+    assert merge_delta(held, deltas[0]) is held and not held.events  # in place; events belong to one sample
+
+
+def test_catalog_resolves_models_like_the_store(tmp_path):
+    with Store(tmp_path) as store:
+        digest, size = store.put_artifact([b"\x08model"])
+        for version in ("2", "10", "3"):
+            store.add_model("m", version, digest, size, "model.onnx")
+        catalog = Catalog(store.models())
+        for version in ("", "2", "3", "10", "4"):
+            expected = store.model("m", version or None)
+            assert catalog.find("m", version) == expected, version
+
+
+def test_store_commit_writes_placement_generations_and_events_at_once(tmp_path):
+    from xpud.controller.core import Replica
+
+    with Store(tmp_path) as store:
+        store.set_generations({"n1": 5})
+        records = store.commit(placement={"web": [Replica("web", 0, "n1", "sim:0", GiB)]},
+                               generations={"n1": 4, "n2": 1}, events=[("Placed", "web", "on n1/sim:0"),
+                                                                       ("Moved", "db", "x")], when=7.0)
+        assert [(e.kind, e.when) for e in records] == [("Placed", 7.0), ("Moved", 7.0)]
+        assert store.events() == records
+        assert store.generations() == {"n1": 5, "n2": 1}  # never backwards
+        assert store.placement() == {"web": [Replica("web", 0, "n1", "sim:0", GiB)]}
+        store.commit(events=[("NodeReady", "n1", "back")])  # placement=None leaves it as it is
+        assert store.placement() == {"web": [Replica("web", 0, "n1", "sim:0", GiB)]}
+
+
+async def test_the_failure_detector_writes_one_transaction_per_pass(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    clock = Clock()
+    controller = Controller(store, interval=0.01, lease=0.02, clock=clock)
+    commits: list[int] = []
+    commit = store.commit
+
+    def counting(**kwargs: Any) -> Any:
+        records = commit(**kwargs)
+        commits.append(len(records))
+        return records
+
+    monkeypatch.setattr(store, "commit", counting)
+    for i in range(5):
+        node = controller.pool.node(f"n{i}")
+        controller.pool.seen(node, 0.0)
+        node.state = NODE_READY
+    clock.t += 1.0  # every node past its lease at the detector's next pass
+    detector = asyncio.create_task(controller._detect_loop())
+    while not commits:
+        await asyncio.sleep(0.005)
+    detector.cancel()
+    await asyncio.gather(detector, return_exceptions=True)
+    assert commits[0] == 5
+    assert sorted(e.kind for e in store.events()) == ["NodeLost"] * 5
+    await controller.close()
+    store.close()
+
+
+async def test_create_deployment_answers_with_placement_events_and_push_persisted(tmp_path):
+    """Over real gRPC: when CreateDeployment returns, the store holds the placement, the pushed generation and
+    the events, and the agent's stream has its DesiredState (generation above the join's)."""
+    running = await start_controller("127.0.0.1:0", 0, tmp_path / "state")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        call = link_pb2_grpc.AgentLinkStub(channel).Connect()
+        await call.write(lpb.AgentMessage(hello=hello("n1")))
+        assert (await call.read()).WhichOneof("kind") == "welcome"
+        joined = await call.read()  # the first desired state: nothing to run yet
+        assert joined.desired.generation >= 1 and not joined.desired.assignments
+        admin = admin_pb2_grpc.AdminStub(channel)
+        await admin.PushModel(iter([apb.PushModelChunk(name="m", filename="m.onnx", data=b"\x08model")]))
+        status = await admin.CreateDeployment(apb.Deployment(name="web", model="m", device="gpu"))
+        store = running.controller.store
+        assert [(r.node, r.device) for r in status.replicas] == [("n1", "sim:0")]
+        assert [(r.node, r.device) for r in store.placement()["web"]] == [("n1", "sim:0")]
+        kinds = [e.kind for e in store.events()]
+        assert kinds.index("DeploymentCreated") < kinds.index("Placed")
+        pushed = await call.read()
+        while pushed.desired.generation <= joined.desired.generation or not pushed.desired.assignments:
+            pushed = await call.read()
+        assert [a.deployment for a in pushed.desired.assignments] == ["web"]
+        assert store.generations()["n1"] == pushed.desired.generation
+        call.cancel()
+    finally:
+        await channel.close()
+        await running.stop(0)
