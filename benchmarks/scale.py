@@ -404,13 +404,19 @@ class Child:
         self._log.close()
 
 
+def pinned(cpus: str | None) -> list[str]:
+    """A command prefix that keeps a child (all its threads) on these CPUs: ``taskset -c LIST``, or nothing."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
 def start_generators(args: argparse.Namespace, target: str, tmp: Path, tag: str) -> list[Child]:
     n, k = args.agents, args.generators or max(1, math.ceil(args.agents / 5000))
     gens = []
     first = 0
     for g in range(k):
         count = n // k + (1 if g < n % k else 0)
-        cmd = [sys.executable, str(HERE), "--role", "gen", "--target", target, "--first", str(first),
+        cmd = [*pinned(args.generator_cpus), sys.executable, str(HERE), "--role", "gen", "--target", target,
+               "--first", str(first),
                "--count", str(count), "--gpus", str(args.gpus), "--interval", str(args.interval),
                "--connect-concurrency", str(args.connect_concurrency), "--connect-rate", str(args.connect_rate / k),
                "--connect-timeout", str(args.connect_timeout), "--max-seconds", str(args.max_seconds)]
@@ -487,8 +493,8 @@ def ingest_summary(name: str, win: dict[str, Any], received: int, received_wall:
 
 
 def bare_case(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    bare = Child([sys.executable, str(HERE), "--role", "bare", "--max-seconds", str(args.max_seconds)],
-                 tmp / "bare.log")
+    bare = Child([*pinned(args.server_cpus), sys.executable, str(HERE), "--role", "bare", "--max-seconds",
+                  str(args.max_seconds)], tmp / "bare.log")
     gens: list[Child] = []
     try:
         port = bare.read(30)["port"]
@@ -509,7 +515,8 @@ def bare_case(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def start_controller(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[bytes], int, IO[str]]:
     log = (tmp / "controller.log").open("w")
     prefix = ["-m", "cProfile", "-o", args.controller_profile] if args.controller_profile else []
-    cmd = [sys.executable, *prefix, "-m", "xpud", "controller", "--listen", "127.0.0.1:0", "--inference-port", "0",
+    cmd = [*pinned(args.server_cpus), sys.executable, *prefix, "-m", "xpud", "controller", "--listen", "127.0.0.1:0",
+           "--inference-port", "0",
            "--state", str(tmp / "state"), "--lease", str(args.lease)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -774,6 +781,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "generators": args.generators or max(1, math.ceil(args.agents / 5000)),
         "lease_s": args.lease,
+        "server_cpus": args.server_cpus,
+        "generator_cpus": args.generator_cpus,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "arch": platform.machine(),
                     "grpcio": grpc.__version__},
         "bare": bare,
@@ -824,6 +833,10 @@ def main() -> None:
     parser.add_argument("--connect-timeout", type=float, default=60.0, help="seconds for one Hello -> Welcome")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="children exit after this long regardless")
     parser.add_argument("--cases", default="bare,controller", help="which cases to run (comma-separated)")
+    parser.add_argument("--server-cpus", metavar="LIST",
+                        help="pin the bare server and the controller to these CPUs (taskset -c LIST), e.g. 0 or 0,1: "
+                             "on a bigger machine, gives the server this VM's budget while the generators use the rest")
+    parser.add_argument("--generator-cpus", metavar="LIST", help="pin the load generators to these CPUs")
     parser.add_argument("--keep-log", help="copy the controller's log here")
     parser.add_argument("--controller-profile", help="run the controller under cProfile, writing the stats here")
     # internal: the child roles
