@@ -34,7 +34,7 @@ from xpud.proto import telemetry_pb2 as tpb
 
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, Decision, DeploymentSpec, Replica
 from .pool import NodeState, Pool
-from .scheduler import FilterMemo, schedule
+from .scheduler import Planner
 from .store import EventRecord, ModelRecord, NodeRecord, Store
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Controller:
         self.event_listeners: set[asyncio.Queue[Any]] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._joined: set[str] = set()  # nodes whose running instances the next pass adopts
-        self._memo = FilterMemo()  # the scheduler's static-filter answers, reused while node views are unchanged
+        self.planner = Planner()  # the scheduler with its state between passes (shortcuts for settled pools)
         self._dirty = asyncio.Event()
         self._reconciling = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -256,7 +256,7 @@ class Controller:
         specs = [replace(spec, memory_bytes=_estimate(spec, measured, catalog)) for spec in self.specs.values()]
         old = self.placement
         with _cyclic_gc_paused():
-            decision = schedule(self.pool.views(), specs, old, draining=frozenset(self.draining), memo=self._memo)
+            decision = self.planner.schedule(self.pool.views(), specs, old, draining=frozenset(self.draining))
         self.schedules += 1
         placement = {k: list(v) for k, v in decision.replicas.items() if v}
         events = [*events, *(("Preempted", name, reason) for name, reason in decision.preempted),

@@ -313,3 +313,75 @@ def schedule(
     if memo is not None:
         memo.keep_only({(_signature(spec), s.draining) for spec in deployments})
     return s.decision
+
+
+class Planner:
+    """`schedule` for a caller that schedules again and again (the controller), with two shortcuts.
+
+    Each pass keeps the scheduler's final state (free memory per device, the sorted device pools) with its inputs.
+    The next pass, if its nodes are the same view objects, its draining set and the other deployments are equal,
+    the current placement is the last decision's and nothing was left pending:
+      - with no deployment added, the decision is the last one (a full pass would keep every replica and place
+        nothing), so nothing is computed;
+      - with one deployment added, only that one is placed, against the kept state. A full pass would do the
+        same: it keeps every current replica first, and with nothing pending the new deployment is the only one
+        with missing replicas. Should it need preemption, the pass starts over in full (evictions move others).
+    Anything else is a full `schedule` pass (with the `FilterMemo`). So the decision is always the one `schedule`
+    gives for the same input; the shortcuts only make adding a deployment to a large, settled pool cost its own
+    replicas instead of every device.
+    """
+
+    def __init__(self) -> None:
+        self.memo = FilterMemo()
+        self._last: _Scheduler | None = None
+        self._nodes: Sequence[NodeView] = ()
+        self._specs: dict[str, DeploymentSpec] = {}
+        self.passes: Counter[str] = Counter()  # "full", "same", "added": which path each pass took
+
+    def schedule(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec],
+                 current: Mapping[str, Sequence[Replica]], *, draining: frozenset[str] = frozenset()) -> Decision:
+        draining = frozenset(draining)
+        specs = {d.name: d for d in deployments}
+        decision = self._shortcut(nodes, specs, current, draining)
+        if decision is None:
+            self.passes["full"] += 1
+            s = _Scheduler(nodes, deployments, draining, self.memo)
+            s.keep(current)
+            s.place()
+            self.memo.keep_only({(_signature(spec), draining) for spec in deployments})
+            self._last, decision = s, s.decision
+        self._nodes, self._specs = nodes, specs
+        return decision
+
+    def _shortcut(self, nodes: Sequence[NodeView], specs: dict[str, DeploymentSpec],
+                  current: Mapping[str, Sequence[Replica]], draining: frozenset[str]) -> Decision | None:
+        s = self._last
+        if s is None or s.decision.pending or draining != s.draining or len(nodes) != len(self._nodes):
+            return None
+        if any(a is not b for a, b in zip(nodes, self._nodes, strict=True)):
+            return None
+        added = [name for name in specs if name not in self._specs]
+        if len(added) > 1 or len(specs) - len(added) != len(self._specs):
+            return None
+        if any(specs[name] != spec for name, spec in self._specs.items()):
+            return None
+        placed = {name: [have[i] for i in sorted(have)] for name, have in s.placed.items() if have}
+        if {name: list(reps) for name, reps in current.items() if reps} != placed:
+            return None
+        if not added:
+            self.passes["same"] += 1
+            return Decision(replicas={name: list(reps) for name, reps in s.decision.replicas.items()})
+        spec = specs[added[0]]
+        s.specs[spec.name], s.priority[spec.name], s.placed[spec.name] = spec, spec.priority, {}
+        s.levels = sorted(set(s.levels) | {spec.priority})
+        s.order = sorted(s.specs.values(), key=lambda d: (-d.priority, d.name))
+        pool = s._pool(spec)
+        for index in range(spec.replicas):
+            key = s._find(spec, pool)
+            if key is None:  # preemption or pending: only a full pass decides those
+                self._last = None
+                return None
+            s._place(spec, index, key)
+        self.passes["added"] += 1
+        s.decision = Decision(replicas={name: [have[i] for i in sorted(have)] for name, have in s.placed.items()})
+        return s.decision

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from xpud.controller import filters, scoring
 from xpud.controller.core import NODE_LOST, NODE_SUSPECT, Decision, DeploymentSpec, DeviceView, NodeView
 from xpud.controller.core import Replica as R
-from xpud.controller.scheduler import FilterMemo, schedule
+from xpud.controller.scheduler import FilterMemo, Planner, schedule
 
 GiB = 1 << 30
 
@@ -753,3 +754,64 @@ def test_a_filter_memo_gives_the_same_decisions_and_follows_changed_views() -> N
         assert schedule(nodes, specs, current, memo=memo) == plain
         current = plain.replicas
     assert len(memo.answers) == 1
+
+
+def _planner_sequence(seed: int) -> Counter[str]:
+    """Random sequences of controller passes: deployments added (alone or several), scaled, removed, unchanged
+    passes, nodes changing; each pass the Planner's decision equals a plain schedule() of the same input."""
+    rng = random.Random(seed)
+    nodes = [node(f"n{i}", rng.choice(["dgx-a100", "two-gpu", "gpu-and-cpu", "cpu-only"]),
+                  labels={"rack": f"r{i % 3}"}, zone=f"z{i % 2}") for i in range(10)]
+    planner = Planner()
+    specs: dict[str, DeploymentSpec] = {}
+    current: dict[str, list[R]] = {}
+    for step in range(40):
+        action = rng.choice(["add", "add", "add", "same", "same", "scale", "remove", "remove", "node", "add2"])
+        if action in ("add", "add2"):
+            for _ in range(1 if action == "add" else 2):
+                name = f"d{step}{_}"
+                specs[name] = dep(name, rng.randint(0, 3), rng.choice([2, 8, 20, 70]),
+                                  device=rng.choice(["gpu", "cpu", "any"]), strategy=rng.choice(["binpack", "spread"]),
+                                  priority=rng.choice([0, 0, 1, 5]),
+                                  labels={"rack": "r1"} if rng.random() < 0.2 else {})
+        elif action == "scale" and specs:
+            name = rng.choice(sorted(specs))
+            specs[name] = replace(specs[name], replicas=rng.randint(0, 5))
+        elif action == "remove" and specs:
+            specs.pop(rng.choice(sorted(specs)))
+        elif action == "node":
+            i = rng.randrange(len(nodes))
+            nodes[i] = replace(nodes[i], state=rng.choice([NODE_LOST, NODE_SUSPECT, "Ready"]))
+        views = list(nodes)
+        plain = schedule(views, list(specs.values()), current)
+        got = planner.schedule(views, list(specs.values()), current)
+        assert got == plain, (step, action)
+        current = {k: list(v) for k, v in plain.replicas.items() if v}
+    return planner.passes
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_planner_decides_what_schedule_decides(seed: int) -> None:
+    _planner_sequence(seed)
+
+
+def test_planner_takes_its_shortcuts_in_those_sequences() -> None:
+    passes = sum((_planner_sequence(seed) for seed in range(6)), Counter())
+    assert passes["full"] and passes["same"] and passes["added"], passes
+
+
+def test_planner_adds_a_deployment_without_a_full_pass() -> None:
+    nodes = [node(f"n{i}", "two-gpu") for i in range(4)]
+    planner = Planner()
+    first = [dep("a", 3, 30, device="gpu", strategy="spread")]
+    d1 = planner.schedule(nodes, first, {})
+    d2 = planner.schedule(nodes, first, d1.replicas)  # nothing changed: the last decision
+    both = [*first, dep("b", 2, 60, device="gpu")]
+    d3 = planner.schedule(nodes, both, d2.replicas)  # one deployment added: only it is placed
+    assert planner.passes == {"full": 1, "same": 1, "added": 1}
+    assert d2 == d1 and d3 == schedule(nodes, both, d1.replicas)
+    # It needs preemption (a higher priority, no room left): a full pass decides, and evicts
+    urgent = [*both, dep("c", 4, 80, device="gpu", priority=9)]
+    d4 = planner.schedule(nodes, urgent, d3.replicas)
+    assert d4 == schedule(nodes, urgent, d3.replicas) and d4.preempted
+    assert planner.passes["full"] == 2
