@@ -515,8 +515,9 @@ def bare_case(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def start_controller(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[bytes], int, IO[str]]:
     log = (tmp / "controller.log").open("w")
     prefix = ["-m", "cProfile", "-o", args.controller_profile] if args.controller_profile else []
-    cmd = [*pinned(args.server_cpus), sys.executable, *prefix, "-m", "xpud", "controller", "--listen", "127.0.0.1:0",
-           "--inference-port", "0",
+    verbose = ["-v"] if args.controller_debug else []
+    cmd = [*pinned(args.server_cpus), sys.executable, *prefix, "-m", "xpud", *verbose, "controller", "--listen",
+           "127.0.0.1:0", "--inference-port", "0",
            "--state", str(tmp / "state"), "--lease", str(args.lease)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -838,6 +839,8 @@ def main() -> None:
                              "on a bigger machine, gives the server this VM's budget while the generators use the rest")
     parser.add_argument("--generator-cpus", metavar="LIST", help="pin the load generators to these CPUs")
     parser.add_argument("--keep-log", help="copy the controller's log here")
+    parser.add_argument("--controller-debug", action="store_true",
+                        help="run the controller with -v: its log then times each scheduling pass (with --keep-log)")
     parser.add_argument("--controller-profile", help="run the controller under cProfile, writing the stats here")
     # internal: the child roles
     parser.add_argument("--role", choices=("main", "bare", "gen"), default="main", help=argparse.SUPPRESS)

@@ -6,7 +6,9 @@ transaction *before* anything is pushed or answered, and sends each node whose s
 with a higher generation. Admin calls run that pass at once; other triggers (joins, instance-state changes, lost
 nodes) are coalesced for ``coalesce`` seconds into one pass.
 
-The pure scheduler runs on the event loop with Python's cyclic garbage collector paused: it makes no reference
+The scheduler runs through a `Planner`, which keeps its state between passes: a pass with nothing new reuses the
+last decision, and a deployment added to a settled pool is placed alone (the decision a full pass would make).
+It runs on the event loop with Python's cyclic garbage collector paused: it makes no reference
 cycles, and with thousands of streams a collection that its allocations trigger cost more than the scheduler
 (a full one 200-370 ms at 2,000 nodes). A worker thread was measured too and was slower: the scheduler and the
 loop then take turns on the GIL, and the admin call waits for the scheduler either way (BENCHMARKS.md, control
@@ -246,6 +248,7 @@ class Controller:
         return out
 
     async def _reconcile(self, events: Sequence[Event]) -> Decision:
+        started = time.perf_counter()
         catalog = Catalog(await self.db(self.store.models))
         stored = {k: list(v) for k, v in self.placement.items()}  # adopting changes it in memory only
         for name in self._joined:
@@ -255,8 +258,11 @@ class Controller:
         measured = self._measured()
         specs = [replace(spec, memory_bytes=_estimate(spec, measured, catalog)) for spec in self.specs.values()]
         old = self.placement
+        scheduling = time.perf_counter()
+        passes = self.planner.passes.copy()
         with _cyclic_gc_paused():
             decision = self.planner.schedule(self.pool.views(), specs, old, draining=frozenset(self.draining))
+        scheduled = time.perf_counter()
         self.schedules += 1
         placement = {k: list(v) for k, v in decision.replicas.items() if v}
         events = [*events, *(("Preempted", name, reason) for name, reason in decision.preempted),
@@ -271,8 +277,10 @@ class Controller:
         pushes = self._changed_shares(self._desired(catalog, placement))
         generations = {name: self.generations.get(name, 0) + 1 for name in pushes}
         # placement, generations (never backwards, even after a crash) and events: one transaction, before any push
+        prepared = time.perf_counter()
         records = await self.db(self.store.commit, placement=placement if placement != stored else None,
                                 generations=generations, events=events, when=time.time())
+        committed = time.perf_counter()
         self.placement, self.pending = placement, dict(decision.pending)
         for name, assignments in pushes.items():
             self.generations[name] = generations[name]
@@ -282,6 +290,12 @@ class Controller:
                 node.session.push(lpb.ControllerMessage(desired=lpb.DesiredState(
                     generation=generations[name], assignments=assignments)))
         self._notify(records)
+        if log.isEnabledFor(logging.DEBUG):
+            path = ",".join(sorted((self.planner.passes - passes).elements()))
+            log.debug("pass (%s): inputs %.1f ms, schedule %.1f ms, shares %.1f ms, commit %.1f ms, %d push(es) "
+                      "%.1f ms", path, (scheduling - started) * 1e3, (scheduled - scheduling) * 1e3,
+                      (prepared - scheduled) * 1e3, (committed - prepared) * 1e3, len(pushes),
+                      (time.perf_counter() - committed) * 1e3)
         return decision
 
     def _desired(self, catalog: Catalog, placement: dict[str, list[Replica]]) -> dict[str, list[lpb.ModelAssignment]]:

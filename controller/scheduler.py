@@ -129,6 +129,18 @@ class _Scheduler:
                     insort(room, (new + held, util, node, dev))
         self.held[key][priority] += memory
 
+    def _reload(self, utils: Mapping[Key, float]) -> None:
+        """Devices' live utilization changed: take the new values and re-sort every list that holds them (one
+        nearly sorted sort per list: cheaper than moving thousands of entries one by one)."""
+        self.util.update(utils)
+        util = self.util
+        for pool in self.pools.values():
+            pool.asc = sorted((f, util[(n, d)], n, d) for f, _, n, d in pool.asc)
+            if pool.desc is not None:
+                pool.desc = sorted((f, util[(n, d)], n, d) for f, _, n, d in pool.desc)
+            for ceiling, room in pool.room.items():
+                pool.room[ceiling] = sorted((r, util[(n, d)], n, d) for r, _, n, d in room)
+
     def _place(self, spec: DeploymentSpec, index: int, key: Key) -> Replica:
         replica = Replica(spec.name, index, key[0], key[1], spec.memory_bytes)
         self.placed[spec.name][index] = replica
@@ -319,7 +331,8 @@ class Planner:
     """`schedule` for a caller that schedules again and again (the controller), with two shortcuts.
 
     Each pass keeps the scheduler's final state (free memory per device, the sorted device pools) with its inputs.
-    The next pass, if its nodes are the same view objects, its draining set and the other deployments are equal,
+    The next pass, if its nodes are the same (views that differ only in live load: utilization, memory used are
+    applied to the kept state, re-sorting those devices), its draining set and the other deployments are equal,
     the current placement is the last decision's and nothing was left pending:
       - with no deployment added, the decision is the last one (a full pass would keep every replica and place
         nothing), so nothing is computed;
@@ -348,6 +361,8 @@ class Planner:
             s = _Scheduler(nodes, deployments, draining, self.memo)
             s.keep(current)
             s.place()
+            for spec in deployments:  # ready for the next deployment of a signature in use (usually the next one's)
+                s._pool(spec)
             self.memo.keep_only({(_signature(spec), draining) for spec in deployments})
             self._last, decision = s, s.decision
         self._nodes, self._specs = nodes, specs
@@ -358,7 +373,8 @@ class Planner:
         s = self._last
         if s is None or s.decision.pending or draining != s.draining or len(nodes) != len(self._nodes):
             return None
-        if any(a is not b for a, b in zip(nodes, self._nodes, strict=True)):
+        changed = [(old, new) for old, new in zip(self._nodes, nodes, strict=True) if old is not new]
+        if not all(_same_but_load(old, new) for old, new in changed):
             return None
         added = [name for name in specs if name not in self._specs]
         if len(added) > 1 or len(specs) - len(added) != len(self._specs):
@@ -368,6 +384,16 @@ class Planner:
         placed = {name: [have[i] for i in sorted(have)] for name, have in s.placed.items() if have}
         if {name: list(reps) for name, reps in current.items() if reps} != placed:
             return None
+        utils: dict[Key, float] = {}
+        for _, view in changed:  # only live load moved: the same filter answers, the devices re-sorted
+            s.nodes[view.name] = view
+            for dev in view.devices:
+                key = (view.name, dev.id)
+                s.devices[key] = dev
+                if (util := scoring.utilization(dev)) != s.util[key]:
+                    utils[key] = util
+        if utils:
+            s._reload(utils)
         if not added:
             self.passes["same"] += 1
             return Decision(replicas={name: list(reps) for name, reps in s.decision.replicas.items()})
@@ -377,11 +403,21 @@ class Planner:
         s.order = sorted(s.specs.values(), key=lambda d: (-d.priority, d.name))
         pool = s._pool(spec)
         for index in range(spec.replicas):
-            key = s._find(spec, pool)
-            if key is None:  # preemption or pending: only a full pass decides those
+            found = s._find(spec, pool)
+            if found is None:  # preemption or pending: only a full pass decides those
                 self._last = None
                 return None
-            s._place(spec, index, key)
+            s._place(spec, index, found)
         self.passes["added"] += 1
         s.decision = Decision(replicas={name: [have[i] for i in sorted(have)] for name, have in s.placed.items()})
         return s.decision
+
+
+def _same_but_load(old: NodeView, new: NodeView) -> bool:
+    """The same node for every filter and for displacement: only live readings (utilization, memory used) moved."""
+    if (old.name, old.state, old.cordoned, old.zone, len(old.devices)) != \
+            (new.name, new.state, new.cordoned, new.zone, len(new.devices)) or old.labels != new.labels:
+        return False
+    return all((a.node, a.id, a.kind, a.memory_total, a.runnable, a.health)
+               == (b.node, b.id, b.kind, b.memory_total, b.runnable, b.health)
+               for a, b in zip(old.devices, new.devices, strict=True))

@@ -766,7 +766,8 @@ def _planner_sequence(seed: int) -> Counter[str]:
     specs: dict[str, DeploymentSpec] = {}
     current: dict[str, list[R]] = {}
     for step in range(40):
-        action = rng.choice(["add", "add", "add", "same", "same", "scale", "remove", "remove", "node", "add2"])
+        action = rng.choice(["add", "add", "add", "same", "same", "scale", "remove", "remove", "node", "add2",
+                             "load", "load"])
         if action in ("add", "add2"):
             for _ in range(1 if action == "add" else 2):
                 name = f"d{step}{_}"
@@ -782,6 +783,11 @@ def _planner_sequence(seed: int) -> Counter[str]:
         elif action == "node":
             i = rng.randrange(len(nodes))
             nodes[i] = replace(nodes[i], state=rng.choice([NODE_LOST, NODE_SUSPECT, "Ready"]))
+        if action == "load" or rng.random() < 0.3:  # live readings move on a few nodes (new view objects)
+            for i in rng.sample(range(len(nodes)), 3):
+                devices = tuple(replace(d, utilization=rng.choice([None, 0.0, 0.3, 0.9]),
+                                        memory_used=rng.randint(0, d.memory_total)) for d in nodes[i].devices)
+                nodes[i] = replace(nodes[i], devices=devices)
         views = list(nodes)
         plain = schedule(views, list(specs.values()), current)
         got = planner.schedule(views, list(specs.values()), current)
