@@ -14,7 +14,8 @@ Speed: the static filters depend on a deployment only through its (device kind, 
 each signature's feasible devices are computed once into lists sorted by the score keys, kept sorted as free
 memory changes; picking a device is then a bisect (binpack) or a short scan (spread). A caller that schedules
 again and again over mostly the same node views (the controller) passes a `FilterMemo`, which keeps each node's
-static-filter answers per signature across calls for as long as the node's view is the same object.
+static-filter answers per signature across calls for as long as the node's view is the same (or differs only in
+live load, which no filter reads).
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ NodeAnswer = tuple[NodeView, tuple[tuple[filters.Tally, int], ...], tuple[Key, .
 
 
 class FilterMemo:
-    """Static-filter answers per (signature, draining) and node, valid while the node's view is the same object.
+    """Static-filter answers per (signature, draining) and node, valid while the node's view is the same object
+    or one that differs only in live load (utilization, memory used), which no filter reads.
 
-    Views are immutable, so an identical object gets identical answers; the signatures of deployments that are
-    gone are dropped, so the memo holds at most the live signatures times the nodes.
+    The signatures of deployments that are gone are dropped, so the memo holds at most the live signatures times
+    the nodes.
     """
 
     def __init__(self) -> None:
@@ -188,7 +190,10 @@ class _Scheduler:
         for node in self.nodes.values():
             answer = answers.get(node.name)
             if answer is None or answer[0] is not node:
-                answer = answers[node.name] = _answer(node, spec, self.draining)
+                if answer is not None and _same_but_load(answer[0], node):
+                    answer = answers[node.name] = (node, answer[1], answer[2])  # the same answer, for this view
+                else:
+                    answer = answers[node.name] = _answer(node, spec, self.draining)
             for why, count in answer[1]:
                 rejected[why] += count
             keys.extend(answer[2])
