@@ -261,7 +261,9 @@ class Controller:
         scheduling = time.perf_counter()
         passes = self.planner.passes.copy()
         with _cyclic_gc_paused():
-            decision = self.planner.schedule(self.pool.views(), specs, old, draining=frozenset(self.draining))
+            views = self.pool.views()
+            viewed = time.perf_counter()
+            decision = self.planner.schedule(views, specs, old, draining=frozenset(self.draining))
         scheduled = time.perf_counter()
         self.schedules += 1
         placement = {k: list(v) for k, v in decision.replicas.items() if v}
@@ -292,8 +294,9 @@ class Controller:
         self._notify(records)
         if log.isEnabledFor(logging.DEBUG):
             path = ",".join(sorted((self.planner.passes - passes).elements()))
-            log.debug("pass (%s): inputs %.1f ms, schedule %.1f ms, shares %.1f ms, commit %.1f ms, %d push(es) "
-                      "%.1f ms", path, (scheduling - started) * 1e3, (scheduled - scheduling) * 1e3,
+            log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms, shares %.1f ms, commit %.1f ms, "
+                      "%d push(es) %.1f ms", path, (scheduling - started) * 1e3, (viewed - scheduling) * 1e3,
+                      (scheduled - viewed) * 1e3,
                       (prepared - scheduled) * 1e3, (committed - prepared) * 1e3, len(pushes),
                       (time.perf_counter() - committed) * 1e3)
         return decision
