@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.json_format import MessageToDict, ParseDict
 
@@ -42,6 +42,22 @@ from .store import EventRecord, ModelRecord, NodeRecord, Store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Event = tuple[str, str, str]  # kind, subject, message
+
+
+class Assignment(NamedTuple):
+    """One deployment's part of a node's share (a ModelAssignment as a plain, comparable tuple)."""
+
+    deployment: str
+    model: str
+    version: str
+    digest: str
+    size: int
+    devices: tuple[str, ...]
+    max_batch_size: int
+    priority: int
+
+
+Share = tuple[Assignment, ...]  # a node's share of the placement, by deployment name
 MEMORY_FACTOR = 3  # replica memory estimate: model file size x this, until the agent measures it
 MIN_MEMORY = 64 << 20
 COALESCE = 0.05  # seconds a background trigger waits for others (a join storm) to share one scheduling pass
@@ -73,7 +89,7 @@ class Controller:
         self.placement: dict[str, list[Replica]] = {}
         self.pending: dict[str, str] = {}
         self.generations: dict[str, int] = {}
-        self.sent: dict[str, list[lpb.ModelAssignment]] = {}
+        self.sent: dict[str, Share] = {}  # per node, the share it was last sent
         self.draining: set[str] = set()
         self.event_listeners: set[asyncio.Queue[Any]] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -276,7 +292,7 @@ class Controller:
             new = sorted({f"{r.node}/{r.device}" for r in replicas if (r.node, r.device) not in before})
             if new:
                 events.append(("Placed", name, f"on {', '.join(new)}"))
-        pushes = self._changed_shares(self._desired(catalog, placement))
+        pushes = self._changed_shares(self._shares(catalog, placement))
         generations = {name: self.generations.get(name, 0) + 1 for name in pushes}
         # placement, generations (never backwards, even after a crash) and events: one transaction, before any push
         prepared = time.perf_counter()
@@ -284,13 +300,13 @@ class Controller:
                                 generations=generations, events=events, when=time.time())
         committed = time.perf_counter()
         self.placement, self.pending = placement, dict(decision.pending)
-        for name, assignments in pushes.items():
+        for name, share in pushes.items():
             self.generations[name] = generations[name]
-            self.sent[name] = assignments
+            self.sent[name] = share
             node = self.pool.nodes[name]
             if node.session is not None:
                 node.session.push(lpb.ControllerMessage(desired=lpb.DesiredState(
-                    generation=generations[name], assignments=assignments)))
+                    generation=generations[name], assignments=_assignments(share))))
         self._notify(records)
         if log.isEnabledFor(logging.DEBUG):
             path = ",".join(sorted((self.planner.passes - passes).elements()))
@@ -301,32 +317,37 @@ class Controller:
                       (time.perf_counter() - committed) * 1e3)
         return decision
 
-    def _desired(self, catalog: Catalog, placement: dict[str, list[Replica]]) -> dict[str, list[lpb.ModelAssignment]]:
-        """Every node's share of the placement, built in one pass."""
+    def _shares(self, catalog: Catalog, placement: dict[str, list[Replica]]) -> dict[str, Share]:
+        """Every node's share of the placement, built in one pass as plain tuples (cheap to build and compare:
+        only the nodes whose share changed get protobuf messages, in `_assignments`)."""
         per_node: dict[str, dict[str, list[str]]] = {}
         for name, replicas in placement.items():
             for r in replicas:
                 per_node.setdefault(r.node, {}).setdefault(name, []).append(r.device)
-        out: dict[str, list[lpb.ModelAssignment]] = {}
+        out: dict[str, Share] = {}
         for node, deployments in per_node.items():
-            assignments = []
+            items = []
             for name in sorted(deployments):
                 spec = self.specs.get(name)
                 model = catalog.find(spec.model, spec.version) if spec is not None else None
                 if spec is None or model is None:
                     continue
-                assignments.append(lpb.ModelAssignment(
-                    deployment=name, model=model.name, version=model.version, digest=model.digest,
-                    size_bytes=model.size, devices=sorted(deployments[name]), max_batch_size=spec.max_batch_size,
-                    priority=max(spec.priority, 0)))
-            out[node] = assignments
+                items.append(Assignment(name, model.name, model.version, model.digest, model.size,
+                                        tuple(sorted(deployments[name])), spec.max_batch_size, max(spec.priority, 0)))
+            out[node] = tuple(items)
         return out
 
-    def _changed_shares(self, desired: dict[str, list[lpb.ModelAssignment]]) -> dict[str, list[lpb.ModelAssignment]]:
+    def _changed_shares(self, shares: dict[str, Share]) -> dict[str, Share]:
         """The connected nodes whose share differs from what they were last sent (no await: the table is stable)."""
         return {node.name: share for node in self.pool.nodes.values()
                 if node.session is not None and node.state != NODE_LOST
-                and self.sent.get(node.name) != (share := desired.get(node.name, []))}
+                and self.sent.get(node.name) != (share := shares.get(node.name, ()))}
+
+
+def _assignments(share: Share) -> list[lpb.ModelAssignment]:
+    return [lpb.ModelAssignment(deployment=a.deployment, model=a.model, version=a.version, digest=a.digest,
+                                size_bytes=a.size, devices=a.devices, max_batch_size=a.max_batch_size,
+                                priority=a.priority) for a in share]
 
 
 @contextlib.contextmanager
