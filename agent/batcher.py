@@ -209,7 +209,7 @@ class Batcher:
         try:
             return await fut
         except asyncio.CancelledError:
-            self._discard(request)
+            self._unqueue(request)  # the caller went away: drop the request if it is still queued
             raise
 
     async def close(self, drain: bool = True) -> None:
@@ -278,10 +278,6 @@ class Batcher:
                 f"(queue timeout {request._timeout:g}s)"
             ),
         )
-
-    def _discard(self, request: Request) -> None:
-        """Remove a request whose caller went away, if it is still queued."""
-        self._unqueue(request)
 
     def _deliver(self, batch: list[Request], results: Sequence[Any] | None, error: BaseException | None) -> None:
         """On the loop: resolve the futures of a batch an instance thread has run."""

@@ -275,7 +275,6 @@ class Controller:
         specs = [replace(spec, memory_bytes=_estimate(spec, measured, catalog)) for spec in self.specs.values()]
         old = self.placement
         scheduling = time.perf_counter()
-        passes = self.planner.passes.copy()
         with _cyclic_gc_paused():
             views = self.pool.views()
             viewed = time.perf_counter()
@@ -308,13 +307,10 @@ class Controller:
                 node.session.push(lpb.ControllerMessage(desired=lpb.DesiredState(
                     generation=generations[name], assignments=_assignments(share))))
         self._notify(records)
-        if log.isEnabledFor(logging.DEBUG):
-            path = ",".join(sorted((self.planner.passes - passes).elements()))
-            log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms, shares %.1f ms, commit %.1f ms, "
-                      "%d push(es) %.1f ms", path, (scheduling - started) * 1e3, (viewed - scheduling) * 1e3,
-                      (scheduled - viewed) * 1e3,
-                      (prepared - scheduled) * 1e3, (committed - prepared) * 1e3, len(pushes),
-                      (time.perf_counter() - committed) * 1e3)
+        log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms, shares %.1f ms, commit %.1f ms, "
+                  "%d push(es) %.1f ms", self.planner.last, (scheduling - started) * 1e3, (viewed - scheduling) * 1e3,
+                  (scheduled - viewed) * 1e3, (prepared - scheduled) * 1e3, (committed - prepared) * 1e3,
+                  len(pushes), (time.perf_counter() - committed) * 1e3)
         return decision
 
     def _shares(self, catalog: Catalog, placement: dict[str, list[Replica]]) -> dict[str, Share]:

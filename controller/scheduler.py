@@ -324,12 +324,18 @@ def schedule(
     replicas per deployment (sorted by index), what is pending and why, what was preempted and what moved.
     `memo` carries static-filter answers from one call to the next (the same decision, sooner).
     """
-    s = _Scheduler(nodes, deployments, frozenset(draining), memo)
+    return _full(nodes, deployments, current, frozenset(draining), memo).decision
+
+
+def _full(nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec], current: Mapping[str, Sequence[Replica]],
+          draining: frozenset[str], memo: FilterMemo | None) -> _Scheduler:
+    """One whole pass; the memo then keeps only the signatures still in use."""
+    s = _Scheduler(nodes, deployments, draining, memo)
     s.keep(current)
     s.place()
     if memo is not None:
-        memo.keep_only({(_signature(spec), s.draining) for spec in deployments})
-    return s.decision
+        memo.keep_only({(_signature(spec), draining) for spec in deployments})
+    return s
 
 
 class Planner:
@@ -354,7 +360,8 @@ class Planner:
         self._last: _Scheduler | None = None
         self._nodes: Sequence[NodeView] = ()
         self._specs: dict[str, DeploymentSpec] = {}
-        self.passes: Counter[str] = Counter()  # "full", "same", "added": which path each pass took
+        self.last = ""  # the path the last pass took: "full", "same" or "added"
+        self.passes: Counter[str] = Counter()  # how many passes took each path
 
     def schedule(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec],
                  current: Mapping[str, Sequence[Replica]], *, draining: frozenset[str] = frozenset()) -> Decision:
@@ -362,14 +369,12 @@ class Planner:
         specs = {d.name: d for d in deployments}
         decision = self._shortcut(nodes, specs, current, draining)
         if decision is None:
-            self.passes["full"] += 1
-            s = _Scheduler(nodes, deployments, draining, self.memo)
-            s.keep(current)
-            s.place()
+            self.last = "full"
+            s = _full(nodes, deployments, current, draining, self.memo)
             for spec in deployments:  # ready for the next deployment of a signature in use (usually the next one's)
                 s._pool(spec)
-            self.memo.keep_only({(_signature(spec), draining) for spec in deployments})
             self._last, decision = s, s.decision
+        self.passes[self.last] += 1
         self._nodes, self._specs = nodes, specs
         return decision
 
@@ -400,7 +405,7 @@ class Planner:
         if utils:
             s._reload(utils)
         if not added:
-            self.passes["same"] += 1
+            self.last = "same"
             return Decision(replicas={name: list(reps) for name, reps in s.decision.replicas.items()})
         spec = specs[added[0]]
         s.specs[spec.name], s.priority[spec.name], s.placed[spec.name] = spec, spec.priority, {}
@@ -413,7 +418,7 @@ class Planner:
                 self._last = None
                 return None
             s._place(spec, index, found)
-        self.passes["added"] += 1
+        self.last = "added"
         s.decision = Decision(replicas={name: [have[i] for i in sorted(have)] for name, have in s.placed.items()})
         return s.decision
 
