@@ -140,6 +140,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                               first.filename or "model.onnx")
 
             record = await self.c.db(store_it)
+            self.c.models_changed()
         finally:
             tmp.unlink(missing_ok=True)
         await self.c.event("ModelPushed", record.name, f"version {record.version}, {record.size} bytes, "

@@ -3,10 +3,11 @@
 Plain Python and an injectable clock: the link servicer feeds it, the failure
 detector ages it, the scheduler reads ``views()``, the router reads ``endpoints()``.
 
-``views()`` runs on every reconcile, so each node's view is cached and rebuilt only when something the scheduler
-reads changed: a Hello (devices, labels, providers), the node's state or cordon, a device's health, or a live
-reading that moved by a step (``UTIL_STEP``, ``MEMORY_STEP``), never on every telemetry delta. Live readings
-only break ties between devices that fit equally, so a view that lags them by less than a step decides the same.
+``views()`` runs on every reconcile, so each node's view is cached and rebuilt only when something the
+scheduler's filters read changed: a Hello (devices, labels, providers), the node's state or cordon, a device's
+health; never on telemetry that only moves live readings. Live load reaches the scheduler through ``load``
+instead, read from the latest samples at the moment a pick compares devices (``scheduler.LOAD_CANDIDATES``), so
+the views of 10,000 busy nodes stay put while their utilization moves every second.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ from xpud.proto import telemetry_pb2 as tpb
 from xpud.proto.samples import apply_delta
 
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, DeviceView, NodeView
-
-UTIL_STEP = 0.1  # a device's utilization must move this much (0..1) before its node's view is rebuilt
-MEMORY_STEP = 16  # ... or its memory in use by 1/MEMORY_STEP of the device's total
-Reading = tuple[str, int | None, float | None]  # health, memory_used, utilization: what a DeviceView holds live
 
 HEALTH = {tpb.HEALTH_OK: "ok", tpb.HEALTH_DEGRADED: "degraded", tpb.HEALTH_FAILED: "failed",
           tpb.HEALTH_UNKNOWN: "unknown", tpb.HEALTH_UNSPECIFIED: "unknown"}
@@ -55,25 +52,26 @@ class NodeState:
     revision: int = 0  # bumped when what the scheduler sees of this node changed (see the module docstring)
     view: NodeView | None = None  # the cached view, valid while view_key matches (revision, state, cordoned)
     view_key: tuple[int, str, bool] = (-1, "", False)
-    readings: dict[str, Reading] = field(default_factory=dict)  # the live readings `view` holds, per device
+    health: dict[str, str] = field(default_factory=dict)  # each device's health as `view` holds it
 
 
-def reading(sample: tpb.DeviceSample | None) -> Reading:
-    if sample is None:
-        return "unknown", None, None
-    return (HEALTH.get(sample.health, "unknown"),
-            sample.memory_used if sample.HasField("memory_used") else None,
-            sample.utilization if sample.HasField("utilization") else None)
+def health(sample: tpb.DeviceSample | None) -> str:
+    return "unknown" if sample is None else HEALTH.get(sample.health, "unknown")
 
 
-def moved(held: Reading | None, now: Reading, memory_total: int) -> bool:
-    """Has a device's live state moved far enough from what its cached view holds to rebuild the view?"""
-    if held is None or held[0] != now[0] or (held[1] is None) != (now[1] is None) \
-            or (held[2] is None) != (now[2] is None):
-        return True
-    if held[1] is not None and now[1] is not None and abs(held[1] - now[1]) * MEMORY_STEP >= memory_total:
-        return True
-    return held[2] is not None and now[2] is not None and abs(held[2] - now[2]) >= UTIL_STEP
+class LiveLoad:
+    """Each device's utilization from its node's latest sample, looked up by (node, device id) when the scheduler
+    asks (``scheduler.Load``); None when the node or the reading is unknown."""
+
+    __slots__ = ("nodes",)
+
+    def __init__(self, nodes: dict[str, NodeState]) -> None:
+        self.nodes = nodes
+
+    def get(self, key: tuple[str, str]) -> float | None:
+        node = self.nodes.get(key[0])
+        sample = node.samples.get(key[1]) if node is not None else None
+        return sample.utilization if sample is not None and sample.HasField("utilization") else None
 
 
 def merge_delta(held: tpb.DeviceSample | None, delta: tpb.DeviceSample) -> tpb.DeviceSample:
@@ -101,6 +99,8 @@ class Pool:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.nodes: dict[str, NodeState] = {}
+        self.load = LiveLoad(self.nodes)
+        self.instances_version = 0  # bumped whenever a node reports its instances
         self._by_name: list[NodeState] = []  # self.nodes sorted by name (nodes are added, never removed)
 
     def node(self, name: str) -> NodeState:
@@ -117,6 +117,7 @@ class Pool:
             hello.incarnation
         node.instances = {i.deployment: i for i in hello.instances}
         node.generation_observed = hello.generation
+        self.instances_version += 1
         node.revision += 1
         self.seen(node, wall)
 
@@ -127,15 +128,15 @@ class Pool:
     def telemetry(self, node: NodeState, batch: lpb.Telemetry) -> None:
         for delta in batch.samples:
             sample = node.samples[delta.device_id] = merge_delta(node.samples.get(delta.device_id), delta)
-            if node.view_key[0] != node.revision:
-                continue  # the view is rebuilt anyway
-            device = node.devices.get(delta.device_id)
-            if device is not None and moved(node.readings.get(delta.device_id), reading(sample), device.memory_total):
+            # only a change of health rebuilds the view (live load is read through `load`); HEALTH_UNSPECIFIED: not sent
+            if (delta.full or delta.cleared or delta.health) and node.view_key[0] == node.revision \
+                    and delta.device_id in node.health and node.health[delta.device_id] != health(sample):
                 node.revision += 1
 
     def status(self, node: NodeState, report: lpb.StatusReport) -> None:
         node.instances = {i.deployment: i for i in report.instances}
         node.generation_observed = report.generation
+        self.instances_version += 1
 
     def views(self) -> list[NodeView]:
         """Every node's view, sorted by name; only the views whose node changed are rebuilt (O(nodes) compares)."""
@@ -152,16 +153,13 @@ class Pool:
     @staticmethod
     def _view(node: NodeState) -> NodeView:
         devices = []
-        node.readings = {}
+        node.health = {}
         for d in node.devices.values():
             if d.HasField("partitionable") and d.partitionable:
                 continue  # a GPU in MIG mode is scheduled through its MIG devices
-            health, memory_used, utilization = node.readings[d.id] = reading(node.samples.get(d.id))
-            devices.append(DeviceView(
-                node=node.name, id=d.id, kind=d.kind, memory_total=d.memory_total,
-                runnable=runnable(d, node.providers), health=health, memory_used=memory_used,
-                utilization=utilization,
-            ))
+            now = node.health[d.id] = health(node.samples.get(d.id))
+            devices.append(DeviceView(node=node.name, id=d.id, kind=d.kind, memory_total=d.memory_total,
+                                      runnable=runnable(d, node.providers), health=now))  # no live readings
         return NodeView(node.name, node.state, node.cordoned, dict(node.labels), node.zone, tuple(devices))
 
     def endpoints(self, deployment: str) -> list[str]:

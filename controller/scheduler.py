@@ -11,8 +11,12 @@
    those come back as missing indexes of their own deployment, which is handled later in the same call.
 
 Speed: the static filters depend on a deployment only through its (device kind, labels, zone) signature, so
-each signature's feasible devices are computed once into lists sorted by the score keys, kept sorted as free
-memory changes; picking a device is then a bisect (binpack) or a short scan (spread). A caller that schedules
+each signature's feasible devices are computed once into lists sorted by free memory and names, kept sorted as
+free memory changes; picking a device is then a bisect (binpack) or a short scan (spread). Live load (each
+device's utilization, from the views or from a `load` mapping) is read only when a device is picked: it ranks
+the first `LOAD_CANDIDATES` devices (by names) among those that fit equally well, not every device of a large
+pool. Like Kubernetes' percentageOfNodesToScore and Nomad's candidate limit, that bounds the work of a pick, and
+it keeps live load out of the sorted lists: a load change costs nothing until a pick reads it. A caller that schedules
 again and again over mostly the same node views (the controller) passes a `FilterMemo`, which keeps each node's
 static-filter answers per signature across calls for as long as the node's view is the same (or differs only in
 live load, which no filter reads).
@@ -23,6 +27,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from . import filters, scoring
 from .core import NODE_READY, Decision, DeploymentSpec, DeviceView, NodeView, Replica
@@ -32,19 +37,31 @@ Signature = tuple[str, tuple[tuple[str, str], ...], str]
 # Like Kubernetes' DefaultPreemption (minCandidateNodesAbsolute), preemption compares a bounded number of devices
 # where eviction works (those with the least room that is enough first), not every device of the pool.
 PREEMPTION_CANDIDATES = 100
+# Live load ranks at most this many devices of those that fit equally well (the same free memory, and for spread
+# the same replica count on the node): the first ones by names. In pools of up to this many devices, every one.
+LOAD_CANDIDATES = 64
+Entry = tuple[int, str, str]  # (free memory, node, device), or (-free, ...) in the spread order
+
+
+class Load(Protocol):
+    """Live utilization by (node, device id), None when unknown (then the view's reading counts): a dict, or the
+    controller's `pool.LiveLoad`, which reads the latest samples."""
+
+    def get(self, key: Key, /) -> float | None: ...
 
 
 class _Pool:
-    """The devices passing every static filter for one signature, sorted by binpack and (lazily) spread keys."""
+    """The devices passing every static filter for one signature, sorted by free memory (ascending for binpack,
+    descending for spread: built lazily) then names."""
 
     __slots__ = ("asc", "desc", "rejected", "room")
 
-    def __init__(self, rejected: Counter[filters.Tally], asc: list[scoring.BinpackKey]) -> None:
+    def __init__(self, rejected: Counter[filters.Tally], asc: list[Entry]) -> None:
         self.rejected = rejected
-        self.asc = asc  # binpack_key(free, util, node, device), ascending
-        self.desc: list[tuple[int, float, str, str]] | None = None  # spread_key(...)[1:], ascending
-        # priority p -> (room, util, node, device) ascending, room = free + memory of replicas of priority <= p
-        self.room: dict[int, list[scoring.BinpackKey]] = {}
+        self.asc = asc  # (free, node, device), ascending
+        self.desc: list[Entry] | None = None  # (-free, node, device), ascending
+        # priority p -> (room, node, device) ascending, room = free + memory of replicas of priority <= p
+        self.room: dict[int, list[Entry]] = {}
 
 
 NodeAnswer = tuple[NodeView, tuple[tuple[filters.Tally, int], ...], tuple[Key, ...]]  # view, rejections, feasible
@@ -86,13 +103,14 @@ def _answer(node: NodeView, spec: DeploymentSpec, draining: frozenset[str]) -> N
 
 class _Scheduler:
     def __init__(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec], draining: frozenset[str],
-                 memo: FilterMemo | None = None):
+                 memo: FilterMemo | None = None, load: Load | None = None):
         self.draining = draining
         self.memo = memo if memo is not None else FilterMemo()
         self.nodes = {n.name: n for n in nodes}
         self.devices: dict[Key, DeviceView] = {(n.name, d.id): d for n in nodes for d in n.devices}
         self.free = {k: d.memory_total for k, d in self.devices.items()}
-        self.util = {k: scoring.utilization(d) for k, d in self.devices.items()}
+        self.load = load
+        self.utils: dict[Key, float] = {}  # live utilization as read in this pass
         self.specs = {d.name: d for d in deployments}
         self.priority = {d.name: d.priority for d in deployments}
         self.levels = sorted({d.priority for d in deployments})
@@ -109,6 +127,27 @@ class _Scheduler:
 
     # --- bookkeeping ------------------------------------------------------------------------------------------
 
+    def _util(self, key: Key) -> float:
+        """A device's live utilization: from `load` when given (and known there), else its view's; 0 if unknown.
+        Read once per pass (`utils`): consecutive picks of one deployment rank mostly the same devices."""
+        util = self.utils.get(key)
+        if util is None:
+            util = self.load.get(key) if self.load is not None else None
+            if util is None:
+                util = scoring.utilization(self.devices[key])
+            self.utils[key] = util
+        return util
+
+    def _least_busy(self, group: Sequence[Entry]) -> Key:
+        """The least busy device of a group (in names order: ties go to names)."""
+        best = group[0]
+        if len(group) > 1:
+            best_util = self._util((best[1], best[2]))
+            for entry in group[1:]:
+                if (util := self._util((entry[1], entry[2]))) < best_util:
+                    best, best_util = entry, util
+        return best[1], best[2]
+
     def _held(self, key: Key, ceiling: int) -> int:
         """Memory held on a device by replicas with priority <= ceiling."""
         return sum(m for p, m in self.held[key].items() if p <= ceiling)
@@ -117,31 +156,19 @@ class _Scheduler:
         """A replica of `priority` takes `memory` bytes of the device (gives them back when negative)."""
         old = self.free[key]
         new = self.free[key] = old - memory
-        util, (node, dev) = self.util[key], key
+        node, dev = key
         for pool in self.members.get(key, ()):
-            del pool.asc[bisect_left(pool.asc, (old, util, node, dev))]
-            insort(pool.asc, (new, util, node, dev))
+            del pool.asc[bisect_left(pool.asc, (old, node, dev))]
+            insort(pool.asc, (new, node, dev))
             if pool.desc is not None:
-                del pool.desc[bisect_left(pool.desc, (-old, util, node, dev))]
-                insort(pool.desc, (-new, util, node, dev))
+                del pool.desc[bisect_left(pool.desc, (-old, node, dev))]
+                insort(pool.desc, (-new, node, dev))
             for ceiling, room in pool.room.items():
                 if priority > ceiling:  # memory of replicas <= ceiling counts as room: theirs does not change it
                     held = self._held(key, ceiling)
-                    del room[bisect_left(room, (old + held, util, node, dev))]
-                    insort(room, (new + held, util, node, dev))
+                    del room[bisect_left(room, (old + held, node, dev))]
+                    insort(room, (new + held, node, dev))
         self.held[key][priority] += memory
-
-    def _reload(self, utils: Mapping[Key, float]) -> None:
-        """Devices' live utilization changed: take the new values and re-sort every list that holds them (one
-        nearly sorted sort per list: cheaper than moving thousands of entries one by one)."""
-        self.util.update(utils)
-        util = self.util
-        for pool in self.pools.values():
-            pool.asc = sorted((f, util[(n, d)], n, d) for f, _, n, d in pool.asc)
-            if pool.desc is not None:
-                pool.desc = sorted((f, util[(n, d)], n, d) for f, _, n, d in pool.desc)
-            for ceiling, room in pool.room.items():
-                pool.room[ceiling] = sorted((r, util[(n, d)], n, d) for r, _, n, d in room)
 
     def _place(self, spec: DeploymentSpec, index: int, key: Key) -> Replica:
         replica = Replica(spec.name, index, key[0], key[1], spec.memory_bytes)
@@ -197,31 +224,44 @@ class _Scheduler:
             for why, count in answer[1]:
                 rejected[why] += count
             keys.extend(answer[2])
-        pool = _Pool(rejected, sorted(scoring.binpack_key(self.free[k], self.util[k], *k) for k in keys))
+        pool = _Pool(rejected, sorted((self.free[k], *k) for k in keys))
         for k in keys:
             self.members[k].append(pool)
         self.pools[sig] = pool
         return pool
 
     def _find(self, spec: DeploymentSpec, pool: _Pool) -> Key | None:
+        """The device for the next replica: the best by `scoring`'s keys, live load ranking the first
+        LOAD_CANDIDATES of those that tie on everything before it."""
         need = spec.memory_bytes
-        if spec.strategy != "spread":
-            i = bisect_left(pool.asc, (need,))
-            return (pool.asc[i][2], pool.asc[i][3]) if i < len(pool.asc) else None
+        if spec.strategy != "spread":  # the least free memory that fits
+            asc = pool.asc
+            i = bisect_left(asc, (need,))
+            if i == len(asc):
+                return None
+            free = asc[i][0]
+            return self._least_busy([e for e in asc[i : i + LOAD_CANDIDATES] if e[0] == free])
         if pool.desc is None:
-            pool.desc = sorted(scoring.spread_key(0, f, u, n, d)[1:] for f, u, n, d in pool.asc)
-        counts = self.on_node[spec.name]
-        best: Key | None = None
-        best_count = 0
-        for neg_free, _util, node, dev in pool.desc:  # most free first: stop at the first that does not fit
+            pool.desc = sorted((-f, n, d) for f, n, d in pool.asc)
+        desc, counts = pool.desc, self.on_node[spec.name]
+        start, best_count = -1, 0
+        for i, (neg_free, node, _dev) in enumerate(desc):  # most free first: stop at the first that does not fit
             if -neg_free < need:
                 break
             count = counts.get(node, 0)
-            if best is None or count < best_count:
-                best, best_count = (node, dev), count
+            if start < 0 or count < best_count:  # the fewest replicas on the node, then the most free
+                start, best_count = i, count
                 if count == 0:
                     break
-        return best
+        if start < 0:
+            return None
+        neg_free, group = desc[start][0], list[Entry]()
+        for entry in desc[start:]:  # the first candidates with the same free memory and count, by names
+            if entry[0] != neg_free or len(group) == LOAD_CANDIDATES:
+                break
+            if counts.get(entry[1], 0) == best_count:
+                group.append(entry)
+        return self._least_busy(group)
 
     def _preempt(self, spec: DeploymentSpec, pool: _Pool) -> Key | None:
         """Evict replicas of lower priority from the device where that works best; None when nowhere works.
@@ -234,11 +274,9 @@ class _Scheduler:
         for ceiling in (p for p in self.levels if p < prio):
             room = pool.room.get(ceiling)
             if room is None:
-                room = pool.room[ceiling] = sorted(
-                    (f + self._held((n, d), ceiling), u, n, d) for f, u, n, d in pool.asc
-                )
+                room = pool.room[ceiling] = sorted((f + self._held((n, d), ceiling), n, d) for f, n, d in pool.asc)
             start = bisect_left(room, (need,))
-            for space, util, node, dev in room[start : start + PREEMPTION_CANDIDATES]:
+            for space, node, dev in room[start : start + PREEMPTION_CANDIDATES]:
                 key = (node, dev)
                 victims = sorted(
                     (r for r in self.on_device[key].values() if self.priority[r.deployment] <= ceiling),
@@ -247,11 +285,10 @@ class _Scheduler:
                 chosen = scoring.pick_victims(self.free[key], need, victims)
                 if not chosen:  # cannot happen (room >= need and _find failed), but stay safe
                     continue
-                rank = scoring.preemption_key([self.priority[r.deployment] for r in chosen], space, util, node, dev)
+                rank = scoring.preemption_key([self.priority[r.deployment] for r in chosen], space, self._util(key),
+                                              node, dev)
                 if best is None or rank < best[0]:
                     best = (rank, key, chosen)
-                    if len(chosen) == 1:  # candidates come in (room, util, names) order: none can beat it
-                        break
             if best is not None:
                 break
         if best is None:
@@ -317,20 +354,22 @@ def schedule(
     *,
     draining: frozenset[str] = frozenset(),
     memo: FilterMemo | None = None,
+    load: Load | None = None,
 ) -> Decision:
     """Place every replica of every deployment on a device, keeping `current` placements that still hold.
 
     `draining` names nodes whose replicas must move (the caller also marks them cordoned). Returns the
     replicas per deployment (sorted by index), what is pending and why, what was preempted and what moved.
-    `memo` carries static-filter answers from one call to the next (the same decision, sooner).
+    `memo` carries static-filter answers from one call to the next (the same decision, sooner). `load` gives
+    devices' live utilization by (node, device id), over what their views hold (the controller's views hold none).
     """
-    return _full(nodes, deployments, current, frozenset(draining), memo).decision
+    return _full(nodes, deployments, current, frozenset(draining), memo, load).decision
 
 
 def _full(nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec], current: Mapping[str, Sequence[Replica]],
-          draining: frozenset[str], memo: FilterMemo | None) -> _Scheduler:
+          draining: frozenset[str], memo: FilterMemo | None, load: Load | None) -> _Scheduler:
     """One whole pass; the memo then keeps only the signatures still in use."""
-    s = _Scheduler(nodes, deployments, draining, memo)
+    s = _Scheduler(nodes, deployments, draining, memo, load)
     s.keep(current)
     s.place()
     if memo is not None:
@@ -342,8 +381,8 @@ class Planner:
     """`schedule` for a caller that schedules again and again (the controller), with two shortcuts.
 
     Each pass keeps the scheduler's final state (free memory per device, the sorted device pools) with its inputs.
-    The next pass, if its nodes are the same (views that differ only in live load: utilization, memory used are
-    applied to the kept state, re-sorting those devices), its draining set and the other deployments are equal,
+    The next pass, if its nodes are the same (views that differ only in live load, utilization or memory used,
+    count as the same: the sorted lists hold no load), its draining set and the other deployments are equal,
     the current placement is the last decision's and nothing was left pending:
       - with no deployment added, the decision is the last one (a full pass would keep every replica and place
         nothing), so nothing is computed;
@@ -364,13 +403,14 @@ class Planner:
         self.passes: Counter[str] = Counter()  # how many passes took each path
 
     def schedule(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec],
-                 current: Mapping[str, Sequence[Replica]], *, draining: frozenset[str] = frozenset()) -> Decision:
+                 current: Mapping[str, Sequence[Replica]], *, draining: frozenset[str] = frozenset(),
+                 load: Load | None = None) -> Decision:
         draining = frozenset(draining)
         specs = {d.name: d for d in deployments}
-        decision = self._shortcut(nodes, specs, current, draining)
+        decision = self._shortcut(nodes, specs, current, draining, load)
         if decision is None:
             self.last = "full"
-            s = _full(nodes, deployments, current, draining, self.memo)
+            s = _full(nodes, deployments, current, draining, self.memo, load)
             for spec in deployments:  # ready for the next deployment of a signature in use (usually the next one's)
                 s._pool(spec)
             self._last, decision = s, s.decision
@@ -379,7 +419,8 @@ class Planner:
         return decision
 
     def _shortcut(self, nodes: Sequence[NodeView], specs: dict[str, DeploymentSpec],
-                  current: Mapping[str, Sequence[Replica]], draining: frozenset[str]) -> Decision | None:
+                  current: Mapping[str, Sequence[Replica]], draining: frozenset[str],
+                  load: Load | None) -> Decision | None:
         s = self._last
         if s is None or s.decision.pending or draining != s.draining or len(nodes) != len(self._nodes):
             return None
@@ -394,16 +435,11 @@ class Planner:
         placed = {name: [have[i] for i in sorted(have)] for name, have in s.placed.items() if have}
         if {name: list(reps) for name, reps in current.items() if reps} != placed:
             return None
-        utils: dict[Key, float] = {}
-        for _, view in changed:  # only live load moved: the same filter answers, the devices re-sorted
+        for _, view in changed:  # only live load moved: the same filter answers and sorted lists, new readings
             s.nodes[view.name] = view
             for dev in view.devices:
-                key = (view.name, dev.id)
-                s.devices[key] = dev
-                if (util := scoring.utilization(dev)) != s.util[key]:
-                    utils[key] = util
-        if utils:
-            s._reload(utils)
+                s.devices[(view.name, dev.id)] = dev
+        s.load, s.utils = load, {}
         if not added:
             self.last = "same"
             return Decision(replicas={name: list(reps) for name, reps in s.decision.replicas.items()})

@@ -24,10 +24,13 @@ async def test_memory_estimate_prefers_the_user_then_the_measurement_then_the_fi
     spec = DeploymentSpec("web", "big", "", 2, 0)
     assert await controller.memory_estimate(spec) == 3 * size  # the file x the factor
     node = controller.pool.node("n1")
-    node.instances["web"] = lpb.InstanceStatus(deployment="web", state="READY", devices=["cpu:0", "cpu:0"],
-                                               memory_bytes=600 << 20)
+    def report(memory: int) -> lpb.StatusReport:
+        return lpb.StatusReport(instances=[lpb.InstanceStatus(deployment="web", state="READY",
+                                                              devices=["cpu:0", "cpu:0"], memory_bytes=memory)])
+
+    controller.pool.status(node, report(600 << 20))
     assert await controller.memory_estimate(spec) == 300 << 20  # measured, per replica
-    node.instances["web"].memory_bytes = 1 << 20
+    controller.pool.status(node, report(1 << 20))  # a new report: measured again
     assert await controller.memory_estimate(spec) == MIN_MEMORY  # never below the floor
     assert await controller.memory_estimate(DeploymentSpec("web", "big", "", 2, 5 << 30)) == 5 << 30
     await controller.close()

@@ -40,23 +40,25 @@ def telemetry(**fields: Any) -> lpb.Telemetry:
     return lpb.Telemetry(samples=[tpb.DeviceSample(device_id="sim:0", **fields)])
 
 
-def test_a_node_view_is_rebuilt_only_when_what_the_scheduler_reads_changes():
+def test_a_node_view_is_rebuilt_only_when_what_the_filters_read_changes():
     pool = Pool(Clock())
     node = pool.node("n1")
     pool.hello(node, hello("n1"), 0.0)
     pool.telemetry(node, telemetry(full=True, health=tpb.HEALTH_OK, utilization=0.50, memory_used=10 * GiB))
     first = pool.views()[0]
-    assert first.devices[0].utilization == 0.50 and first.devices[0].health == "ok"
-    pool.telemetry(node, telemetry(utilization=0.55, memory_used=11 * GiB, temperature=60.0))  # under a step
+    assert first.devices[0].health == "ok" and first.devices[0].utilization is None  # load comes through `load`
+    assert pool.load.get(("n1", "sim:0")) == 0.50
+    pool.telemetry(node, telemetry(utilization=0.95, memory_used=70 * GiB, temperature=60.0))
+    assert pool.views()[0] is first  # live readings moved: the same view, the new load
+    assert pool.load.get(("n1", "sim:0")) == 0.95 and node.samples["sim:0"].temperature == 60.0
+    assert pool.load.get(("n1", "sim:1")) is None and pool.load.get(("n2", "sim:0")) is None
+    pool.telemetry(node, telemetry(health=tpb.HEALTH_OK))  # health sent again, unchanged
     assert pool.views()[0] is first
-    assert node.samples["sim:0"].utilization == 0.55 and node.samples["sim:0"].temperature == 60.0
-    pool.telemetry(node, telemetry(utilization=0.70))  # a step (0.1) from what the view holds
-    moved = pool.views()[0]
-    assert moved is not first and moved.devices[0].utilization == 0.70
-    pool.telemetry(node, telemetry(memory_used=16 * GiB))  # 1/16 of 80 GiB from the view's 10 GiB
-    assert pool.views()[0].devices[0].memory_used == 16 * GiB
     pool.telemetry(node, telemetry(health=tpb.HEALTH_FAILED))
     assert pool.views()[0].devices[0].health == "failed"
+    same = pool.views()[0]
+    pool.telemetry(node, telemetry(cleared=["health"]))  # a cleared reading is unknown
+    assert pool.views()[0].devices[0].health == "unknown"
     same = pool.views()[0]
     node.state = NODE_READY  # state and cordon are read straight from the node, however they were set
     node.cordoned = True

@@ -12,7 +12,7 @@ import pytest
 from xpud.controller import filters, scoring
 from xpud.controller.core import NODE_LOST, NODE_SUSPECT, Decision, DeploymentSpec, DeviceView, NodeView
 from xpud.controller.core import Replica as R
-from xpud.controller.scheduler import FilterMemo, Planner, schedule
+from xpud.controller.scheduler import LOAD_CANDIDATES, FilterMemo, Planner, schedule
 
 GiB = 1 << 30
 
@@ -344,6 +344,32 @@ def test_fast_path_matches_a_plain_min_over_the_score_keys() -> None:
             assert (r.node, r.device) == min(options)[1]
             used[(r.node, r.device)] = used.get((r.node, r.device), 0) + r.memory
             on_node[r.node] = on_node.get(r.node, 0) + 1
+
+
+def test_live_load_ranks_the_first_candidates_of_a_large_tie() -> None:
+    """In a pool larger than LOAD_CANDIDATES, load ranks the first candidates (by names) of those that fit
+    equally: the least busy of n000..n063, not the idlest of all."""
+    k = LOAD_CANDIDATES
+    nodes = [node(f"n{i:03d}", devices={"nvidia:0": {"utilization": 1 - i / 200}}) for i in range(k + 20)]
+    for strategy in ("binpack", "spread"):
+        d = schedule(nodes, [dep("a", 1, 10, strategy=strategy)], {})
+        assert where(d, "a") == [(0, f"n{k - 1:03d}/nvidia:0")], strategy
+    small = nodes[:10]  # within the window, every device is ranked
+    assert where(schedule(small, [dep("a", 1, 10)], {}), "a") == [(0, "n009/nvidia:0")]
+
+
+def test_a_load_mapping_ranks_over_the_views_readings() -> None:
+    nodes = [node("a", devices={"nvidia:0": {"utilization": 0.1}}),
+             node("b", devices={"nvidia:0": {"utilization": 0.5}})]
+    assert where(schedule(nodes, [dep()], {}), "m") == [(0, "a/nvidia:0")]
+    load = {("a", "nvidia:0"): 0.9}  # b is not in it: its view's reading counts
+    assert where(schedule(nodes, [dep()], {}, load=load), "m") == [(0, "b/nvidia:0")]
+    planner = Planner()  # the Planner reads the load it is given at each pass, with nothing re-sorted
+    nodes.append(node("c", devices={"nvidia:0": {"utilization": 0.0}}))
+    first = planner.schedule(nodes, [dep("x", 1, 80)], {})  # fills c
+    added = planner.schedule(nodes, [dep("x", 1, 80), dep()], first.replicas, load=load)
+    assert planner.last == "added" and where(added, "m") == [(0, "b/nvidia:0")]
+    assert where(first, "x") == [(0, "c/nvidia:0")]
 
 
 # --- schedule(): stability, moves, scale ------------------------------------------------------------------------
