@@ -161,7 +161,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         check_name("deployment", d.name)
         if not d.model:
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "a deployment needs a model (--model NAME[:VERSION])")
-        model = await self.c.db(self.c.store.model, d.model, d.version or None)
+        model = (await self.c.catalog()).find(d.model, d.version)
+        if model is None:
+            self.c.models_changed()  # read the store again before saying no
+            model = (await self.c.catalog()).find(d.model, d.version)
         if model is None:
             known = sorted({f"{m.name}:{m.version}" for m in await self.c.db(self.c.store.models)})
             what = f"{d.model}:{d.version}" if d.version else d.model
@@ -181,23 +184,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     @_errors
     async def CreateDeployment(self, request: apb.Deployment, context: Any) -> apb.DeploymentStatus:
-        spec = await self._spec(request)
-        if spec.name in self.c.specs:
-            raise AdminError(grpc.StatusCode.ALREADY_EXISTS, f"deployment {spec.name!r} already exists; change it "
-                             "with `xpud apply -f FILE` or remove it with `xpud undeploy`")
-        await self.c.db(self.c.store.create_deployment, spec)
-        return await self._applied(spec, "DeploymentCreated")
+        return await self._applied(await self._spec(request), "DeploymentCreated", create=True)
 
     @_errors
     async def ApplyDeployment(self, request: apb.Deployment, context: Any) -> apb.DeploymentStatus:
-        spec = await self._spec(request)
-        await self.c.db(self.c.store.put_deployment, spec)
-        return await self._applied(spec, "DeploymentApplied")
+        return await self._applied(await self._spec(request), "DeploymentApplied")
 
-    async def _applied(self, spec: DeploymentSpec, kind: str) -> apb.DeploymentStatus:
-        self.c.specs[spec.name] = spec
-        await self.c.reconcile_now([(kind, spec.name, f"model {spec.model}{':' + spec.version if spec.version else ''}"
-                                     f", {spec.replicas} replica(s) on {spec.device}")])
+    async def _applied(self, spec: DeploymentSpec, kind: str, create: bool = False) -> apb.DeploymentStatus:
+        """Written in the scheduling pass's transaction, with its placement: one fsync before the answer."""
+        what = f"model {spec.model}{':' + spec.version if spec.version else ''}, {spec.replicas} replica(s) on " \
+               f"{spec.device}"
+        await self.c.reconcile_now([(kind, spec.name, what)], apply=spec, create=create)
         return self.c.status(spec.name)
 
     @_errors

@@ -37,7 +37,7 @@ from xpud.proto import telemetry_pb2 as tpb
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, Decision, DeploymentSpec, Replica
 from .pool import NodeState, Pool
 from .scheduler import Planner
-from .store import EventRecord, ModelRecord, NodeRecord, Store
+from .store import Conflict, EventRecord, ModelRecord, NodeRecord, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,6 +105,7 @@ class Controller:
         self._reconciling = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.schedules = 0
+        self._committed = False  # whether the pass running now has written its transaction
         self._frozen_nodes = 0  # the pool's size when the heap was last frozen (0: never)
         self._collected = clock()
 
@@ -249,15 +250,36 @@ class Controller:
                 async with self._reconciling:
                     if self._dirty.is_set():  # else an admin call's pass has done it meanwhile
                         self._dirty.clear()
-                        await self._reconcile(())
+                        await self._reconcile((), ())
             except Exception:
                 log.exception("scheduling failed")
 
-    async def reconcile_now(self, events: Sequence[Event] = ()) -> Decision:
-        """Schedule, persist (with `events`) and push now, one pass at a time; admin calls answer after this."""
+    async def reconcile_now(self, events: Sequence[Event] = (), *, apply: DeploymentSpec | None = None,
+                            create: bool = False) -> Decision:
+        """Schedule, persist (with `events`) and push now, one pass at a time; admin calls answer after this.
+
+        `apply` creates (`create`: only if new) or replaces a deployment in the same pass: its row is written in
+        the pass's one transaction, and it is not in force should the pass fail before that."""
         async with self._reconciling:
+            undo: tuple[str, DeploymentSpec | None] | None = None
+            if apply is not None:
+                if create and apply.name in self.specs:
+                    raise Conflict(f"deployment {apply.name!r} already exists; change it with `xpud apply -f FILE` "
+                                   "or remove it with `xpud undeploy`")
+                undo = (apply.name, self.specs.get(apply.name))
+                self.specs[apply.name] = apply
             self._dirty.clear()
-            return await self._reconcile(events)
+            self._committed = False
+            try:
+                return await self._reconcile(events, [apply] if apply is not None else [])
+            except BaseException:
+                if undo is not None and not self._committed:
+                    name, before = undo
+                    if before is None:
+                        self.specs.pop(name, None)
+                    else:
+                        self.specs[name] = before
+                raise
 
     def status(self, name: str) -> apb.DeploymentStatus:
         spec = self.specs[name]
@@ -289,7 +311,7 @@ class Controller:
             out.phase, out.reason = "Progressing", pending
         return out
 
-    async def _reconcile(self, events: Sequence[Event]) -> Decision:
+    async def _reconcile(self, events: Sequence[Event], deployments: Sequence[DeploymentSpec]) -> Decision:
         started = time.perf_counter()
         catalog = await self.catalog()
         if any(catalog.find(spec.model, spec.version) is None for spec in self.specs.values()):
@@ -324,8 +346,10 @@ class Controller:
         generations = {name: self.generations.get(name, 0) + 1 for name in pushes}
         # placement, generations (never backwards, even after a crash) and events: one transaction, before any push
         prepared = time.perf_counter()
-        records = await self.db(self.store.commit, placement=placement if placement != stored else None,
+        records = await self.db(self.store.commit, deployments=deployments,
+                                placement=placement if placement != stored else None,
                                 generations=generations, events=events, when=time.time())
+        self._committed = True
         committed = time.perf_counter()
         self.placement, self.pending = placement, dict(decision.pending)
         for name, share in pushes.items():

@@ -32,6 +32,8 @@ _TMP_PREFIX = ".tmp-"
 _PLACE_SQL = "INSERT INTO placement (deployment, idx, node, device, memory) VALUES (?, ?, ?, ?, ?)"
 _GENERATION_SQL = ("INSERT INTO generations (node, generation) VALUES (?, ?) "
                    "ON CONFLICT (node) DO UPDATE SET generation = max(generation, excluded.generation)")
+_DEPLOYMENT_SQL = ("INSERT INTO deployments (name, spec) VALUES (?, ?) "
+                   "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
 _NODE_SQL = ("INSERT INTO nodes (name, labels, zone, info) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
              "SET labels = excluded.labels, zone = excluded.zone, info = excluded.info")
 _EVENT_SQL = "INSERT INTO events (kind, subject, message, time) VALUES (?, ?, ?, ?)"
@@ -324,12 +326,7 @@ class Store:
 
     def put_deployment(self, spec: DeploymentSpec) -> None:
         """Create or replace a deployment (a replaced one keeps its place in creation order)."""
-        with self._tx() as c:
-            c.execute(
-                "INSERT INTO deployments (name, spec) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
-                (spec.name, _spec_to_json(spec)),
-            )
+        self.commit(deployments=[spec])
 
     def delete_deployment(self, name: str) -> bool:
         """Delete a deployment and its placement rows; False if there was none."""
@@ -346,18 +343,20 @@ class Store:
         """Replace the whole placement table in one transaction."""
         self.commit(placement=replicas)
 
-    def commit(self, *, placement: Mapping[str, Sequence[Replica]] | None = None,
+    def commit(self, *, deployments: Sequence[DeploymentSpec] = (),
+               placement: Mapping[str, Sequence[Replica]] | None = None,
                generations: Mapping[str, int] | None = None, nodes: Sequence[NodeRecord] = (),
                events: Sequence[tuple[str, str, str]] = (), when: float = 0.0) -> list[EventRecord]:
-        """Several writes in one transaction (one fsync): the whole placement (None: unchanged), nodes'
-        generations (never backwards), what nodes reported (their cordon and last_seen are kept) and events
-        (kind, subject, message) at `when`; returns the events written."""
+        """Several writes in one transaction (one fsync): deployments created or replaced (`put_deployment`), the
+        whole placement (None: unchanged), nodes' generations (never backwards), what nodes reported (their
+        cordon and last_seen are kept) and events (kind, subject, message) at `when`; returns the events written."""
         rows = [(r.deployment, r.index, r.node, r.device, r.memory) for reps in (placement or {}).values()
                 for r in reps]
         reported = [(n.name, json.dumps(dict(n.labels), sort_keys=True), n.zone,
                      json.dumps(dict(n.info), sort_keys=True)) for n in nodes]
         records = []
         with self._tx() as c:
+            c.executemany(_DEPLOYMENT_SQL, [(spec.name, _spec_to_json(spec)) for spec in deployments])
             c.executemany(_NODE_SQL, reported)
             if placement is not None:
                 c.execute("DELETE FROM placement")

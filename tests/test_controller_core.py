@@ -71,3 +71,33 @@ async def test_a_suspect_node_that_speaks_again_is_ready(tmp_path):
     assert [e.kind for e in store.events()] == ["NodeReady"]
     await controller.close()
     store.close()
+
+
+async def test_a_deployment_is_written_in_its_pass_and_not_in_force_when_that_fails(tmp_path, monkeypatch):
+    import pytest
+
+    from xpud.controller.store import Conflict, StoreError
+
+    store = Store(tmp_path)
+    controller = Controller(store)
+    digest, size = store.put_artifact([b"\x08" + b"\0" * 100])
+    store.add_model("m", None, digest, size, "model.onnx")
+    spec = DeploymentSpec("web", "m", "", 1, 0)
+    await controller.reconcile_now([("DeploymentCreated", "web", "")], apply=spec, create=True)
+    assert store.deployments() == [spec] and controller.specs == {"web": spec}
+    with pytest.raises(Conflict, match="already exists"):
+        await controller.reconcile_now(apply=spec, create=True)
+
+    def broken(**kw):  # type: ignore[no-untyped-def]
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "commit", broken)
+    with pytest.raises(StoreError):  # a new one: gone from memory again
+        await controller.reconcile_now(apply=DeploymentSpec("api", "m", "", 1, 0), create=True)
+    with pytest.raises(StoreError):  # a replaced one: the stored spec back in force
+        await controller.reconcile_now(apply=DeploymentSpec("web", "m", "", 3, 0))
+    assert controller.specs == {"web": spec}
+    monkeypatch.undo()
+    assert store.deployments() == [spec]
+    await controller.close()
+    store.close()
