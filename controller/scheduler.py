@@ -27,6 +27,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from typing import Protocol
 
 from . import filters, scoring
@@ -256,7 +257,7 @@ class _Scheduler:
         if start < 0:
             return None
         neg_free, group = desc[start][0], list[Entry]()
-        for entry in desc[start:]:  # the first candidates with the same free memory and count, by names
+        for entry in islice(desc, start, None):  # the first candidates with the same free memory and count, by names
             if entry[0] != neg_free or len(group) == LOAD_CANDIDATES:
                 break
             if counts.get(entry[1], 0) == best_count:
