@@ -63,6 +63,7 @@ MIN_MEMORY = 64 << 20
 COALESCE = 0.05  # seconds a background trigger waits for others (a join storm) to share one scheduling pass
 FREEZE_NODES = 1000  # from this many nodes on, what is alive after the pool grew is frozen out of full collections
 HEAP_PERIOD = 600.0  # seconds between full collections of everything (the frozen objects too) at that scale
+WARM_DELAY = 1.0  # seconds with no full scheduling pass before the plain signatures' device pools are built
 
 
 class Catalog:
@@ -107,6 +108,7 @@ class Controller:
         self.schedules = 0
         self._committed = False  # whether the pass running now has written its transaction
         self._frozen_nodes = 0  # the pool's size when the heap was last frozen (0: never)
+        self._warming: asyncio.TimerHandle | None = None
         self._collected = clock()
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -134,6 +136,8 @@ class Controller:
         self._dirty.set()
 
     async def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -366,11 +370,32 @@ class Controller:
                     generation=generations[name], assignments=_assignments(share))))
         self._notify(records)
         self._freeze_grown()
+        if self.planner.last == "full":  # its pools are new: build the plain ones once the pool settles
+            self._warm_later()
         log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms, shares %.1f ms, commit %.1f ms, "
                   "%d push(es) %.1f ms", self.planner.last, (scheduling - started) * 1e3, (viewed - scheduling) * 1e3,
                   (scheduled - viewed) * 1e3, (prepared - scheduled) * 1e3, (committed - prepared) * 1e3,
                   len(pushes), (time.perf_counter() - committed) * 1e3)
         return decision
+
+    def _warm_later(self, delay: float | None = None) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+        self._warming = asyncio.get_running_loop().call_later(WARM_DELAY if delay is None else delay, self._warm)
+
+    def _warm(self) -> None:
+        """One pool at a time between passes (each walks every node's filters once): the first deployment of a
+        device kind with no labels or zone then finds its pool ready, as later ones of a kind in use do."""
+        self._warming = None
+        if self._reconciling.locked():
+            self._warm_later(self.coalesce)
+            return
+        started = time.perf_counter()
+        with _cyclic_gc_paused():
+            built = self.planner.warm()
+        if built:
+            log.debug("a plain signature's device pool built in %.1f ms", (time.perf_counter() - started) * 1e3)
+            self._warm_later(0.0)
 
     def _freeze_grown(self) -> None:
         """Keep the cyclic GC's full collections off the event loop at scale. With thousands of streams one walks

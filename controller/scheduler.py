@@ -31,7 +31,7 @@ from itertools import islice
 from typing import Protocol
 
 from . import filters, scoring
-from .core import NODE_READY, Decision, DeploymentSpec, DeviceView, NodeView, Replica
+from .core import DEVICE_KINDS, NODE_READY, Decision, DeploymentSpec, DeviceView, NodeView, Replica
 
 Key = tuple[str, str]  # (node, device id)
 Signature = tuple[str, tuple[tuple[str, str], ...], str]
@@ -86,6 +86,10 @@ class FilterMemo:
 def _signature(spec: DeploymentSpec) -> Signature:
     """What the static filters read of a deployment."""
     return spec.device, tuple(sorted(spec.labels.items())), spec.zone
+
+
+# The signatures of deployments that name only a device kind (no labels, no zone): most of them.
+_PLAIN = [DeploymentSpec("", "", "", 0, 0, device=kind) for kind in DEVICE_KINDS]
 
 
 def _answer(node: NodeView, spec: DeploymentSpec, draining: frozenset[str]) -> NodeAnswer:
@@ -374,7 +378,7 @@ def _full(nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec], curr
     s.keep(current)
     s.place()
     if memo is not None:
-        memo.keep_only({(_signature(spec), draining) for spec in deployments})
+        memo.keep_only({(_signature(spec), draining) for spec in [*deployments, *_PLAIN]})
     return s
 
 
@@ -418,6 +422,19 @@ class Planner:
         self.passes[self.last] += 1
         self._nodes, self._specs = nodes, specs
         return decision
+
+    def warm(self) -> bool:
+        """Build one missing pool of a plain signature (`_PLAIN`) in the kept state, so that the first deployment
+        of that signature is placed without walking every node's filters. True if one was built (call again);
+        False when there is nothing (left) to build. Between passes only (the caller runs passes one at a time)."""
+        s = self._last
+        if s is None:
+            return False
+        for spec in _PLAIN:
+            if _signature(spec) not in s.pools:
+                s._pool(spec)
+                return True
+        return False
 
     def _shortcut(self, nodes: Sequence[NodeView], specs: dict[str, DeploymentSpec],
                   current: Mapping[str, Sequence[Replica]], draining: frozenset[str],

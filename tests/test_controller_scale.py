@@ -173,3 +173,34 @@ async def test_create_deployment_answers_with_placement_events_and_push_persiste
     finally:
         await channel.close()
         await running.stop(0)
+
+
+async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_frozen(tmp_path, monkeypatch):
+    import gc
+
+    from xpud.controller import control
+
+    monkeypatch.setattr(control, "WARM_DELAY", 0.01)
+    monkeypatch.setattr(control, "FREEZE_NODES", 3)
+    store = Store(tmp_path)
+    controller = Controller(store)
+    for i in range(3):
+        node = controller.pool.node(f"n{i}")
+        controller.pool.hello(node, hello(f"n{i}"), 0.0)
+        node.state = NODE_READY
+    try:
+        await controller.reconcile_now()
+        assert controller.planner.last == "full" and gc.get_freeze_count() > 0  # 3 nodes: frozen
+        kept = controller.planner._last
+        assert kept is not None
+        for _ in range(100):
+            if len(kept.pools) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(sig[0] for sig in kept.pools) == ["any", "cpu", "gpu"]
+        controller._collect_all()  # the periodic full collection: everything again, then frozen again
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        await controller.close()
+        store.close()

@@ -815,6 +815,8 @@ def _planner_sequence(seed: int) -> Counter[str]:
                                         memory_used=rng.randint(0, d.memory_total)) for d in nodes[i].devices)
                 nodes[i] = replace(nodes[i], devices=devices)
         views = list(nodes)
+        while rng.random() < 0.3 and planner.warm():  # the controller builds plain pools between passes
+            pass
         plain = schedule(views, list(specs.values()), current)
         got = planner.schedule(views, list(specs.values()), current)
         assert got == plain, (step, action)
@@ -830,6 +832,20 @@ def test_planner_decides_what_schedule_decides(seed: int) -> None:
 def test_planner_takes_its_shortcuts_in_those_sequences() -> None:
     passes = sum((_planner_sequence(seed) for seed in range(6)), Counter())
     assert passes["full"] and passes["same"] and passes["added"], passes
+
+
+def test_planner_warms_the_pools_of_plain_signatures_one_at_a_time() -> None:
+    nodes = [node(f"n{i}", "gpu-and-cpu", labels={"x": "y"}) for i in range(4)]
+    planner = Planner()
+    assert not planner.warm()  # nothing kept yet
+    d1 = planner.schedule(nodes, [dep("a", 2, 10, device="gpu", labels={"x": "y"})], {})
+    built = 0
+    while planner.warm():
+        built += 1
+    assert built == 3  # gpu, cpu, any: none was in use
+    both = [dep("a", 2, 10, device="gpu", labels={"x": "y"}), dep("b", 3, 10, device="cpu")]
+    d2 = planner.schedule(nodes, both, d1.replicas)
+    assert planner.last == "added" and d2 == schedule(nodes, both, d1.replicas)
 
 
 def test_planner_adds_a_deployment_without_a_full_pass() -> None:
