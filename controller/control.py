@@ -373,7 +373,8 @@ class Controller:
         if self.planner.last == "full":  # its pools are new: build the plain ones once the pool settles
             self._warm_later()
         log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms, shares %.1f ms, commit %.1f ms, "
-                  "%d push(es) %.1f ms", self.planner.last, (scheduling - started) * 1e3, (viewed - scheduling) * 1e3,
+                  "%d push(es) %.1f ms", self.planner.last if self.planner.last != "full" else
+                  f"full: {self.planner.why}", (scheduling - started) * 1e3, (viewed - scheduling) * 1e3,
                   (scheduled - viewed) * 1e3, (prepared - scheduled) * 1e3, (committed - prepared) * 1e3,
                   len(pushes), (time.perf_counter() - committed) * 1e3)
         return decision

@@ -86,7 +86,8 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
                     await self.controller.node_back(node)
                 kind = message.WhichOneof("kind")
                 if kind == "telemetry":
-                    pool.telemetry(node, message.telemetry)
+                    if pool.telemetry(node, message.telemetry):  # a device's health changed
+                        self.controller.changed()
                 elif kind == "status":
                     before = {k: v.state for k, v in node.instances.items()}
                     pool.status(node, message.status)

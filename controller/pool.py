@@ -125,13 +125,18 @@ class Pool:
         node.last_seen, node.last_seen_wall = self.clock(), wall
         node.connected = True
 
-    def telemetry(self, node: NodeState, batch: lpb.Telemetry) -> None:
+    def telemetry(self, node: NodeState, batch: lpb.Telemetry) -> bool:
+        """Merge a batch of samples; True when a device's health changed (what the scheduler must act on)."""
+        changed = False
         for delta in batch.samples:
             sample = node.samples[delta.device_id] = merge_delta(node.samples.get(delta.device_id), delta)
             # only a change of health rebuilds the view (live load is read through `load`); HEALTH_UNSPECIFIED: not sent
-            if (delta.full or delta.cleared or delta.health) and node.view_key[0] == node.revision \
-                    and delta.device_id in node.health and node.health[delta.device_id] != health(sample):
+            if (delta.full or delta.cleared or delta.health) and delta.device_id in node.health \
+                    and node.health[delta.device_id] != health(sample):
                 node.revision += 1
+                node.health[delta.device_id] = health(sample)
+                changed = True
+        return changed
 
     def status(self, node: NodeState, report: lpb.StatusReport) -> None:
         node.instances = {i.deployment: i for i in report.instances}

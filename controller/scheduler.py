@@ -405,6 +405,7 @@ class Planner:
         self._nodes: Sequence[NodeView] = ()
         self._specs: dict[str, DeploymentSpec] = {}
         self.last = ""  # the path the last pass took: "full", "same" or "added"
+        self.why = ""  # why the last full pass could not take a shortcut
         self.passes: Counter[str] = Counter()  # how many passes took each path
 
     def schedule(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec],
@@ -441,17 +442,21 @@ class Planner:
                   load: Load | None) -> Decision | None:
         s = self._last
         if s is None or s.decision.pending or draining != s.draining or len(nodes) != len(self._nodes):
+            self.why = "first pass" if s is None else "pending" if s.decision.pending else \
+                "draining changed" if draining != s.draining else "nodes joined"
             return None
         changed = [(old, new) for old, new in zip(self._nodes, nodes, strict=True) if old is not new]
-        if not all(_same_but_load(old, new) for old, new in changed):
+        if moved := sum(not _same_but_load(old, new) for old, new in changed):
+            self.why = f"{moved} node(s) changed"
             return None
         added = [name for name in specs if name not in self._specs]
-        if len(added) > 1 or len(specs) - len(added) != len(self._specs):
-            return None
-        if any(specs[name] != spec for name, spec in self._specs.items()):
+        if len(added) > 1 or len(specs) - len(added) != len(self._specs) \
+                or any(specs[name] != spec for name, spec in self._specs.items()):
+            self.why = "deployments changed"
             return None
         placed = {name: [have[i] for i in sorted(have)] for name, have in s.placed.items() if have}
         if {name: list(reps) for name, reps in current.items() if reps} != placed:
+            self.why = "placement changed"
             return None
         for _, view in changed:  # only live load moved: the same filter answers and sorted lists, new readings
             s.nodes[view.name] = view
@@ -469,7 +474,7 @@ class Planner:
         for index in range(spec.replicas):
             found = s._find(spec, pool)
             if found is None:  # preemption or pending: only a full pass decides those
-                self._last = None
+                self._last, self.why = None, "needs preemption or stays pending"
                 return None
             s._place(spec, index, found)
         self.last = "added"

@@ -48,16 +48,17 @@ def test_a_node_view_is_rebuilt_only_when_what_the_filters_read_changes():
     first = pool.views()[0]
     assert first.devices[0].health == "ok" and first.devices[0].utilization is None  # load comes through `load`
     assert pool.load.get(("n1", "sim:0")) == 0.50
-    pool.telemetry(node, telemetry(utilization=0.95, memory_used=70 * GiB, temperature=60.0))
+    assert not pool.telemetry(node, telemetry(utilization=0.95, memory_used=70 * GiB, temperature=60.0))
     assert pool.views()[0] is first  # live readings moved: the same view, the new load
     assert pool.load.get(("n1", "sim:0")) == 0.95 and node.samples["sim:0"].temperature == 60.0
     assert pool.load.get(("n1", "sim:1")) is None and pool.load.get(("n2", "sim:0")) is None
-    pool.telemetry(node, telemetry(health=tpb.HEALTH_OK))  # health sent again, unchanged
+    assert not pool.telemetry(node, telemetry(health=tpb.HEALTH_OK))  # health sent again, unchanged
     assert pool.views()[0] is first
-    pool.telemetry(node, telemetry(health=tpb.HEALTH_FAILED))
+    assert pool.telemetry(node, telemetry(health=tpb.HEALTH_FAILED))  # the controller schedules again
+    assert not pool.telemetry(node, telemetry(health=tpb.HEALTH_FAILED))
     assert pool.views()[0].devices[0].health == "failed"
     same = pool.views()[0]
-    pool.telemetry(node, telemetry(cleared=["health"]))  # a cleared reading is unknown
+    assert pool.telemetry(node, telemetry(cleared=["health"]))  # a cleared reading is unknown
     assert pool.views()[0].devices[0].health == "unknown"
     same = pool.views()[0]
     node.state = NODE_READY  # state and cordon are read straight from the node, however they were set
@@ -204,3 +205,38 @@ async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_froz
         gc.unfreeze()
         await controller.close()
         store.close()
+
+
+async def test_a_device_that_fails_in_telemetry_has_its_replica_moved(tmp_path):
+    """Over real gRPC: a health change in a telemetry delta triggers a pass (nothing else happens meanwhile), and
+    the replica on the failed device is pushed to the other node."""
+    running = await start_controller("127.0.0.1:0", 0, tmp_path / "state")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    calls = {}
+    try:
+        for name in ("n1", "n2"):
+            call = calls[name] = link_pb2_grpc.AgentLinkStub(channel).Connect()
+            await call.write(lpb.AgentMessage(hello=hello(name)))
+            assert (await call.read()).WhichOneof("kind") == "welcome"
+            await call.write(lpb.AgentMessage(telemetry=telemetry(full=True, health=tpb.HEALTH_OK)))
+        admin = admin_pb2_grpc.AdminStub(channel)
+        await admin.PushModel(iter([apb.PushModelChunk(name="m", filename="m.onnx", data=b"\x08model")]))
+        status = await admin.CreateDeployment(apb.Deployment(name="web", model="m", device="gpu"))
+        first = status.replicas[0].node
+        other = "n2" if first == "n1" else "n1"
+        await calls[first].write(lpb.AgentMessage(telemetry=telemetry(health=tpb.HEALTH_FAILED)))
+
+        async def moved() -> lpb.DesiredState:
+            while True:
+                message = await calls[other].read()
+                if message.desired.assignments:
+                    return message.desired
+
+        desired = await asyncio.wait_for(moved(), 10)
+        assert [a.deployment for a in desired.assignments] == ["web"]
+        assert [(r.node, r.device) for r in running.controller.store.placement()["web"]] == [(other, "sim:0")]
+        for call in calls.values():
+            call.cancel()
+    finally:
+        await channel.close()
+        await running.stop(0)
