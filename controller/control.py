@@ -107,6 +107,9 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self.schedules = 0
         self._committed = False  # whether the pass running now has written its transaction
+        self._joins: list[tuple[NodeRecord, Event]] = []  # joins waiting for the next join transaction
+        self._joins_done: asyncio.Future[None] | None = None  # resolved when that transaction is written
+        self._joining = asyncio.Lock()
         self._frozen_nodes = 0  # the pool's size when the heap was last frozen (0: never)
         self._warming: asyncio.TimerHandle | None = None
         self._collected = clock()
@@ -194,15 +197,39 @@ class Controller:
                 "endpoint": node.endpoint, "version": node.agent_version, "providers": node.providers}
         joined = (f"{len(node.devices)} device(s), endpoint {node.endpoint or 'none'}, "
                   f"{len(hello.instances)} instance(s) running, generation {hello.generation}")
-        self._notify(await self.db(self.store.commit, nodes=[NodeRecord(node.name, dict(node.labels), node.zone,
-                                                                         info=info)],
-                                   events=[("NodeJoined", node.name, joined)], when=time.time()))
+        await self._record_join(NodeRecord(node.name, dict(node.labels), node.zone, info=info),
+                                ("NodeJoined", node.name, joined))
         node.state = NODE_READY
         self._joined.add(node.name)
         self.sent.pop(node.name, None)  # a new stream: send the desired state again
         self._holding.discard(node.name)
         self._unsent.add(node.name)
         self.changed()
+
+    async def _record_join(self, record: NodeRecord, event: Event) -> None:
+        """Write a join (the node as reported, its event), sharing one transaction with the joins that arrive while
+        the previous one commits: a join storm of 10,000 agents is then tens of fsyncs, not 10,000."""
+        self._joins.append((record, event))
+        if self._joins_done is None:
+            self._joins_done = asyncio.get_running_loop().create_future()
+            self._tasks.append(asyncio.create_task(self._commit_joins()))
+        await asyncio.shield(self._joins_done)  # a stream that ends meanwhile does not cancel the others' write
+
+    async def _commit_joins(self) -> None:
+        async with self._joining:  # one at a time: the joins arriving meanwhile wait for the next
+            batch, done = self._joins, self._joins_done
+            self._joins, self._joins_done = [], None
+            assert done is not None
+            try:
+                records = await self.db(self.store.commit, nodes=[r for r, _ in batch], events=[e for _, e in batch],
+                                        when=time.time())
+            except Exception as exc:
+                done.set_exception(exc)
+                done.exception()  # retrieved here too: every joiner may have gone
+            else:
+                self._notify(records)
+                done.set_result(None)
+        self._tasks = [t for t in self._tasks if not t.done()]
 
     def _adopt(self, node: NodeState) -> None:
         """Instances a node already runs for a known deployment count as its replicas (no restart)."""
@@ -316,7 +343,7 @@ class Controller:
         return out
 
     async def _reconcile(self, events: Sequence[Event], deployments: Sequence[DeploymentSpec]) -> Decision:
-        started = time.perf_counter()
+        started, gc_before = time.perf_counter(), _GC.seconds
         catalog = await self.catalog()
         if any(catalog.find(spec.model, spec.version) is None for spec in self.specs.values()):
             self.models_changed()  # a model written past `models_changed` (or truly gone): read them again
@@ -329,12 +356,12 @@ class Controller:
         measured = self._measured()
         specs = [replace(spec, memory_bytes=_estimate(spec, measured, catalog)) for spec in self.specs.values()]
         old = self.placement
-        scheduling = time.perf_counter()
+        scheduling, cpu = time.perf_counter(), time.thread_time()
         with _cyclic_gc_paused():
             views = self.pool.views()
             viewed = time.perf_counter()
             decision = self.planner.schedule(views, specs, old, draining=frozenset(self.draining), load=self.pool.load)
-        scheduled = time.perf_counter()
+        scheduled, cpu = time.perf_counter(), time.thread_time() - cpu
         self.schedules += 1
         placement = {k: list(v) for k, v in decision.replicas.items() if v}
         events = [*events, *(("Preempted", name, reason) for name, reason in decision.preempted),
@@ -372,11 +399,12 @@ class Controller:
         self._freeze_grown()
         if self.planner.last == "full":  # its pools are new: build the plain ones once the pool settles
             self._warm_later()
-        log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms, shares %.1f ms, commit %.1f ms, "
-                  "%d push(es) %.1f ms", self.planner.last if self.planner.last != "full" else
-                  f"full: {self.planner.why}", (scheduling - started) * 1e3, (viewed - scheduling) * 1e3,
-                  (scheduled - viewed) * 1e3, (prepared - scheduled) * 1e3, (committed - prepared) * 1e3,
-                  len(pushes), (time.perf_counter() - committed) * 1e3)
+        log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms (views and schedule: %.1f ms of CPU), "
+                  "shares %.1f ms, commit %.1f ms, %d push(es) %.1f ms, garbage collection %.1f ms",
+                  self.planner.last if self.planner.last != "full" else f"full: {self.planner.why}",
+                  (scheduling - started) * 1e3, (viewed - scheduling) * 1e3, (scheduled - viewed) * 1e3, cpu * 1e3,
+                  (prepared - scheduled) * 1e3, (committed - prepared) * 1e3, len(pushes),
+                  (time.perf_counter() - committed) * 1e3, (_GC.seconds - gc_before) * 1e3)
         return decision
 
     def _warm_later(self, delay: float | None = None) -> None:
@@ -397,14 +425,17 @@ class Controller:
         if built:
             log.debug("a plain signature's device pool built in %.1f ms", (time.perf_counter() - started) * 1e3)
             self._warm_later(0.0)
+        else:  # the pool has settled (no full pass for WARM_DELAY): what lives now is the long-lived heap
+            self._freeze_grown(settled=True)
 
-    def _freeze_grown(self) -> None:
+    def _freeze_grown(self, settled: bool = False) -> None:
         """Keep the cyclic GC's full collections off the event loop at scale. With thousands of streams one walks
         every live object: 120 ms at 10,000 nodes, landing in whatever pass or telemetry read allocates next.
-        Once the pool has reached FREEZE_NODES, and again each time it grew by a quarter, what is alive is frozen
-        (`gc.freeze`: full collections skip it; young objects are collected as before)."""
+        Once the pool has reached FREEZE_NODES, each time it grew by a quarter and once it has `settled` (a join
+        storm over), what is alive is frozen (`gc.freeze`: full collections skip it; young objects are collected as
+        before)."""
         nodes = len(self.pool.nodes)
-        if nodes >= FREEZE_NODES and 4 * nodes >= 5 * self._frozen_nodes:
+        if nodes >= FREEZE_NODES and (settled or 4 * nodes >= 5 * self._frozen_nodes):
             gc.freeze()
             self._frozen_nodes = nodes
 
@@ -455,6 +486,24 @@ def _assignments(share: Share) -> list[lpb.ModelAssignment]:
     return [lpb.ModelAssignment(deployment=a.deployment, model=a.model, version=a.version, digest=a.digest,
                                 size_bytes=a.size, devices=a.devices, max_batch_size=a.max_batch_size,
                                 priority=a.priority) for a in share]
+
+
+class _GcTime:
+    """Seconds spent in the cyclic garbage collector since the start (the debug log times passes with it)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+
+
+_GC = _GcTime()
+gc.callbacks.append(_GC)
 
 
 @contextlib.contextmanager

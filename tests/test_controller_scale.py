@@ -240,3 +240,28 @@ async def test_a_device_that_fails_in_telemetry_has_its_replica_moved(tmp_path):
     finally:
         await channel.close()
         await running.stop(0)
+
+
+async def test_a_join_storm_shares_transactions_and_records_every_node(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    controller = Controller(store)
+    commits: list[int] = []
+    commit = store.commit
+
+    def counting(**kwargs: Any) -> Any:
+        commits.append(len(kwargs.get("nodes", ())))
+        return commit(**kwargs)
+
+    monkeypatch.setattr(store, "commit", counting)
+    nodes = []
+    for i in range(200):
+        node = controller.pool.node(f"n{i:03d}")
+        controller.pool.hello(node, hello(node.name), 0.0)
+        nodes.append(node)
+    await asyncio.gather(*(controller.node_joined(node, hello(node.name)) for node in nodes))
+    assert sum(commits) == 200 and len(commits) < 20, commits  # the first alone, then the rest together
+    assert sorted(r.name for r in store.nodes()) == [n.name for n in nodes]
+    assert [e.kind for e in store.events()] == ["NodeJoined"] * 200
+    assert all(n.state == NODE_READY for n in nodes)
+    await controller.close()
+    store.close()
