@@ -35,6 +35,7 @@ from xpud.proto import link_pb2 as lpb
 from xpud.proto import telemetry_pb2 as tpb
 
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, Decision, DeploymentSpec, Replica
+from .heap import GC_TIME, Heap
 from .pool import NodeState, Pool
 from .scheduler import Planner
 from .store import Conflict, EventRecord, ModelRecord, NodeRecord, Store
@@ -61,8 +62,6 @@ Share = tuple[Assignment, ...]  # a node's share of the placement, by deployment
 MEMORY_FACTOR = 3  # replica memory estimate: model file size x this, until the agent measures it
 MIN_MEMORY = 64 << 20
 COALESCE = 0.05  # seconds a background trigger waits for others (a join storm) to share one scheduling pass
-FREEZE_NODES = 1000  # from this many nodes on, what is alive after the pool grew is frozen out of full collections
-HEAP_PERIOD = 600.0  # seconds between full collections of everything (the frozen objects too) at that scale
 WARM_DELAY = 1.0  # seconds with no full scheduling pass before the plain signatures' device pools are built
 
 
@@ -110,9 +109,8 @@ class Controller:
         self._joins: list[tuple[NodeRecord, Event]] = []  # joins waiting for the next join transaction
         self._joins_done: asyncio.Future[None] | None = None  # resolved when that transaction is written
         self._joining = asyncio.Lock()
-        self._frozen_nodes = 0  # the pool's size when the heap was last frozen (0: never)
+        self.heap = Heap(clock)  # the cyclic garbage collector on the controller's schedule at scale
         self._warming: asyncio.TimerHandle | None = None
-        self._collected = clock()
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the store's own thread (SQLite commits fsync: never on the event loop)."""
@@ -139,6 +137,7 @@ class Controller:
         self._dirty.set()
 
     async def close(self) -> None:
+        self.heap.close()
         if self._warming is not None:
             self._warming.cancel()
         for task in self._tasks:
@@ -270,8 +269,7 @@ class Controller:
                 log.exception("recording node states failed")
             if any(kind == "NodeLost" for kind, _, _ in events):
                 self.changed()
-            if self._frozen_nodes and self.clock() - self._collected >= HEAP_PERIOD:
-                self._collect_all()
+            self.heap.tick(busy=self._reconciling.locked())
 
     async def _schedule_loop(self) -> None:
         while True:
@@ -343,7 +341,7 @@ class Controller:
         return out
 
     async def _reconcile(self, events: Sequence[Event], deployments: Sequence[DeploymentSpec]) -> Decision:
-        started, gc_before = time.perf_counter(), _GC.seconds
+        started, gc_before, GC_TIME.oldest = time.perf_counter(), GC_TIME.seconds, -1
         catalog = await self.catalog()
         if any(catalog.find(spec.model, spec.version) is None for spec in self.specs.values()):
             self.models_changed()  # a model written past `models_changed` (or truly gone): read them again
@@ -396,15 +394,16 @@ class Controller:
                 node.session.push(lpb.ControllerMessage(desired=lpb.DesiredState(
                     generation=generations[name], assignments=_assignments(share))))
         self._notify(records)
-        self._freeze_grown()
+        self.heap.grown(len(self.pool.nodes))
         if self.planner.last == "full":  # its pools are new: build the plain ones once the pool settles
             self._warm_later()
         log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms (views and schedule: %.1f ms of CPU), "
-                  "shares %.1f ms, commit %.1f ms, %d push(es) %.1f ms, garbage collection %.1f ms",
+                  "shares %.1f ms, commit %.1f ms, %d push(es) %.1f ms, garbage collection %.1f ms (oldest generation "
+                  "%d)",
                   self.planner.last if self.planner.last != "full" else f"full: {self.planner.why}",
                   (scheduling - started) * 1e3, (viewed - scheduling) * 1e3, (scheduled - viewed) * 1e3, cpu * 1e3,
                   (prepared - scheduled) * 1e3, (committed - prepared) * 1e3, len(pushes),
-                  (time.perf_counter() - committed) * 1e3, (_GC.seconds - gc_before) * 1e3)
+                  (time.perf_counter() - committed) * 1e3, (GC_TIME.seconds - gc_before) * 1e3, GC_TIME.oldest)
         return decision
 
     def _warm_later(self, delay: float | None = None) -> None:
@@ -426,29 +425,7 @@ class Controller:
             log.debug("a plain signature's device pool built in %.1f ms", (time.perf_counter() - started) * 1e3)
             self._warm_later(0.0)
         else:  # the pool has settled (no full pass for WARM_DELAY): what lives now is the long-lived heap
-            self._freeze_grown(settled=True)
-
-    def _freeze_grown(self, settled: bool = False) -> None:
-        """Keep the cyclic GC's full collections off the event loop at scale. With thousands of streams one walks
-        every live object: 120 ms at 10,000 nodes, landing in whatever pass or telemetry read allocates next.
-        Once the pool has reached FREEZE_NODES, each time it grew by a quarter and once it has `settled` (a join
-        storm over), what is alive is frozen (`gc.freeze`: full collections skip it; young objects are collected as
-        before)."""
-        nodes = len(self.pool.nodes)
-        if nodes >= FREEZE_NODES and (settled or 4 * nodes >= 5 * self._frozen_nodes):
-            gc.freeze()
-            self._frozen_nodes = nodes
-
-    def _collect_all(self) -> None:
-        """Every HEAP_PERIOD, one full collection of everything, the frozen objects too: cycles among objects
-        frozen while alive (streams that have ended since) are freed then. Then freeze again."""
-        started = time.perf_counter()
-        gc.unfreeze()
-        freed = gc.collect()
-        gc.freeze()
-        self._collected = self.clock()
-        log.info("full garbage collection at %d nodes: %d objects freed in %.0f ms", len(self.pool.nodes), freed,
-                 (time.perf_counter() - started) * 1e3)
+            self.heap.grown(len(self.pool.nodes), settled=True)
 
     def _shares(self, catalog: Catalog, placement: dict[str, list[Replica]]) -> dict[str, Share]:
         """Every node's share of the placement, built in one pass as plain tuples (cheap to build and compare:
@@ -486,24 +463,6 @@ def _assignments(share: Share) -> list[lpb.ModelAssignment]:
     return [lpb.ModelAssignment(deployment=a.deployment, model=a.model, version=a.version, digest=a.digest,
                                 size_bytes=a.size, devices=a.devices, max_batch_size=a.max_batch_size,
                                 priority=a.priority) for a in share]
-
-
-class _GcTime:
-    """Seconds spent in the cyclic garbage collector since the start (the debug log times passes with it)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._start
-
-
-_GC = _GcTime()
-gc.callbacks.append(_GC)
 
 
 @contextlib.contextmanager

@@ -179,19 +179,22 @@ async def test_create_deployment_answers_with_placement_events_and_push_persiste
 async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_frozen(tmp_path, monkeypatch):
     import gc
 
-    from xpud.controller import control
+    from xpud.controller import control, heap
 
     monkeypatch.setattr(control, "WARM_DELAY", 0.01)
-    monkeypatch.setattr(control, "FREEZE_NODES", 3)
+    monkeypatch.setattr(heap, "SCALE_NODES", 3)
+    clock = Clock()
     store = Store(tmp_path)
-    controller = Controller(store)
+    controller = Controller(store, clock=clock)
     for i in range(3):
         node = controller.pool.node(f"n{i}")
         controller.pool.hello(node, hello(f"n{i}"), 0.0)
         node.state = NODE_READY
+    defaults = gc.get_threshold()
     try:
         await controller.reconcile_now()
         assert controller.planner.last == "full" and gc.get_freeze_count() > 0  # 3 nodes: frozen
+        assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD  # collections on the controller's schedule
         kept = controller.planner._last
         assert kept is not None
         for _ in range(100):
@@ -199,12 +202,19 @@ async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_froz
                 break
             await asyncio.sleep(0.01)
         assert sorted(sig[0] for sig in kept.pools) == ["any", "cpu", "gpu"]
-        controller._collect_all()  # the periodic full collection: everything again, then frozen again
-        assert gc.get_freeze_count() > 0
+        collected = heap.GC_TIME.oldest = -1
+        controller.heap.tick(busy=True)  # a pass runs: later
+        assert heap.GC_TIME.oldest == collected
+        clock.t += heap.YOUNG_PERIOD
+        controller.heap.tick(busy=False)
+        assert heap.GC_TIME.oldest == 1  # the young generations
+        clock.t += heap.HEAP_PERIOD
+        controller.heap.tick(busy=False)  # everything, the frozen objects too, then frozen again
+        assert heap.GC_TIME.oldest == 2 and gc.get_freeze_count() > 0
     finally:
-        gc.unfreeze()
         await controller.close()
         store.close()
+    assert gc.get_threshold() == defaults and gc.get_freeze_count() == 0  # given back
 
 
 async def test_a_device_that_fails_in_telemetry_has_its_replica_moved(tmp_path):
