@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SCALE_NODES = 1000
 YOUNG_THRESHOLD = 100_000  # automatic collections only after this many more allocations than frees (default 700)
-YOUNG_PERIOD = 10.0  # seconds between collections of the two young generations at scale
+YOUNG_PERIOD = 60.0  # seconds between collections of the two young generations at scale (100 ms each at 10,000)
 HEAP_PERIOD = 600.0  # seconds between full collections of everything (the frozen objects too) at scale
 
 

@@ -256,3 +256,21 @@ def test_newer_schema_refused(state: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="newer"):
         Store(state)
+
+
+def test_commit_writes_only_the_placement_rows_that_differ_and_numbers_events_in_order(store: Store) -> None:
+    before = {"a": [Replica("a", 0, "n1", "gpu:0", 10), Replica("a", 1, "n2", "gpu:0", 10)],
+              "b": [Replica("b", 0, "n3", "cpu:0", 5)]}
+    store.set_placement(before)
+    after = {"a": [Replica("a", 0, "n1", "gpu:0", 10), Replica("a", 1, "n4", "gpu:1", 10)],  # 1 moved, b gone
+             "c": [Replica("c", 0, "n5", "cpu:0", 7)]}
+    records = store.commit(placement=after, replacing=before, events=[("Moved", "a", "1"), ("Placed", "c", "0")],
+                           when=2.0)
+    assert store.placement() == after
+    assert [(e.seq, e.kind) for e in store.events()] == [(r.seq, r.kind) for r in records]
+    assert records[1].seq == records[0].seq + 1
+    many = {f"n{i}": i for i in range(20_000)}  # more rows than one statement takes
+    store.commit(generations=many, events=[("E", str(i), "") for i in range(9_000)], when=3.0)
+    assert store.generations() == many
+    seqs = [e.seq for e in store.events(records[1].seq, 10_000)]
+    assert len(seqs) == 9_000 and seqs == list(range(seqs[0], seqs[0] + 9_000))
