@@ -41,8 +41,6 @@ class NodeState:
     endpoint: str = ""
     agent_version: str = ""
     incarnation: str = ""
-    state: str = NODE_SUSPECT
-    cordoned: bool = False
     connected: bool = False
     last_seen: float = 0.0  # controller clock
     last_seen_wall: float = 0.0
@@ -53,6 +51,40 @@ class NodeState:
     view: NodeView | None = None  # the cached view, valid while view_key matches (revision, state, cordoned)
     view_key: tuple[int, str, bool] = (-1, "", False)
     health: dict[str, str] = field(default_factory=dict)  # each device's health as `view` holds it
+    changed: set[str] | None = field(default=None, repr=False)  # the pool's names of nodes to view again
+    _state: str = field(default=NODE_SUSPECT, repr=False)
+    _cordoned: bool = field(default=False, repr=False)
+
+    # state and cordon are set from several places (link, detector, admin): setting them marks the view stale
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        if value != self._state:
+            self._state = value
+            self.touch()
+
+    @property
+    def cordoned(self) -> bool:
+        return self._cordoned
+
+    @cordoned.setter
+    def cordoned(self, value: bool) -> None:
+        if value != self._cordoned:
+            self._cordoned = value
+            self.touch()
+
+    def touch(self) -> None:
+        """What the scheduler sees of this node may have changed: `Pool.views` looks at it again."""
+        if self.changed is not None:
+            self.changed.add(self.name)
+
+    def bump(self) -> None:
+        """What the scheduler sees of this node changed (devices, labels, health...): its view is rebuilt."""
+        self.revision += 1
+        self.touch()
 
 
 def health(sample: tpb.DeviceSample | None) -> str:
@@ -102,10 +134,13 @@ class Pool:
         self.load = LiveLoad(self.nodes)
         self.instances_version = 0  # bumped whenever a node reports its instances
         self._by_name: list[NodeState] = []  # self.nodes sorted by name (nodes are added, never removed)
+        self._views: list[NodeView] = []  # their views, in the same order
+        self._at: dict[str, int] = {}  # a node's position in both
+        self._changed: set[str] = set()  # nodes touched since the last views()
 
     def node(self, name: str) -> NodeState:
         if name not in self.nodes:
-            self.nodes[name] = NodeState(name)
+            self.nodes[name] = NodeState(name, changed=self._changed)
         return self.nodes[name]
 
     def hello(self, node: NodeState, hello: lpb.Hello, wall: float) -> None:
@@ -118,7 +153,7 @@ class Pool:
         node.instances = {i.deployment: i for i in hello.instances}
         node.generation_observed = hello.generation
         self.instances_version += 1
-        node.revision += 1
+        node.bump()
         self.seen(node, wall)
 
     def seen(self, node: NodeState, wall: float) -> None:
@@ -133,7 +168,7 @@ class Pool:
             # only a change of health rebuilds the view (live load is read through `load`); HEALTH_UNSPECIFIED: not sent
             if (delta.full or delta.cleared or delta.health) and delta.device_id in node.health \
                     and node.health[delta.device_id] != health(sample):
-                node.revision += 1
+                node.bump()
                 node.health[delta.device_id] = health(sample)
                 changed = True
         return changed
@@ -144,16 +179,23 @@ class Pool:
         self.instances_version += 1
 
     def views(self) -> list[NodeView]:
-        """Every node's view, sorted by name; only the views whose node changed are rebuilt (O(nodes) compares)."""
-        if len(self._by_name) != len(self.nodes):
+        """Every node's view, sorted by name (a new list); only the nodes touched since the last call are looked
+        at again, and their views rebuilt if what the scheduler reads changed."""
+        if len(self._by_name) != len(self.nodes):  # nodes joined: all in order again
             self._by_name = sorted(self.nodes.values(), key=lambda n: n.name)
-        out = []
-        for node in self._by_name:
-            key = (node.revision, node.state, node.cordoned)
-            if node.view is None or node.view_key != key:
-                node.view, node.view_key = self._view(node), key
-            out.append(node.view)
-        return out
+            self._at = {node.name: i for i, node in enumerate(self._by_name)}
+            self._views = [self._current(node) for node in self._by_name]
+        else:
+            for name in self._changed:
+                self._views[self._at[name]] = self._current(self.nodes[name])
+        self._changed.clear()
+        return list(self._views)
+
+    def _current(self, node: NodeState) -> NodeView:
+        key = (node.revision, node.state, node.cordoned)
+        if node.view is None or node.view_key != key:
+            node.view, node.view_key = self._view(node), key
+        return node.view
 
     @staticmethod
     def _view(node: NodeState) -> NodeView:

@@ -40,7 +40,7 @@ Signature = tuple[str, tuple[tuple[str, str], ...], str]
 PREEMPTION_CANDIDATES = 100
 # Live load ranks at most this many devices of those that fit equally well (the same free memory, and for spread
 # the same replica count on the node): the first ones by names. In pools of up to this many devices, every one.
-LOAD_CANDIDATES = 64
+LOAD_CANDIDATES = 16
 Entry = tuple[int, str, str]  # (free memory, node, device), or (-free, ...) in the spread order
 
 

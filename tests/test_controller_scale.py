@@ -71,6 +71,11 @@ def test_views_are_sorted_by_name_as_nodes_join():
     for name in ("b", "c", "a"):
         pool.hello(pool.node(name), hello(name), 0.0)
         assert [v.name for v in pool.views()] == sorted(pool.nodes)
+    before = pool.views()
+    pool.nodes["b"].state = NODE_READY  # only b is looked at again
+    after = pool.views()
+    assert after is not before and [v.state for v in after] == ["Suspect", "Ready", "Suspect"]
+    assert after[0] is before[0] and after[2] is before[2] and after[1] is not before[1]
 
 
 def test_merge_delta_matches_apply_delta():
