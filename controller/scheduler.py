@@ -116,6 +116,8 @@ class _Scheduler:
         self.free = {k: d.memory_total for k, d in self.devices.items()}
         self.load = load
         self.utils: dict[Key, float] = {}  # live utilization as read in this pass
+        # spread: where the next pick of the deployment being placed starts scanning (see _find); 0: the start
+        self.cursor = 0
         self.specs = {d.name: d for d in deployments}
         self.priority = {d.name: d.priority for d in deployments}
         self.levels = sorted({d.priority for d in deployments})
@@ -184,6 +186,7 @@ class _Scheduler:
         return replica
 
     def _evict(self, replica: Replica, cause: str) -> None:
+        self.cursor = 0  # memory given back moves devices up the spread order
         key = (replica.node, replica.device)
         del self.placed[replica.deployment][replica.index]
         del self.on_device[key][(replica.deployment, replica.index)]
@@ -249,15 +252,23 @@ class _Scheduler:
         if pool.desc is None:
             pool.desc = sorted((-f, n, d) for f, n, d in pool.asc)
         desc, counts = pool.desc, self.on_node[spec.name]
-        start, best_count = -1, 0
-        for i, (neg_free, node, _dev) in enumerate(desc):  # most free first: stop at the first that does not fit
-            if -neg_free < need:
-                break
-            count = counts.get(node, 0)
-            if start < 0 or count < best_count:  # the fewest replicas on the node, then the most free
-                start, best_count = i, count
-                if count == 0:
+        # Most free first: stop at the first that does not fit. The devices before `cursor` are on nodes that have
+        # a replica of this deployment already: its earlier picks in this fill found them so, and placing only
+        # adds replicas and moves the picked device down the order (an eviction resets the cursor). So a node
+        # without one is looked for from there; when there is none, the fewest replicas from the start.
+        for first in dict.fromkeys((self.cursor, 0)):
+            start, best_count = -1, 0
+            for i, (neg_free, node, _dev) in enumerate(islice(desc, first, None), first):
+                if -neg_free < need:
                     break
+                count = counts.get(node, 0)
+                if start < 0 or count < best_count:  # the fewest replicas on the node, then the most free
+                    start, best_count = i, count
+                    if count == 0:
+                        break
+            if start >= 0 and best_count == 0:
+                break
+        self.cursor = start if start >= 0 and best_count == 0 else 0
         if start < 0:
             return None
         neg_free, group = desc[start][0], list[Entry]()
@@ -326,6 +337,7 @@ class _Scheduler:
         if not missing:
             return True
         pool = self._pool(spec)
+        self.cursor = 0
         for index in missing:
             key = self._find(spec, pool) or self._preempt(spec, pool)
             if key is None:
@@ -471,6 +483,7 @@ class Planner:
         s.levels = sorted(set(s.levels) | {spec.priority})
         s.order = sorted(s.specs.values(), key=lambda d: (-d.priority, d.name))
         pool = s._pool(spec)
+        s.cursor = 0
         for index in range(spec.replicas):
             found = s._find(spec, pool)
             if found is None:  # preemption or pending: only a full pass decides those

@@ -310,18 +310,28 @@ def test_different_deployments_share_a_device() -> None:
     assert [r.node for name in "xyz" for r in d.replicas[name]] == ["a", "a", "b"]
 
 
-def test_fast_path_matches_a_plain_min_over_the_score_keys() -> None:
-    """Random device states: the sorted-list pick equals min() over every feasible device's score key."""
+def _reference_pick(options: list[tuple[tuple[Any, ...], tuple[str, str]]]) -> tuple[str, str]:
+    """The pick by definition: among the options with the best score key up to utilization (key minus its last
+    three fields: util, node, device), the first LOAD_CANDIDATES by names, the least busy of those."""
+    best = min(key[:-3] for key, _ in options)
+    group = sorted((key[-2:], key[-3]) for key, _ in options if key[:-3] == best)[:LOAD_CANDIDATES]
+    return min(group, key=lambda g: (g[1], g[0]))[0]
+
+
+@pytest.mark.parametrize("size", [5, 40])
+def test_fast_path_matches_the_score_keys_by_definition(size: int) -> None:
+    """Random device states: the sorted-list pick equals `_reference_pick` over every feasible device's score
+    key (with up to 5 nodes, a plain min(); with 40, ties larger than LOAD_CANDIDATES)."""
     rng = random.Random(7)
-    for _ in range(60):
+    for _ in range(60 if size == 5 else 15):
         nodes = [
-            node(f"n{i}", "two-gpu", {f"nvidia:{j}": {"utilization": rng.choice([None, 0.1, 0.5])} for j in range(2)})
-            for i in range(rng.randint(1, 5))
+            node(f"n{i:02d}", "two-gpu",
+                 {f"nvidia:{j}": {"utilization": rng.choice([None, 0.1, 0.5])} for j in range(2)})
+            for i in range(rng.randint(1, size))
         ]
-        filler = dep("a-filler", replicas=rng.randint(0, 6), gib=rng.choice([10, 30]), strategy="spread")
-        spec = dep(
-            "b-new", replicas=rng.randint(1, 3), gib=rng.choice([5, 20, 50]), strategy=rng.choice(["binpack", "spread"])
-        )
+        filler = dep("a-filler", replicas=rng.randint(0, size + 1), gib=rng.choice([10, 30]), strategy="spread")
+        spec = dep("b-new", replicas=rng.randint(1, 3 if size == 5 else 50), gib=rng.choice([5, 20, 50]),
+                   strategy=rng.choice(["binpack", "spread"]))
         base = schedule(nodes, [filler], {})
         used: dict[tuple[str, str], int] = {}
         for r in base.replicas["a-filler"]:
@@ -341,7 +351,7 @@ def test_fast_path_matches_a_plain_min_over_the_score_keys() -> None:
                             else scoring.binpack_key(free, u, n.name, dv.id)
                         )
                         options.append((key, (n.name, dv.id)))
-            assert (r.node, r.device) == min(options)[1]
+            assert (r.node, r.device) == _reference_pick(options)
             used[(r.node, r.device)] = used.get((r.node, r.device), 0) + r.memory
             on_node[r.node] = on_node.get(r.node, 0) + 1
 
