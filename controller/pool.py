@@ -50,7 +50,7 @@ class NodeState:
     revision: int = 0  # bumped when what the scheduler sees of this node changed (see the module docstring)
     view: NodeView | None = None  # the cached view, valid while view_key matches (revision, state, cordoned)
     view_key: tuple[int, str, bool] = (-1, "", False)
-    health: dict[str, str] = field(default_factory=dict)  # each device's health as `view` holds it
+    health: dict[str, str] = field(default_factory=dict)  # each device's health as last checked (a change bumps)
     changed: set[str] | None = field(default=None, repr=False)  # the pool's names of nodes to view again
     _state: str = field(default=NODE_SUSPECT, repr=False)
     _cordoned: bool = field(default=False, repr=False)
