@@ -161,10 +161,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         check_name("deployment", d.name)
         if not d.model:
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "a deployment needs a model (--model NAME[:VERSION])")
-        model = (await self.c.catalog()).find(d.model, d.version)
-        if model is None:
-            self.c.models_changed()  # read the store again before saying no
-            model = (await self.c.catalog()).find(d.model, d.version)
+        model = (await self.c.catalog((d.model, d.version))).find(d.model, d.version)  # read again before a no
         if model is None:
             known = sorted({f"{m.name}:{m.version}" for m in await self.c.db(self.c.store.models)})
             what = f"{d.model}:{d.version}" if d.version else d.model

@@ -169,8 +169,11 @@ class Controller:
     async def memory_estimate(self, spec: DeploymentSpec) -> int:
         return _estimate(spec, self._measured(), await self.catalog())
 
-    async def catalog(self) -> Catalog:
-        """The models as stored, read again after `models_changed`."""
+    async def catalog(self, *wanted: tuple[str, str]) -> Catalog:
+        """The models as stored, read again after `models_changed`, or when one of the `wanted` (name, version)
+        is not in the cached catalog (a model written past `models_changed`, or truly gone)."""
+        if self._catalog is not None and any(self._catalog.find(name, version) is None for name, version in wanted):
+            self._catalog = None
         if self._catalog is None:
             self._catalog = Catalog(await self.db(self.store.models))
         return self._catalog
@@ -344,10 +347,7 @@ class Controller:
 
     async def _reconcile(self, events: Sequence[Event], deployments: Sequence[DeploymentSpec]) -> Decision:
         started, gc_before, GC_TIME.oldest = time.perf_counter(), GC_TIME.seconds, -1
-        catalog = await self.catalog()
-        if any(catalog.find(spec.model, spec.version) is None for spec in self.specs.values()):
-            self.models_changed()  # a model written past `models_changed` (or truly gone): read them again
-            catalog = await self.catalog()
+        catalog = await self.catalog(*((spec.model, spec.version) for spec in self.specs.values()))
         stored = {k: list(v) for k, v in self.placement.items()}  # adopting changes it in memory only
         for name in self._joined:
             if (node := self.pool.nodes.get(name)) is not None:

@@ -43,6 +43,12 @@ _EVENT_SQL = "INSERT INTO events (kind, subject, message, time) VALUES {rows}"
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
 
+def _placement_rows(placement: Mapping[str, Sequence[Replica]]) -> dict[tuple[str, int], tuple[Any, ...]]:
+    """The placement table's rows by key (deployment, replica index)."""
+    return {(r.deployment, r.index): (r.deployment, r.index, r.node, r.device, r.memory)
+            for reps in placement.values() for r in reps}
+
+
 def _write_rows(c: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
     """Run `sql` over `rows` with as many rows per statement as SQLite takes; returns the last rowid.
 
@@ -374,12 +380,9 @@ class Store:
         whole placement (None: unchanged; with `replacing`, the placement the table holds now, only the rows that
         differ are written), nodes' generations (never backwards), what nodes reported (their cordon and last_seen
         are kept) and events (kind, subject, message) at `when`; returns the events written."""
-        rows = {(r.deployment, r.index): (r.deployment, r.index, r.node, r.device, r.memory)
-                for reps in (placement or {}).values() for r in reps}
+        rows, held = _placement_rows(placement or {}), _placement_rows(replacing or {})
         if len(rows) != sum(len(reps) for reps in (placement or {}).values()):
             raise Conflict("a placement with the same replica index twice")
-        held = {(r.deployment, r.index): (r.deployment, r.index, r.node, r.device, r.memory)
-                for reps in (replacing or {}).values() for r in reps}
         reported = [(n.name, json.dumps(dict(n.labels), sort_keys=True), n.zone,
                      json.dumps(dict(n.info), sort_keys=True)) for n in nodes]
         with self._tx() as c:
