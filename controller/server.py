@@ -30,6 +30,11 @@ OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.so_reuseport", 0),
+    # No BDP probing: it answered each burst of 1 Hz telemetry with a PING, a third of the link's CPU
+    # (benchmarks/scale.py, BENCHMARKS.md). The receive window is fixed instead, at 8 MiB: an upload
+    # (`xpud models push`) over a 20 ms round trip runs as fast as it did with probing.
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 8 << 20),
 ]
 
 
