@@ -220,7 +220,10 @@ class Pool:
         """Suspect after 2 missed intervals, Lost after the lease; returns the nodes whose state changed."""
         now = self.clock()
         changed = []
+        recent = now - min(2 * interval, lease)  # heard from since: nothing to change (most nodes, every time)
         for node in self.nodes.values():
+            if node.last_seen > recent:
+                continue
             silent = now - node.last_seen
             if node.state != NODE_LOST and silent >= lease:
                 node.state, node.connected = NODE_LOST, False
