@@ -2,12 +2,11 @@
 
 Every change (a node joins or is lost, a deployment is applied, a node is drained) marks the state dirty; one
 task re-runs the pure scheduler, writes the placement, the generations and the events to the store in one
-transaction before anything is answered, and sends each node whose share changed a new DesiredState with a
-higher generation. The pushes go out while that transaction commits on the store's thread: an agent does not wait
-for the fsync. Should the commit fail, the nodes pushed to are sent their state again as it stands (the failed
-pass changed nothing else); after a crash between the two, each node's generation resumes above the one its agent
-reports when it connects, so generations still never go backwards. Admin calls run that pass at once; other
-triggers (joins, instance-state changes, lost nodes) are coalesced for ``coalesce`` seconds into one pass.
+transaction *before* anything is pushed or answered, and sends each node whose share changed a new DesiredState
+with a higher generation. (Pushing while the transaction commits was measured and kept out: on a controller held
+to one CPU the store thread and the pushes took turns on the GIL, the admin call took twice as long and the
+pushes arrived no sooner; BENCHMARKS.md.) Admin calls run that pass at once; other triggers (joins, instance-state
+changes, lost nodes) are coalesced for ``coalesce`` seconds into one pass.
 
 The scheduler runs through a `Planner`, which keeps its state between passes: a pass with nothing new reuses the
 last decision, and a deployment added to a settled pool is placed alone (the decision a full pass would make).
@@ -67,7 +66,6 @@ MEMORY_FACTOR = 3  # replica memory estimate: model file size x this, until the 
 MIN_MEMORY = 64 << 20
 COALESCE = 0.05  # seconds a background trigger waits for others (a join storm) to share one scheduling pass
 STORE_SWITCH_INTERVAL = 0.0005  # seconds: the GIL switch interval while the store thread writes
-RESEND_DELAY = 1.0  # seconds after a failed commit before its pushes are undone by a new pass
 WARM_DELAY = 1.0  # seconds with no full scheduling pass before the plain signatures' device pools are built
 
 
@@ -120,11 +118,7 @@ class Controller:
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the store's own thread (SQLite commits fsync: never on the event loop)."""
-        return await self._submit(fn, *args, **kwargs)
-
-    def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
-        """Start a store call on the store's thread now; the future resolves when it is done."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, _promptly, functools.partial(
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _promptly, functools.partial(
             fn, *args, **kwargs))
 
     async def start(self) -> None:
@@ -213,7 +207,7 @@ class Controller:
                                 ("NodeJoined", node.name, joined))
         node.state = NODE_READY
         self._joined.add(node.name)
-        # above what the agent applied: a push that went out before a crash may not have been written
+        # never below what the agent applied (a state dir restored from a backup, say): its reports stay readable
         self.generations[node.name] = max(self.generations.get(node.name, 0), hello.generation)
         self.sent.pop(node.name, None)  # a new stream: send the desired state again
         self._holding.discard(node.name)
@@ -304,13 +298,6 @@ class Controller:
 
         `apply` creates (`create`: only if new) or replaces a deployment in the same pass: its row is written in
         the pass's one transaction, and it is not in force should the pass fail before that."""
-        # the pass runs to its end even if the call that asked for it is cancelled (its client went away): a pass
-        # stopped between its pushes and its commit would leave memory, store and agents apart
-        task = asyncio.ensure_future(self._reconcile_now(events, apply, create))
-        task.add_done_callback(_retrieved)
-        return await asyncio.shield(task)
-
-    async def _reconcile_now(self, events: Sequence[Event], apply: DeploymentSpec | None, create: bool) -> Decision:
         async with self._reconciling:
             undo: tuple[str, DeploymentSpec | None] | None = None
             if apply is not None:
@@ -392,33 +379,46 @@ class Controller:
                 events.append(("Placed", name, f"on {', '.join(new)}"))
         pushes = self._changed_shares(self._shares(catalog, placement))
         generations = {name: self.generations.get(name, 0) + 1 for name in pushes}
-        # placement, generations and events: one transaction, written while the pushes go out
+        # placement, generations (never backwards, even after a crash) and events: one transaction, before any push
         prepared = time.perf_counter()
-        commit = self._submit(self.store.commit, deployments=deployments,
-                              placement=placement if placement != stored else None, replacing=stored,
-                              generations=generations, events=events, when=time.time())
-        self._push(pushes, generations)
-        pushed = time.perf_counter()
-        try:
-            records = await commit
-        except BaseException:
-            self._resend(pushes)
-            raise
+        records, cancelled = await self._commit(deployments=deployments,
+                                                placement=placement if placement != stored else None,
+                                                replacing=stored, generations=generations, events=events,
+                                                when=time.time())
         self._committed = True
         committed = time.perf_counter()
         self.placement, self.pending = placement, dict(decision.pending)
+        self._push(pushes, generations)
+        pushed = time.perf_counter()
         self._notify(records)
         self.heap.grown(len(self.pool.nodes))
         if self.planner.last == "full":  # its pools are new: build the plain ones once the pool settles
             self._warm_later()
         log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms (views and schedule: %.1f ms of CPU), "
-                  "shares %.1f ms, %d push(es) %.1f ms, commit %.1f ms more, garbage collection %.1f ms (oldest "
+                  "shares %.1f ms, commit %.1f ms, %d push(es) %.1f ms, garbage collection %.1f ms (oldest "
                   "generation %d)",
                   self.planner.last if self.planner.last != "full" else f"full: {self.planner.why}",
                   (scheduling - started) * 1e3, (viewed - scheduling) * 1e3, (scheduled - viewed) * 1e3, cpu * 1e3,
-                  (prepared - scheduled) * 1e3, len(pushes), (pushed - prepared) * 1e3, (committed - pushed) * 1e3,
+                  (prepared - scheduled) * 1e3, (committed - prepared) * 1e3, len(pushes), (pushed - committed) * 1e3,
                   (GC_TIME.seconds - gc_before) * 1e3, GC_TIME.oldest)
+        if cancelled:
+            raise asyncio.CancelledError  # what the task was asked, now that the pass is whole
         return decision
+
+    async def _commit(self, **writes: Any) -> tuple[list[EventRecord], bool]:
+        """A pass's transaction, awaited to its end even if the task is cancelled meanwhile (an admin client that
+        goes away): the pass then finishes, so memory and the agents follow what was written. Returns the
+        events written and whether a cancellation came in."""
+        written = asyncio.get_running_loop().run_in_executor(self._executor, _promptly, functools.partial(
+            self.store.commit, **writes))
+        cancelled = False
+        while True:
+            try:
+                return await asyncio.shield(written), cancelled
+            except asyncio.CancelledError:
+                if written.cancelled():
+                    raise
+                cancelled = True
 
     def _push(self, pushes: dict[str, Share], generations: dict[str, int]) -> None:
         for name, share in pushes.items():
@@ -433,16 +433,6 @@ class Controller:
             if node.session is not None:
                 node.session.push(lpb.ControllerMessage(desired=lpb.DesiredState(
                     generation=generations[name], assignments=_assignments(share))))
-
-    def _resend(self, pushed: dict[str, Share]) -> None:
-        """The pass that pushed these shares failed to commit, and its placement is not in force: the nodes are
-        sent their state as it stands, with higher generations, by a pass RESEND_DELAY later (not at once: a
-        store that keeps failing is then retried once a second, not in a loop)."""
-        for name in pushed:
-            self.sent.pop(name, None)
-            self._unsent.add(name)
-        if pushed:
-            asyncio.get_running_loop().call_later(RESEND_DELAY, self.changed)
 
     def _warm_later(self, delay: float | None = None) -> None:
         if self._warming is not None:
@@ -495,12 +485,6 @@ class Controller:
                     and self.sent.get(name) != (share := shares.get(name, ())):
                 out[name] = share
         return out
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    """A pass's outcome is read here too: the call that asked for it may be gone."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _promptly(call: Callable[[], T]) -> T:
