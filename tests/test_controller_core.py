@@ -8,6 +8,14 @@ from xpud.controller.store import Store
 from xpud.proto import link_pb2 as lpb
 
 
+def _with_model(tmp_path):  # type: ignore[no-untyped-def]
+    """A store holding one small model "m", and a controller on it."""
+    store = Store(tmp_path)
+    digest, size = store.put_artifact([b"\x08" + b"\0" * 100])
+    store.add_model("m", None, digest, size, "model.onnx")
+    return store, Controller(store)
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 100.0
@@ -78,10 +86,7 @@ async def test_a_deployment_is_written_in_its_pass_and_not_in_force_when_that_fa
 
     from xpud.controller.store import Conflict, StoreError
 
-    store = Store(tmp_path)
-    controller = Controller(store)
-    digest, size = store.put_artifact([b"\x08" + b"\0" * 100])
-    store.add_model("m", None, digest, size, "model.onnx")
+    store, controller = _with_model(tmp_path)
     spec = DeploymentSpec("web", "m", "", 1, 0)
     await controller.reconcile_now([("DeploymentCreated", "web", "")], apply=spec, create=True)
     assert store.deployments() == [spec] and controller.specs == {"web": spec}
@@ -103,21 +108,17 @@ async def test_a_deployment_is_written_in_its_pass_and_not_in_force_when_that_fa
     store.close()
 
 
-def _cpu_hello(name: str, generation: int = 0) -> lpb.Hello:
-    from xpud.proto import telemetry_pb2 as tpb
-
-    return lpb.Hello(node=name, generation=generation, devices=[tpb.DeviceInfo(id="cpu:0", kind="cpu",
-                                                                                memory_total=64 << 30)])
-
-
 async def _joined(controller: Controller, name: str, generation: int = 0):  # type: ignore[no-untyped-def]
+    """A node with one CPU device joined over an in-memory session (its outbox holds what is pushed)."""
     import time
 
     from xpud.controller.linkservice import Session
+    from xpud.proto import telemetry_pb2 as tpb
 
     node = controller.pool.node(name)
     node.session = Session(name)
-    hello = _cpu_hello(name, generation)
+    hello = lpb.Hello(node=name, generation=generation, devices=[tpb.DeviceInfo(id="cpu:0", kind="cpu",
+                                                                                 memory_total=64 << 30)])
     controller.pool.hello(node, hello, time.time())
     await controller.node_joined(node, hello)
     return node
@@ -143,10 +144,7 @@ async def test_a_pass_runs_to_its_end_when_the_call_that_asked_for_it_is_cancell
 
     import pytest
 
-    store = Store(tmp_path)
-    controller = Controller(store)
-    digest, size = store.put_artifact([b"\x08" + b"\0" * 100])
-    store.add_model("m", None, digest, size, "model.onnx")
+    store, controller = _with_model(tmp_path)
     node = await _joined(controller, "n1")
     await controller.reconcile_now()
     node.session.outbox.get_nowait()  # the join's desired state
