@@ -32,7 +32,8 @@ OPTIONS = [
     ("grpc.so_reuseport", 0),
     # No BDP probing: it answered each burst of 1 Hz telemetry with a PING, a third of the link's CPU
     # (benchmarks/scale.py, BENCHMARKS.md). The receive window is fixed instead, at 8 MiB: an upload
-    # (`xpud models push`) over a 20 ms round trip runs as fast as it did with probing.
+    # (`xpud models push`, or an inference request to the router, which shares these options) over a 20 ms
+    # round trip runs as fast as it did with probing (benchmarks/link_window.py).
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 8 << 20),
 ]
