@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.json_format import MessageToDict, ParseDict
 
@@ -41,6 +41,7 @@ from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, Decision, DeploymentSpec,
 from .heap import GC_TIME, Heap
 from .pool import NodeState, Pool
 from .scheduler import Planner
+from .shares import Share, Shares
 from .store import Conflict, EventRecord, ModelRecord, NodeRecord, Store
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,6 @@ T = TypeVar("T")
 Event = tuple[str, str, str]  # kind, subject, message
 
 
-class Assignment(NamedTuple):
-    """One deployment's part of a node's share (a ModelAssignment as a plain, comparable tuple)."""
-
-    deployment: str
-    model: str
-    version: str
-    digest: str
-    size: int
-    devices: tuple[str, ...]
-    max_batch_size: int
-    priority: int
-
-
-Share = tuple[Assignment, ...]  # a node's share of the placement, by deployment name
 MEMORY_FACTOR = 3  # replica memory estimate: model file size x this, until the agent measures it
 MIN_MEMORY = 64 << 20
 COALESCE = 0.05  # seconds a background trigger waits for others (a join storm) to share one scheduling pass
@@ -95,9 +82,7 @@ class Controller:
         self.placement: dict[str, list[Replica]] = {}
         self.pending: dict[str, str] = {}
         self.generations: dict[str, int] = {}
-        self.sent: dict[str, Share] = {}  # per node, the share it was last sent
-        self._holding: set[str] = set()  # the nodes last sent a share that is not empty
-        self._unsent: set[str] = set()  # nodes on a new stream, not sent their share yet
+        self.shares = Shares()  # each node's share of the placement, and what it was last sent
         self._catalog: Catalog | None = None  # the models as stored (None: read them again)
         self._measured_at: tuple[int, dict[str, int]] = (-1, {})  # (pool.instances_version, _measured())
         self.draining: set[str] = set()
@@ -209,9 +194,7 @@ class Controller:
         self._joined.add(node.name)
         # never below what the agent applied (a state dir restored from a backup, say): its reports stay readable
         self.generations[node.name] = max(self.generations.get(node.name, 0), hello.generation)
-        self.sent.pop(node.name, None)  # a new stream: send the desired state again
-        self._holding.discard(node.name)
-        self._unsent.add(node.name)
+        self.shares.new_stream(node.name)  # send the desired state again
         self.changed()
 
     async def _record_join(self, record: NodeRecord, event: Event) -> None:
@@ -373,18 +356,23 @@ class Controller:
                   *(("Pending", name, reason) for name, reason in decision.pending.items()
                     if self.pending.get(name) != reason)]
         for name, replicas in placement.items():
+            if replicas == old.get(name):  # most deployments, most passes (the same replicas: compared by identity)
+                continue
             before = {(r.node, r.device) for r in old.get(name, [])}
             new = sorted({f"{r.node}/{r.device}" for r in replicas if (r.node, r.device) not in before})
             if new:
                 events.append(("Placed", name, f"on {', '.join(new)}"))
-        pushes = self._changed_shares(self._shares(catalog, placement))
+        self.shares.update(placement, self.specs, catalog.find)
+        pushes = self.shares.changed(self._reachable)
         generations = {name: self.generations.get(name, 0) + 1 for name in pushes}
-        # placement, generations (never backwards, even after a crash) and events: one transaction, before any push
+        moved = [name for name in placement.keys() | stored.keys() if placement.get(name) != stored.get(name)]
+        # placement (the deployments whose replicas changed), generations (never backwards, even after a crash) and
+        # events: one transaction, before any push
         prepared = time.perf_counter()
         records, cancelled = await self._commit(deployments=deployments,
-                                                placement=placement if placement != stored else None,
-                                                replacing=stored, generations=generations, events=events,
-                                                when=time.time())
+                                                placement={name: placement.get(name, []) for name in moved},
+                                                replacing={name: stored.get(name, []) for name in moved},
+                                                generations=generations, events=events, when=time.time())
         self._committed = True
         committed = time.perf_counter()
         self.placement, self.pending = placement, dict(decision.pending)
@@ -423,12 +411,7 @@ class Controller:
     def _push(self, pushes: dict[str, Share], generations: dict[str, int]) -> None:
         for name, share in pushes.items():
             self.generations[name] = generations[name]
-            self.sent[name] = share
-            self._unsent.discard(name)
-            if share:
-                self._holding.add(name)
-            else:
-                self._holding.discard(name)
+            self.shares.mark_sent(name, share)
             node = self.pool.nodes[name]
             if node.session is not None:
                 node.session.push(lpb.ControllerMessage(desired=lpb.DesiredState(
@@ -455,36 +438,10 @@ class Controller:
         else:  # the pool has settled (no full pass for WARM_DELAY): what lives now is the long-lived heap
             self.heap.grown(len(self.pool.nodes), settled=True)
 
-    def _shares(self, catalog: Catalog, placement: dict[str, list[Replica]]) -> dict[str, Share]:
-        """Every node's share of the placement, built in one pass as plain tuples (cheap to build and compare:
-        only the nodes whose share changed get protobuf messages, in `_assignments`)."""
-        per_node: dict[str, dict[str, list[str]]] = {}
-        for name, replicas in placement.items():
-            for r in replicas:
-                per_node.setdefault(r.node, {}).setdefault(name, []).append(r.device)
-        out: dict[str, Share] = {}
-        for node, deployments in per_node.items():
-            items = []
-            for name in sorted(deployments):
-                spec = self.specs.get(name)
-                model = catalog.find(spec.model, spec.version) if spec is not None else None
-                if spec is None or model is None:
-                    continue
-                items.append(Assignment(name, model.name, model.version, model.digest, model.size,
-                                        tuple(sorted(deployments[name])), spec.max_batch_size, max(spec.priority, 0)))
-            out[node] = tuple(items)
-        return out
-
-    def _changed_shares(self, shares: dict[str, Share]) -> dict[str, Share]:
-        """The connected nodes whose share differs from what they were last sent (no await: the table is stable).
-        Only nodes with a share now, with one last sent, or on a new stream can differ: not every node."""
-        out = {}
-        for name in sorted(shares.keys() | self._holding | self._unsent):  # in name order, like the pool
-            node = self.pool.nodes.get(name)
-            if node is not None and node.session is not None and node.state != NODE_LOST \
-                    and self.sent.get(name) != (share := shares.get(name, ())):
-                out[name] = share
-        return out
+    def _reachable(self, name: str) -> bool:
+        """Whether a node can be sent its share now: connected, and not lost (no await: the table is stable)."""
+        node = self.pool.nodes.get(name)
+        return node is not None and node.session is not None and node.state != NODE_LOST
 
 
 def _promptly(call: Callable[[], T]) -> T:

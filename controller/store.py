@@ -377,9 +377,10 @@ class Store:
                generations: Mapping[str, int] | None = None, nodes: Sequence[NodeRecord] = (),
                events: Sequence[tuple[str, str, str]] = (), when: float = 0.0) -> list[EventRecord]:
         """Several writes in one transaction (one fsync): deployments created or replaced (`put_deployment`), the
-        whole placement (None: unchanged; with `replacing`, the placement the table holds now, only the rows that
-        differ are written), nodes' generations (never backwards), what nodes reported (their cordon and last_seen
-        are kept) and events (kind, subject, message) at `when`; returns the events written."""
+        whole placement (None: unchanged; with `replacing`, what the table holds now for the deployments given:
+        only the rows that differ are written, and other deployments' rows stay as they are), nodes' generations
+        (never backwards), what nodes reported (their cordon and last_seen are kept) and events (kind, subject,
+        message) at `when`; returns the events written."""
         rows, held = _placement_rows(placement or {}), _placement_rows(replacing or {})
         if len(rows) != sum(len(reps) for reps in (placement or {}).values()):
             raise Conflict("a placement with the same replica index twice")

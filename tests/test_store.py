@@ -267,6 +267,10 @@ def test_commit_writes_only_the_placement_rows_that_differ_and_numbers_events_in
     records = store.commit(placement=after, replacing=before, events=[("Moved", "a", "1"), ("Placed", "c", "0")],
                            when=2.0)
     assert store.placement() == after
+    moved = [Replica("c", 0, "n6", "cpu:0", 7)]
+    store.commit(placement={"c": moved}, replacing={"c": after["c"]})  # one deployment given: the others stay
+    assert store.placement() == {**after, "c": moved}
+    after["c"] = moved
     assert [(e.seq, e.kind) for e in store.events()] == [(r.seq, r.kind) for r in records]
     assert records[1].seq == records[0].seq + 1
     many = {f"n{i}": i for i in range(20_000)}  # more rows than one statement takes

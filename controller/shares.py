@@ -1,0 +1,125 @@
+"""Each node's share of the placement (what its DesiredState carries), kept up to date in proportion to what changed.
+
+A pass used to build every node's share from the whole placement and compare all of them with what each node was
+sent: at 2,000 nodes with 30 deployments of 200 replicas that took 12 ms of every pass, more than the scheduler.
+`Shares` keeps, per deployment, the placement its part was built from; a pass rebuilds the parts of deployments
+whose replicas, spec or model changed, and only the nodes those touch get a new share. A node whose share may
+differ from what it was sent (touched, or on a new stream) is *stale* until it has been sent its share or found
+equal to it; a node that cannot be sent to (no stream, lost) stays stale until it can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+from .core import DeploymentSpec, Replica
+from .store import ModelRecord
+
+
+class Assignment(NamedTuple):
+    """One deployment's part of a node's share (a ModelAssignment as a plain, comparable tuple)."""
+
+    deployment: str
+    model: str
+    version: str
+    digest: str
+    size: int
+    devices: tuple[str, ...]
+    max_batch_size: int
+    priority: int
+
+
+Share = tuple[Assignment, ...]  # a node's share of the placement, by deployment name
+FindModel = Callable[[str, str], "ModelRecord | None"]  # (model, version) -> record, as `Catalog.find`
+
+
+class _Part(NamedTuple):
+    """What one deployment's part of the shares was built from, and the part (one Assignment per node)."""
+
+    replicas: list[Replica]
+    spec: DeploymentSpec | None
+    model: ModelRecord | None
+    per_node: dict[str, Assignment]
+
+
+def _per_node(name: str, replicas: Sequence[Replica], spec: DeploymentSpec | None,
+              model: ModelRecord | None) -> dict[str, Assignment]:
+    if spec is None or model is None:  # deleted meanwhile, or its model gone: nothing to run
+        return {}
+    devices: dict[str, list[str]] = {}
+    for r in replicas:
+        devices.setdefault(r.node, []).append(r.device)
+    return {node: Assignment(name, model.name, model.version, model.digest, model.size, tuple(sorted(held)),
+                             spec.max_batch_size, max(spec.priority, 0)) for node, held in devices.items()}
+
+
+class Shares:
+    def __init__(self) -> None:
+        self.now: dict[str, Share] = {}  # per node with one, its share of the placement as last updated
+        self.sent: dict[str, Share] = {}  # per node, the share it was last sent
+        self.stale: set[str] = set()  # nodes whose share may differ from what they were sent
+        self._parts: dict[str, _Part] = {}  # per deployment
+        self._on_node: dict[str, set[str]] = {}  # per node, the deployments with a part in its share
+
+    def update(self, placement: Mapping[str, Sequence[Replica]], specs: Mapping[str, DeploymentSpec],
+               find: FindModel) -> None:
+        """Bring the shares up to `placement`; the nodes whose share changed become stale."""
+        touched: set[str] = set()
+        for name in [n for n in self._parts if n not in placement]:
+            touched |= self._set(name, None)
+        for name, replicas in placement.items():
+            spec = specs.get(name)
+            model = find(spec.model, spec.version) if spec is not None else None
+            held = self._parts.get(name)
+            if held is not None and held.spec == spec and held.model == model and held.replicas == replicas:
+                continue  # the common case: list equality is by identity first, and replicas are reused
+            touched |= self._set(name, _Part(list(replicas), spec, model, _per_node(name, replicas, spec, model)))
+        for node in touched:
+            names = self._on_node.get(node)
+            if names:
+                self.now[node] = tuple(self._parts[d].per_node[node] for d in sorted(names))
+            else:
+                self.now.pop(node, None)
+                self._on_node.pop(node, None)
+        self.stale |= touched
+
+    def _set(self, name: str, part: _Part | None) -> set[str]:
+        """Replace one deployment's part; returns the nodes whose assignment of it changed."""
+        old = self._parts.pop(name).per_node if name in self._parts else {}
+        new = part.per_node if part is not None else {}
+        if part is not None:
+            self._parts[name] = part
+        touched = set()
+        for node in old.keys() | new.keys():
+            if old.get(node) == new.get(node):
+                continue
+            touched.add(node)
+            if node in new:
+                self._on_node.setdefault(node, set()).add(name)
+            else:
+                self._on_node[node].discard(name)
+        return touched
+
+    def changed(self, reachable: Callable[[str], bool]) -> dict[str, Share]:
+        """The stale nodes that can be sent to and whose share differs from what they were sent, in name order;
+        the stale ones found equal are stale no more."""
+        out = {}
+        for node in sorted(self.stale):
+            if not reachable(node):
+                continue
+            share = self.now.get(node, ())
+            if self.sent.get(node) != share:
+                out[node] = share
+            else:
+                self.stale.discard(node)
+        return out
+
+    def mark_sent(self, node: str, share: Share) -> None:
+        self.sent[node] = share
+        self.stale.discard(node)
+
+    def new_stream(self, node: str) -> None:
+        """A node on a new stream is sent its share again, even an empty one."""
+        self.sent.pop(node, None)
+        self.stale.add(node)
