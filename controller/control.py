@@ -84,7 +84,8 @@ class Controller:
         self.generations: dict[str, int] = {}
         self.shares = Shares()  # each node's share of the placement, and what it was last sent
         self._catalog: Catalog | None = None  # the models as stored (None: read them again)
-        self._measured_at: tuple[int, dict[str, int]] = (-1, {})  # (pool.instances_version, _measured())
+        self._measured_by: dict[str, dict[str, int]] = {}  # node -> deployment -> memory per device, READY ones
+        self._measured_max: dict[str, int] = {}  # deployment -> the most of those (`_measured`)
         self.draining: set[str] = set()
         self.event_listeners: set[asyncio.Queue[Any]] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -169,18 +170,30 @@ class Controller:
         self._catalog = None
 
     def _measured(self) -> dict[str, int]:
-        """Per deployment, the most memory a READY instance uses per device (one pass over every instance, again
-        only after instances were reported)."""
-        version, out = self._measured_at
-        if version == self.pool.instances_version:
-            return out
-        out = {}
-        for node in self.pool.nodes.values():
-            for name, inst in node.instances.items():
+        """Per deployment, the most memory a READY instance uses per device. Kept per node, and updated from the
+        nodes that reported since the last call: a join storm does not walk every node's instances each pass."""
+        by, most = self._measured_by, self._measured_max
+        dropped: set[str] = set()
+        for name in self.pool.take_reported():
+            node = self.pool.nodes.get(name)
+            now: dict[str, int] = {}
+            for deployment, inst in (node.instances.items() if node is not None else ()):
                 if inst.state == "READY" and inst.memory_bytes:
-                    out[name] = max(out.get(name, 0), inst.memory_bytes // max(len(inst.devices), 1))
-        self._measured_at = (self.pool.instances_version, out)
-        return out
+                    now[deployment] = inst.memory_bytes // max(len(inst.devices), 1)
+            before = by.pop(name, {})
+            if now:
+                by[name] = now
+            for deployment, memory in now.items():
+                if memory >= most.get(deployment, 0):
+                    most[deployment] = memory
+            dropped.update(d for d, memory in before.items() if now.get(d, 0) < memory == most.get(d))
+        for deployment in dropped:  # the node that held the most reports less now: the most of the others
+            values = [held[deployment] for held in by.values() if deployment in held]
+            if values:
+                most[deployment] = max(values)
+            else:
+                del most[deployment]
+        return most
 
     # -- nodes ------------------------------------------------------------------------------------
     async def node_joined(self, node: NodeState, hello: lpb.Hello) -> None:

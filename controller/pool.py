@@ -132,15 +132,16 @@ class Pool:
         self.clock = clock
         self.nodes: dict[str, NodeState] = {}
         self.load = LiveLoad(self.nodes)
-        self.instances_version = 0  # bumped whenever a node reports its instances
-        self._by_name: list[NodeState] = []  # self.nodes sorted by name (nodes are added, never removed)
-        self._views: list[NodeView] = []  # their views, in the same order
-        self._at: dict[str, int] = {}  # a node's position in both
+        self.instances_reported: set[str] = set()  # nodes that reported their instances since `take_reported`
+        self._views: list[NodeView] = []  # every node's view, in the order the nodes were added (never removed)
+        self._at: dict[str, int] = {}  # a node's position there
+        self._added: list[str] = []  # nodes created since the last views()
         self._changed: set[str] = set()  # nodes touched since the last views()
 
     def node(self, name: str) -> NodeState:
         if name not in self.nodes:
             self.nodes[name] = NodeState(name, changed=self._changed)
+            self._added.append(name)
         return self.nodes[name]
 
     def hello(self, node: NodeState, hello: lpb.Hello, wall: float) -> None:
@@ -152,7 +153,7 @@ class Pool:
             hello.incarnation
         node.instances = {i.deployment: i for i in hello.instances}
         node.generation_observed = hello.generation
-        self.instances_version += 1
+        self.instances_reported.add(node.name)
         node.bump()
         self.seen(node, wall)
 
@@ -176,20 +177,27 @@ class Pool:
     def status(self, node: NodeState, report: lpb.StatusReport) -> None:
         node.instances = {i.deployment: i for i in report.instances}
         node.generation_observed = report.generation
-        self.instances_version += 1
+        self.instances_reported.add(node.name)
+
+    def take_reported(self) -> set[str]:
+        """The nodes that reported their instances (Hello, StatusReport) since the last call."""
+        reported, self.instances_reported = self.instances_reported, set()
+        return reported
 
     def views(self) -> list[NodeView]:
-        """Every node's view, sorted by name (a new list); only the nodes touched since the last call are looked
-        at again, and their views rebuilt if what the scheduler reads changed."""
-        if len(self._by_name) != len(self.nodes):  # nodes joined: all in order again
-            self._by_name = sorted(self.nodes.values(), key=lambda n: n.name)
-            self._at = {node.name: i for i, node in enumerate(self._by_name)}
-            self._views = [self._current(node) for node in self._by_name]
-        else:
-            for name in self._changed:
-                self._views[self._at[name]] = self._current(self.nodes[name])
+        """Every node's view, in the order the nodes were added (a new list): a pass after joins then finds the
+        views it had at the same places, the new ones after them (`scheduler.Planner`). Only the nodes added or
+        touched since the last call are looked at again, and their views rebuilt if what the scheduler reads
+        changed."""
+        views, at = self._views, self._at
+        for name in self._added:
+            at[name] = len(views)
+            views.append(self._current(self.nodes[name]))
+        self._added.clear()
+        for name in self._changed:
+            views[at[name]] = self._current(self.nodes[name])
         self._changed.clear()
-        return list(self._views)
+        return list(views)
 
     def _current(self, node: NodeState) -> NodeView:
         key = (node.revision, node.state, node.cordoned)

@@ -27,11 +27,12 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from itertools import islice
 from typing import Protocol
 
 from . import filters, scoring
-from .core import DEVICE_KINDS, NODE_READY, Decision, DeploymentSpec, DeviceView, NodeView, Replica
+from .core import DEVICE_KINDS, NODE_READY, NODE_SUSPECT, Decision, DeploymentSpec, DeviceView, NodeView, Replica
 
 Key = tuple[str, str]  # (node, device id)
 Signature = tuple[str, tuple[tuple[str, str], ...], str]
@@ -55,9 +56,10 @@ class _Pool:
     """The devices passing every static filter for one signature, sorted by free memory (ascending for binpack,
     descending for spread: built lazily) then names."""
 
-    __slots__ = ("asc", "desc", "rejected", "room")
+    __slots__ = ("asc", "desc", "rejected", "room", "spec")
 
-    def __init__(self, rejected: Counter[filters.Tally], asc: list[Entry]) -> None:
+    def __init__(self, spec: DeploymentSpec, rejected: Counter[filters.Tally], asc: list[Entry]) -> None:
+        self.spec = spec  # a deployment of the signature: what the static filters read
         self.rejected = rejected
         self.asc = asc  # (free, node, device), ascending
         self.desc: list[Entry] | None = None  # (-free, node, device), ascending
@@ -194,6 +196,51 @@ class _Scheduler:
         self._take(key, -replica.memory, self.priority[replica.deployment])
         self.displaced[replica.deployment][replica.index] = (cause, f"{replica.node}/{replica.device}")
 
+    def refresh(self, old: NodeView | None, new: NodeView) -> None:
+        """Put a node's new view (`old`: the one this state holds, None for a node it has not seen) in the state,
+        as building it from the new views would: the node's devices leave every pool and come back as the static
+        filters now answer. For a node that holds no replica, or one whose only change is between Ready and Suspect
+        (which keeps its replicas): then no replica moves, and the free memory of the devices that hold some stays."""
+        name = new.name
+        if old is not None:
+            for dev in old.devices:
+                key = (name, dev.id)
+                free = self.free[key]
+                for pool in self.members.pop(key, ()):
+                    del pool.asc[bisect_left(pool.asc, (free, name, dev.id))]
+                    if pool.desc is not None:
+                        del pool.desc[bisect_left(pool.desc, (-free, name, dev.id))]
+                if not self.on_device.get(key):  # nothing on it: it starts over from its new view
+                    del self.free[key], self.devices[key]
+                    self.held.pop(key, None)
+                    self.on_device.pop(key, None)
+        self.nodes[name] = new
+        for dev in new.devices:
+            key = (name, dev.id)
+            self.devices[key] = dev
+            self.free.setdefault(key, dev.memory_total)
+        for sig, pool in self.pools.items():
+            answers = self.memo.answers.setdefault((sig, self.draining), {})
+            if old is not None:
+                for why, count in _answer(old, pool.spec, self.draining)[1]:
+                    pool.rejected[why] -= count
+                    if not pool.rejected[why]:
+                        del pool.rejected[why]
+            answer = answers[name] = _answer(new, pool.spec, self.draining)
+            for why, count in answer[1]:
+                pool.rejected[why] += count
+            for key in answer[2]:
+                free = self.free[key]
+                insort(pool.asc, (free, *key))
+                if pool.desc is not None:
+                    insort(pool.desc, (-free, *key))
+                self.members[key].append(pool)
+            pool.room.clear()  # only preemption reads it, and only a full pass (a state of its own) preempts
+        if new.state == NODE_READY:
+            self.any_ready = True
+        elif old is not None and old.state == NODE_READY:
+            self.any_ready = any(n.state == NODE_READY for n in self.nodes.values())
+
     # --- pass 1: stability ------------------------------------------------------------------------------------
 
     def keep(self, current: Mapping[str, Sequence[Replica]]) -> None:
@@ -232,7 +279,7 @@ class _Scheduler:
             for why, count in answer[1]:
                 rejected[why] += count
             keys.extend(answer[2])
-        pool = _Pool(rejected, sorted((self.free[k], *k) for k in keys))
+        pool = _Pool(spec, rejected, sorted((self.free[k], *k) for k in keys))
         for k in keys:
             self.members[k].append(pool)
         self.pools[sig] = pool
@@ -419,6 +466,7 @@ class Planner:
         self.last = ""  # the path the last pass took: "full", "same" or "added"
         self.why = ""  # why the last full pass could not take a shortcut
         self.passes: Counter[str] = Counter()  # how many passes took each path
+        self.refreshed = 0  # nodes that joined or changed without a full pass (`_Scheduler.refresh`)
 
     def schedule(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec],
                  current: Mapping[str, Sequence[Replica]], *, draining: frozenset[str] = frozenset(),
@@ -453,14 +501,22 @@ class Planner:
                   current: Mapping[str, Sequence[Replica]], draining: frozenset[str],
                   load: Load | None) -> Decision | None:
         s = self._last
-        if s is None or s.decision.pending or draining != s.draining or len(nodes) != len(self._nodes):
-            self.why = "first pass" if s is None else "pending" if s.decision.pending else \
-                "draining changed" if draining != s.draining else "nodes joined"
+        if s is None or s.decision.pending or draining != s.draining:
+            self.why = "first pass" if s is None else "pending" if s.decision.pending else "draining changed"
             return None
-        changed = [(old, new) for old, new in zip(self._nodes, nodes, strict=True) if old is not new]
-        if moved := sum(not _same_but_load(old, new) for old, new in changed):
-            self.why = f"{moved} node(s) changed"
+        changed = _changes(self._nodes, nodes)
+        if changed is None:
+            self.why = "nodes gone"
             return None
+        live, refresh = [], []  # views that differ in live load only; nodes that joined or changed (see refresh)
+        for old, new in changed:
+            if old is not None and _same_but_load(old, new):
+                live.append(new)
+            elif old is None or _keeps_replicas(s, old, new):
+                refresh.append((old, new))
+            else:
+                self.why = "node(s) changed"
+                return None
         added = [name for name in specs if name not in self._specs]
         if len(added) > 1 or len(specs) - len(added) != len(self._specs) \
                 or any(specs[name] != spec for name, spec in self._specs.items()):
@@ -470,10 +526,13 @@ class Planner:
         if {name: list(reps) for name, reps in current.items() if reps} != placed:
             self.why = "placement changed"
             return None
-        for _, view in changed:  # only live load moved: the same filter answers and sorted lists, new readings
+        for view in live:  # only live load moved: the same filter answers and sorted lists, new readings
             s.nodes[view.name] = view
             for dev in view.devices:
                 s.devices[(view.name, dev.id)] = dev
+        for old, new in refresh:  # nothing was pending, and these moves no replica: capacity only changed
+            s.refresh(old, new)
+        self.refreshed += len(refresh)
         s.load, s.utils = load, {}
         if not added:
             self.last = "same"
@@ -493,6 +552,33 @@ class Planner:
         self.last = "added"
         s.decision = Decision(replicas={name: [have[i] for i in sorted(have)] for name, have in s.placed.items()})
         return s.decision
+
+
+def _changes(before: Sequence[NodeView], after: Sequence[NodeView]) -> list[tuple[NodeView | None, NodeView]] | None:
+    """The views that are new objects in `after`, with the one `before` held for the node (None: a node that
+    joined); None when a node of `before` is gone. The controller's views keep their places and joined nodes
+    come after them (`Pool.views`): then one walk by position; other orders are matched by name."""
+    if len(after) >= len(before):
+        pairs: list[tuple[NodeView | None, NodeView]] = [
+            (old, new) for old, new in zip(before, after[:len(before)], strict=True) if old is not new]
+        if all(old is not None and old.name == new.name for old, new in pairs):  # (node names are unique)
+            return pairs + [(None, new) for new in after[len(before):]]
+    held = {view.name: view for view in before}
+    pairs = []
+    for new in after:
+        old = held.pop(new.name, None)
+        if old is not new:
+            pairs.append((old, new))
+    return None if held else pairs
+
+
+def _keeps_replicas(s: _Scheduler, old: NodeView, new: NodeView) -> bool:
+    """Whether a node's change keeps every replica where it is, so that `_Scheduler.refresh` may take it: the node
+    holds none, or only its state moved between Ready and Suspect (displacement keeps a Suspect node's replicas)."""
+    if not any(s.on_device.get((old.name, dev.id)) for dev in old.devices):
+        return True
+    return old.state in (NODE_READY, NODE_SUSPECT) and new.state in (NODE_READY, NODE_SUSPECT) \
+        and _same_but_load(replace(old, state=new.state), new)
 
 
 def _same_but_load(old: NodeView, new: NodeView) -> bool:

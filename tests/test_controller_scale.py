@@ -4,6 +4,8 @@ transaction per reconcile and per failure-detector pass, and an admin call that 
 from __future__ import annotations
 
 import asyncio
+import random
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -66,16 +68,46 @@ def test_a_node_view_is_rebuilt_only_when_what_the_filters_read_changes():
     assert pool.views()[0] is not same and pool.views()[0].cordoned and pool.views()[0].state == NODE_READY
 
 
-def test_views_are_sorted_by_name_as_nodes_join():
+def test_views_keep_their_places_as_nodes_join():
     pool = Pool(Clock())
     for name in ("b", "c", "a"):
         pool.hello(pool.node(name), hello(name), 0.0)
-        assert [v.name for v in pool.views()] == sorted(pool.nodes)
+        assert [v.name for v in pool.views()] == list(pool.nodes)  # joined ones after the others
     before = pool.views()
-    pool.nodes["b"].state = NODE_READY  # only b is looked at again
+    pool.nodes["c"].state = NODE_READY  # only c is looked at again
     after = pool.views()
     assert after is not before and [v.state for v in after] == ["Suspect", "Ready", "Suspect"]
     assert after[0] is before[0] and after[2] is before[2] and after[1] is not before[1]
+
+
+def test_measured_memory_follows_what_nodes_report(tmp_path: Path) -> None:
+    """The most memory per device a READY instance of each deployment uses, kept from the nodes that reported
+    since the last pass: equal to a walk over every node's instances, through random reports."""
+    rng = random.Random(7)
+    controller = Controller(Store(tmp_path))
+    pool = controller.pool
+    for step in range(300):
+        name = f"n{rng.randrange(12)}"
+        node = pool.node(name)
+        report = lpb.StatusReport(generation=step)
+        for deployment in rng.sample(["a", "b", "c", "d"], rng.randint(0, 3)):
+            report.instances.add(deployment=deployment, state=rng.choice(["READY", "READY", "LOADING", "FAILED"]),
+                                 devices=["sim:0", "sim:1"][:rng.randint(1, 2)],
+                                 memory_bytes=rng.choice([0, 1, 2, 3, 4]) * GiB)
+        if rng.random() < 0.2:
+            pool.hello(node, lpb.Hello(node=name, instances=report.instances), 0.0)
+        else:
+            pool.status(node, report)
+        if rng.random() < 0.5:
+            continue  # reports pile up between passes
+        walked: dict[str, int] = {}
+        for n in pool.nodes.values():
+            for deployment, inst in n.instances.items():
+                if inst.state == "READY" and inst.memory_bytes:
+                    per = inst.memory_bytes // len(inst.devices)
+                    walked[deployment] = max(walked.get(deployment, 0), per)
+        assert controller._measured() == walked, step
+    controller._executor.shutdown()
 
 
 def test_merge_delta_matches_apply_delta():

@@ -794,16 +794,17 @@ def test_a_filter_memo_gives_the_same_decisions_and_follows_changed_views() -> N
 
 def _planner_sequence(seed: int) -> Counter[str]:
     """Random sequences of controller passes: deployments added (alone or several), scaled, removed, unchanged
-    passes, nodes changing; each pass the Planner's decision equals a plain schedule() of the same input."""
+    passes, nodes changing, joining (a join storm's passes), going Suspect and back, cordoned or relabelled; each
+    pass the Planner's decision equals a plain schedule() of the same input."""
     rng = random.Random(seed)
     nodes = [node(f"n{i}", rng.choice(["dgx-a100", "two-gpu", "gpu-and-cpu", "cpu-only"]),
                   labels={"rack": f"r{i % 3}"}, zone=f"z{i % 2}") for i in range(10)]
     planner = Planner()
     specs: dict[str, DeploymentSpec] = {}
     current: dict[str, list[R]] = {}
-    for step in range(40):
+    for step in range(60):
         action = rng.choice(["add", "add", "add", "same", "same", "scale", "remove", "remove", "node", "add2",
-                             "load", "load"])
+                             "load", "load", "join", "join", "flip", "flip", "cordon", "relabel"])
         if action in ("add", "add2"):
             for _ in range(1 if action == "add" else 2):
                 name = f"d{step}{_}"
@@ -819,6 +820,22 @@ def _planner_sequence(seed: int) -> Counter[str]:
         elif action == "node":
             i = rng.randrange(len(nodes))
             nodes[i] = replace(nodes[i], state=rng.choice([NODE_LOST, NODE_SUSPECT, "Ready"]))
+        elif action == "join":  # new nodes after the others (as the controller's views) or anywhere, Ready or not
+            for k in range(rng.randint(1, 3)):
+                nodes.insert(rng.choice([len(nodes), rng.randint(0, len(nodes))]), node(
+                    f"j{step}-{k}", rng.choice(["dgx-a100", "two-gpu", "gpu-and-cpu", "cpu-only"]),
+                    labels={"rack": f"r{rng.randrange(3)}"}, zone=f"z{rng.randrange(2)}",
+                    state=rng.choice(["Ready", "Ready", NODE_SUSPECT])))
+        elif action == "flip":  # missed two intervals, or heard from again
+            i = rng.randrange(len(nodes))
+            if nodes[i].state != NODE_LOST:
+                nodes[i] = replace(nodes[i], state=NODE_SUSPECT if nodes[i].state == "Ready" else "Ready")
+        elif action == "cordon":
+            i = rng.randrange(len(nodes))
+            nodes[i] = replace(nodes[i], cordoned=not nodes[i].cordoned)
+        elif action == "relabel":
+            i = rng.randrange(len(nodes))
+            nodes[i] = replace(nodes[i], labels={"rack": f"r{rng.randrange(3)}"})
         if action == "load" or rng.random() < 0.3:  # live readings move on a few nodes (new view objects)
             for i in rng.sample(range(len(nodes)), 3):
                 devices = tuple(replace(d, utilization=rng.choice([None, 0.0, 0.3, 0.9]),
@@ -831,7 +848,7 @@ def _planner_sequence(seed: int) -> Counter[str]:
         got = planner.schedule(views, list(specs.values()), current)
         assert got == plain, (step, action)
         current = {k: list(v) for k, v in plain.replicas.items() if v}
-    return planner.passes
+    return planner.passes + Counter(refreshed=planner.refreshed)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -841,7 +858,7 @@ def test_planner_decides_what_schedule_decides(seed: int) -> None:
 
 def test_planner_takes_its_shortcuts_in_those_sequences() -> None:
     passes = sum((_planner_sequence(seed) for seed in range(6)), Counter())
-    assert passes["full"] and passes["same"] and passes["added"], passes
+    assert passes["full"] and passes["same"] and passes["added"] and passes["refreshed"], passes
 
 
 def test_planner_warms_the_pools_of_plain_signatures_one_at_a_time() -> None:
