@@ -53,6 +53,7 @@ MEMORY_FACTOR = 3  # replica memory estimate: model file size x this, until the 
 MIN_MEMORY = 64 << 20
 COALESCE = 0.05  # seconds a background trigger waits for others (a join storm) to share one scheduling pass
 STORE_SWITCH_INTERVAL = 0.0005  # seconds: the GIL switch interval while the store thread writes
+COMMIT_BLOCK = 0.02  # seconds the loop waits blocked for a pass's commit before it awaits the rest (`_commit`)
 WARM_DELAY = 1.0  # seconds with no full scheduling pass before the plain signatures' device pools are built
 
 
@@ -409,15 +410,22 @@ class Controller:
     async def _commit(self, **writes: Any) -> tuple[list[EventRecord], bool]:
         """A pass's transaction, awaited to its end even if the task is cancelled meanwhile (an admin client that
         goes away): the pass then finishes, so memory and the agents follow what was written. Returns the
-        events written and whether a cancellation came in."""
-        written = asyncio.get_running_loop().run_in_executor(self._executor, _promptly, functools.partial(
-            self.store.commit, **writes))
+        events written and whether a cancellation came in.
+
+        The loop first waits for it blocked, up to COMMIT_BLOCK: a commit takes 1-3 ms, and a busy loop turned
+        that into 10-17 ms (at 10,000 agents: the store thread woken behind the loop's work, then its result
+        waiting 5-8 ms for the loop to get round to it; BENCHMARKS.md). The scheduling step before it holds the
+        loop for longer. A slow disk only costs COMMIT_BLOCK: then the pass awaits the rest."""
+        written = self._executor.submit(_promptly, functools.partial(self.store.commit, **writes))
+        with contextlib.suppress(TimeoutError):
+            return written.result(timeout=COMMIT_BLOCK), False
+        waited = asyncio.wrap_future(written)
         cancelled = False
         while True:
             try:
-                return await asyncio.shield(written), cancelled
+                return await asyncio.shield(waited), cancelled
             except asyncio.CancelledError:
-                if written.cancelled():
+                if waited.cancelled():
                     raise
                 cancelled = True
 

@@ -66,6 +66,12 @@ class _Pool:
         # priority p -> (room, node, device) ascending, room = free + memory of replicas of priority <= p
         self.room: dict[int, list[Entry]] = {}
 
+    def spread_order(self) -> list[Entry]:
+        """`desc`, built the first time a spread deployment (or `Planner.warm`) needs it."""
+        if self.desc is None:
+            self.desc = sorted((-f, n, d) for f, n, d in self.asc)
+        return self.desc
+
 
 NodeAnswer = tuple[NodeView, tuple[tuple[filters.Tally, int], ...], tuple[Key, ...]]  # view, rejections, feasible
 
@@ -296,9 +302,7 @@ class _Scheduler:
                 return None
             free = asc[i][0]
             return self._least_busy([e for e in asc[i : i + LOAD_CANDIDATES] if e[0] == free])
-        if pool.desc is None:
-            pool.desc = sorted((-f, n, d) for f, n, d in pool.asc)
-        desc, counts = pool.desc, self.on_node[spec.name]
+        desc, counts = pool.spread_order(), self.on_node[spec.name]
         # Most free first: stop at the first that does not fit. The devices before `cursor` are on nodes that have
         # a replica of this deployment already: its earlier picks in this fill found them so, and placing only
         # adds replicas and moves the picked device down the order (an eviction resets the cursor). So a node
@@ -485,15 +489,20 @@ class Planner:
         return decision
 
     def warm(self) -> bool:
-        """Build one missing pool of a plain signature (`_PLAIN`) in the kept state, so that the first deployment
-        of that signature is placed without walking every node's filters. True if one was built (call again);
-        False when there is nothing (left) to build. Between passes only (the caller runs passes one at a time)."""
+        """Build one missing pool of a plain signature (`_PLAIN`) in the kept state, then one missing spread order
+        of those pools, so that the first deployment of that signature is placed without walking every node's
+        filters or sorting its devices again (5 ms at 10,000 nodes). True if one was built (call again); False when
+        there is nothing (left) to build. Between passes only (the caller runs passes one at a time)."""
         s = self._last
         if s is None:
             return False
         for spec in _PLAIN:
             if _signature(spec) not in s.pools:
                 s._pool(spec)
+                return True
+        for spec in _PLAIN:
+            if (pool := s.pools[_signature(spec)]).desc is None:
+                pool.spread_order()
                 return True
         return False
 
