@@ -356,7 +356,7 @@ class Controller:
         self._joined.clear()
         measured = self._measured()
         specs = [replace(spec, memory_bytes=_estimate(spec, measured, catalog)) for spec in self.specs.values()]
-        old = self.placement
+        old, refreshed = self.placement, self.planner.refreshed
         scheduling, cpu = time.perf_counter(), time.thread_time()
         with _cyclic_gc_paused():
             views = self.pool.views()
@@ -394,8 +394,8 @@ class Controller:
         pushed = time.perf_counter()
         self._notify(records)
         self.heap.grown(len(self.pool.nodes))
-        if self.planner.last == "full":  # its pools are new: build the plain ones once the pool settles
-            self._warm_later()
+        if self.planner.last == "full" or refreshed != self.planner.refreshed:
+            self._warm_later()  # new pools, or nodes joined: once the pool settles, build what is missing, freeze
         log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms (views and schedule: %.1f ms of CPU), "
                   "shares %.1f ms, commit %.1f ms, %d push(es) %.1f ms, garbage collection %.1f ms (oldest "
                   "generation %d)",

@@ -9,9 +9,13 @@ often than not, as that is what allocates. Full collections walk every live obje
 So from SCALE_NODES nodes on, `Heap` takes the collector over:
   - automatic collections start only after YOUNG_THRESHOLD net allocations (a safety net, not the rule);
   - the young generations are collected every YOUNG_PERIOD seconds, between scheduling passes;
-  - what is alive once the pool has settled or grown by a quarter is frozen (`gc.freeze`): no collection walks
-    it again, and every HEAP_PERIOD one full collection of everything frees cycles among objects frozen while
-    alive (the streams that have ended since), then freezes again.
+  - what is alive once the pool has settled or grown by a quarter, or has survived a young collection, is frozen
+    (`gc.freeze`): no collection walks it again, and every HEAP_PERIOD one full collection of everything frees
+    cycles among objects frozen while alive (the streams that have ended since), then freezes again;
+  - each period doubles after a collection that freed fewer than FEW_FREED objects (up to MAX_PERIOD), and is
+    back to its start after one that freed more. A settled pool makes next to no cyclic garbage: at 10,000
+    agents on the 2-core VM, young collections freed 0-5 objects and took 110-250 ms, a full one freed 10 in
+    0.9 s, and each stalls the event loop (streams, admin calls, the router) for that long.
 Below SCALE_NODES nothing changes. `GC_TIME` measures the time spent collecting, for the controller's debug log.
 """
 
@@ -28,6 +32,8 @@ SCALE_NODES = 1000
 YOUNG_THRESHOLD = 100_000  # automatic collections only after this many more allocations than frees (default 700)
 YOUNG_PERIOD = 60.0  # seconds between collections of the two young generations at scale (100 ms each at 10,000)
 HEAP_PERIOD = 600.0  # seconds between full collections of everything (the frozen objects too) at scale
+MAX_PERIOD = 6 * 3600.0  # the most either period grows to
+FEW_FREED = 1000  # a collection that frees fewer objects doubles its period
 
 
 class GcTime:
@@ -57,6 +63,7 @@ class Heap:
         self.frozen_nodes = 0  # the pool's size when the heap was last frozen (0: never)
         self.default: tuple[int, ...] | None = None  # the thresholds before scale mode (None: not in it)
         self.young_at = self.full_at = clock()
+        self.young_period, self.heap_period = YOUNG_PERIOD, HEAP_PERIOD
 
     def grown(self, nodes: int, settled: bool = False) -> None:
         """After a pass (the pool may have grown) or once it has `settled` (no full pass for a while)."""
@@ -75,20 +82,23 @@ class Heap:
         if self.default is None or busy:
             return
         now = self.clock()
-        if now - self.full_at >= HEAP_PERIOD:
+        if now - self.full_at >= self.heap_period:
             self.full_at = self.young_at = now
             started = time.perf_counter()
             gc.unfreeze()
             freed = gc.collect()
             gc.freeze()
-            log.info("full garbage collection: %d objects freed in %.0f ms", freed,
-                     (time.perf_counter() - started) * 1e3)
-        elif now - self.young_at >= YOUNG_PERIOD:
+            self.heap_period = _next_period(self.heap_period, HEAP_PERIOD, freed)
+            log.info("full garbage collection: %d objects freed in %.0f ms (next in %.0f s)", freed,
+                     (time.perf_counter() - started) * 1e3, self.heap_period)
+        elif now - self.young_at >= self.young_period:
             self.young_at = now
             started = time.perf_counter()
             freed = gc.collect(1)
-            log.debug("young garbage collection: %d objects freed in %.1f ms", freed,
-                      (time.perf_counter() - started) * 1e3)
+            gc.freeze()  # what survived is walked again only by the next full collection
+            self.young_period = _next_period(self.young_period, YOUNG_PERIOD, freed)
+            log.debug("young garbage collection: %d objects freed in %.1f ms (next in %.0f s)", freed,
+                      (time.perf_counter() - started) * 1e3, self.young_period)
 
     def close(self) -> None:
         """Give the collector back its defaults (tests run many controllers in one process)."""
@@ -96,3 +106,8 @@ class Heap:
             gc.set_threshold(*self.default)
             gc.unfreeze()
             self.default, self.frozen_nodes = None, 0
+
+
+def _next_period(period: float, start: float, freed: int) -> float:
+    """Twice as long after a collection that freed next to nothing (up to MAX_PERIOD); else back to the start."""
+    return min(period * 2, MAX_PERIOD) if freed < FEW_FREED else start

@@ -245,13 +245,57 @@ async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_froz
         clock.t += heap.YOUNG_PERIOD
         controller.heap.tick(busy=False)
         assert heap.GC_TIME.oldest == 1  # the young generations
+        assert controller.heap.young_period == 2 * heap.YOUNG_PERIOD  # next to nothing freed: twice as long
+        clock.t += heap.YOUNG_PERIOD
+        heap.GC_TIME.oldest = -1
+        controller.heap.tick(busy=False)
+        assert heap.GC_TIME.oldest == -1  # not yet
         clock.t += heap.HEAP_PERIOD
         controller.heap.tick(busy=False)  # everything, the frozen objects too, then frozen again
         assert heap.GC_TIME.oldest == 2 and gc.get_freeze_count() > 0
+        assert controller.heap.heap_period == 2 * heap.HEAP_PERIOD
     finally:
         await controller.close()
         store.close()
     assert gc.get_threshold() == defaults and gc.get_freeze_count() == 0  # given back
+
+
+def test_collection_periods_double_while_collections_free_next_to_nothing():
+    from xpud.controller import heap
+
+    assert heap._next_period(60.0, 60.0, 0) == 120.0
+    assert heap._next_period(heap.MAX_PERIOD, 60.0, heap.FEW_FREED - 1) == heap.MAX_PERIOD
+    assert heap._next_period(960.0, 60.0, heap.FEW_FREED) == 60.0  # garbage again: back to the start
+
+
+async def test_nodes_that_join_a_settled_pool_are_frozen_once_it_settles_again(tmp_path, monkeypatch):
+    """Joins take no full pass (the Planner refreshes its state), yet the heap is still frozen once they stop."""
+    import gc
+
+    from xpud.controller import control, heap
+
+    monkeypatch.setattr(control, "WARM_DELAY", 0.01)
+    monkeypatch.setattr(heap, "SCALE_NODES", 3)
+    store = Store(tmp_path)
+    controller = Controller(store, clock=Clock())
+    try:
+        await controller.reconcile_now()  # the first pass: full, no nodes
+        while controller._warming is not None:
+            await asyncio.sleep(0.01)
+        for i in range(4):
+            node = controller.pool.node(f"n{i}")
+            controller.pool.hello(node, hello(f"n{i}"), 0.0)
+            node.state = NODE_READY
+        await controller.reconcile_now()
+        assert controller.planner.last == "same" and controller.planner.refreshed == 4
+        assert controller._warming is not None
+        gc.unfreeze()  # (the pass froze the grown heap too): the settled pool is frozen on its own
+        while controller._warming is not None:
+            await asyncio.sleep(0.01)
+        assert gc.get_freeze_count() > 0 and controller.heap.frozen_nodes == 4
+    finally:
+        await controller.close()
+        store.close()
 
 
 async def test_a_device_that_fails_in_telemetry_has_its_replica_moved(tmp_path):
