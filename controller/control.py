@@ -20,6 +20,7 @@ plane scale).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import gc
@@ -53,7 +54,7 @@ MEMORY_FACTOR = 3  # replica memory estimate: model file size x this, until the 
 MIN_MEMORY = 64 << 20
 COALESCE = 0.05  # seconds a background trigger waits for others (a join storm) to share one scheduling pass
 STORE_SWITCH_INTERVAL = 0.0005  # seconds: the GIL switch interval while the store thread writes
-COMMIT_BLOCK = 0.02  # seconds the loop waits blocked for a pass's commit before it awaits the rest (`_commit`)
+COMMIT_BLOCK = 0.02  # seconds the loop waits blocked for a store call before it awaits the rest (`db_soon`)
 WARM_DELAY = 1.0  # seconds with no full scheduling pass before the plain signatures' device pools are built
 
 
@@ -105,8 +106,19 @@ class Controller:
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the store's own thread (SQLite commits fsync: never on the event loop)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, _promptly, functools.partial(
-            fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._submit(fn, *args, **kwargs))
+
+    async def db_soon(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`db` for what an admin call waits on: the loop waits for it blocked up to COMMIT_BLOCK, then awaits
+        the rest. A store call takes 1-3 ms; behind a loop busy with 10,000 agents, the thread's result waited
+        5-8 ms more for the loop to get round to it (BENCHMARKS.md). A slow disk only costs COMMIT_BLOCK."""
+        done = self._submit(fn, *args, **kwargs)
+        with contextlib.suppress(TimeoutError):
+            return done.result(timeout=COMMIT_BLOCK)
+        return await asyncio.wrap_future(done)
+
+    def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        return self._executor.submit(_promptly, functools.partial(fn, *args, **kwargs))
 
     async def start(self) -> None:
         self.specs = {s.name: s for s in await self.db(self.store.deployments)}
@@ -164,7 +176,7 @@ class Controller:
         if self._catalog is not None and any(self._catalog.find(name, version) is None for name, version in wanted):
             self._catalog = None
         if self._catalog is None:
-            self._catalog = Catalog(await self.db(self.store.models))
+            self._catalog = Catalog(await self.db_soon(self.store.models))
         return self._catalog
 
     def models_changed(self) -> None:
@@ -408,24 +420,19 @@ class Controller:
         return decision
 
     async def _commit(self, **writes: Any) -> tuple[list[EventRecord], bool]:
-        """A pass's transaction, awaited to its end even if the task is cancelled meanwhile (an admin client that
-        goes away): the pass then finishes, so memory and the agents follow what was written. Returns the
-        events written and whether a cancellation came in.
-
-        The loop first waits for it blocked, up to COMMIT_BLOCK: a commit takes 1-3 ms, and a busy loop turned
-        that into 10-17 ms (at 10,000 agents: the store thread woken behind the loop's work, then its result
-        waiting 5-8 ms for the loop to get round to it; BENCHMARKS.md). The scheduling step before it holds the
-        loop for longer. A slow disk only costs COMMIT_BLOCK: then the pass awaits the rest."""
-        written = self._executor.submit(_promptly, functools.partial(self.store.commit, **writes))
+        """A pass's transaction (`db_soon`), awaited to its end even if the task is cancelled meanwhile (an admin
+        client that goes away): the pass then finishes, so memory and the agents follow what was written. Returns
+        the events written and whether a cancellation came in."""
+        done = self._submit(self.store.commit, **writes)  # as db_soon does (a task would start a loop turn later)
         with contextlib.suppress(TimeoutError):
-            return written.result(timeout=COMMIT_BLOCK), False
-        waited = asyncio.wrap_future(written)
+            return done.result(timeout=COMMIT_BLOCK), False
+        written = asyncio.wrap_future(done)
         cancelled = False
         while True:
             try:
-                return await asyncio.shield(waited), cancelled
+                return await asyncio.shield(written), cancelled
             except asyncio.CancelledError:
-                if waited.cancelled():
+                if written.cancelled():
                     raise
                 cancelled = True
 
