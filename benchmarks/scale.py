@@ -9,8 +9,12 @@ One run, one case after the other, each measured over the same window length:
                 --pushes x CreateDeployment(--replicas, device gpu, strategy spread), so ~--replicas nodes get a
                 new DesiredState each time; the latency from the admin call to each agent receiving it.
 
-The agents are real gRPC streams (one channel, so one TCP connection, per node, the agent's own channel options)
-from --generators separate load-generator processes (many streams per asyncio loop). Each node says Hello with
+The agents are real gRPC streams, one TCP connection per node, from --generators separate load-generator
+processes (many streams per asyncio loop). --client wire (the default) speaks HTTP/2 and gRPC's framing itself on
+asyncio Protocols: the same frames as grpc.aio's client (compared frame by frame through a logging proxy), the
+agent's keepalive PING every 10 s, each agent sending at its own instant, at a fraction of grpc.aio's CPU per
+message, so one core offers 10,000 agents at 1 Hz. --client grpc uses grpc.aio with the agent's own channel options
+(one channel per node); it needs about a core per 7,000 messages a second here. Each node says Hello with
 --gpus simulated GPUs (vendor sim, 80 GiB) plus cpu:0, sends one StatusReport, then Telemetry every --interval
 (the first one full, then deltas of a few fields per device, like the real agent), and answers a DesiredState
 with assignments with a StatusReport of READY instances (so the push also exercises the status path).
@@ -19,6 +23,10 @@ Messages received: the bare server counts them; for the controller, sim:0's `ene
 telemetry seq, so GetPool before and after the window gives the exact number of telemetry messages the
 controller applied (cross-checked with ListNodes last_seen). CPU is the server process' psutil cpu_times
 delta over the window, as % of one core.
+
+Unless --server-cpus / --generator-cpus say otherwise, on a machine with 2 or more CPUs (and taskset) the server
+(bare, then the controller) runs on CPU 0 and the generators on the others: the wire client spins between sends
+(it shows ~100 % of its core whatever the load), and must not take the server's.
 
 Prints one JSON object. Example: python benchmarks/scale.py --agents 2000 --duration 30
 """
@@ -718,8 +726,13 @@ def pinned(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus else []
 
 
+def generator_count(args: argparse.Namespace) -> int:
+    """--generators, else one process per 5,000 agents with grpc.aio, one per 20,000 with the wire client."""
+    return args.generators or max(1, math.ceil(args.agents / (20_000 if args.client == "wire" else 5000)))
+
+
 def start_generators(args: argparse.Namespace, target: str, tmp: Path, tag: str) -> list[Child]:
-    n, k = args.agents, args.generators or max(1, math.ceil(args.agents / 5000))
+    n, k = args.agents, generator_count(args)
     gens = []
     first = 0
     for g in range(k):
@@ -1091,7 +1104,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "devices_per_node": args.gpus + 1,
         "interval_s": args.interval,
         "duration_s": args.duration,
-        "generators": args.generators or max(1, math.ceil(args.agents / 5000)),
+        "generators": generator_count(args),
         "client": args.client,
         "lease_s": args.lease,
         "server_cpus": args.server_cpus,
@@ -1133,7 +1146,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="measurement window per case, seconds")
     parser.add_argument("--interval", type=float, default=1.0, help="telemetry interval, seconds")
     parser.add_argument("--gpus", type=int, default=2, help="simulated GPUs per node (plus cpu:0)")
-    parser.add_argument("--generators", type=int, default=0, help="load-generator processes (0: one per 5000)")
+    parser.add_argument("--generators", type=int, default=0,
+                        help="load-generator processes (0: one per 20,000 agents with --client wire, 5,000 with grpc)")
     parser.add_argument("--lease", type=float, default=30.0, help="controller --lease, seconds")
     parser.add_argument("--replicas", type=int, default=200, help="replicas per pushed deployment (nodes affected)")
     parser.add_argument("--pushes", type=int, default=3, help="deployments created one after the other")
@@ -1145,7 +1159,7 @@ def main() -> None:
                         help="joins per second, all generators together (0: as fast as handshakes go)")
     parser.add_argument("--connect-timeout", type=float, default=60.0, help="seconds for one Hello -> Welcome")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="children exit after this long regardless")
-    parser.add_argument("--client", choices=("grpc", "wire"), default="grpc",
+    parser.add_argument("--client", choices=("grpc", "wire"), default="wire",
                         help="the simulated agents' client: grpc.aio (grpc), or a minimal HTTP/2 gRPC client on "
                              "asyncio Protocols (wire: far less CPU per message: one core offers 10,000 agents)")
     parser.add_argument("--cases", default="bare,controller", help="which cases to run (comma-separated)")
@@ -1163,6 +1177,10 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    cpus = os.cpu_count() or 1
+    if args.role == "main" and args.server_cpus is None and args.generator_cpus is None and cpus >= 2 \
+            and shutil.which("taskset"):
+        args.server_cpus, args.generator_cpus = "0", f"1-{cpus - 1}" if cpus > 2 else "1"
     if args.role == "bare":
         asyncio.run(bare_main(args))
     elif args.role == "gen":
