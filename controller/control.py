@@ -273,6 +273,7 @@ class Controller:
     async def node_left(self, node: NodeState) -> None:
         node.connected = False
         node.session = None
+        self.heap.stream_ended()
 
     # -- the loops --------------------------------------------------------------------------------
     async def _detect_loop(self) -> None:

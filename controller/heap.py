@@ -12,10 +12,13 @@ So from SCALE_NODES nodes on, `Heap` takes the collector over:
   - what is alive once the pool has settled or grown by a quarter, or has survived a young collection, is frozen
     (`gc.freeze`): no collection walks it again, and every HEAP_PERIOD one full collection of everything frees
     cycles among objects frozen while alive (the streams that have ended since), then freezes again;
-  - each period doubles after a collection that freed fewer than FEW_FREED objects (up to MAX_PERIOD), and is
-    back to its start after one that freed more. A settled pool makes next to no cyclic garbage: at 10,000
-    agents on the 2-core VM, young collections freed 0-5 objects and took 110-250 ms, a full one freed 10 in
-    0.9 s, and each stalls the event loop (streams, admin calls, the router) for that long.
+  - a collection is skipped when it could not free much: a young one when fewer than YOUNG_SKIP objects were
+    allocated (net) since the last collection or freeze, a full one when no stream has ended since the last
+    (`stream_ended`). Each period doubles after a collection that freed fewer than FEW_FREED objects (up to
+    MAX_PERIOD), and is back to its start after one that freed more.
+A settled pool makes next to no cyclic garbage, and each collection stalls the event loop (streams, admin calls,
+the router): at 10,000 agents on the 2-core VM, young collections freed 0-200 objects in 20-300 ms, a full one
+10 objects in 0.9 s.
 Below SCALE_NODES nothing changes. `GC_TIME` measures the time spent collecting, for the controller's debug log.
 """
 
@@ -34,6 +37,7 @@ YOUNG_PERIOD = 60.0  # seconds between collections of the two young generations 
 HEAP_PERIOD = 600.0  # seconds between full collections of everything (the frozen objects too) at scale
 MAX_PERIOD = 6 * 3600.0  # the most either period grows to
 FEW_FREED = 1000  # a collection that frees fewer objects doubles its period
+YOUNG_SKIP = 10_000  # no young collection while fewer objects than this were allocated (net) since the last
 
 
 class GcTime:
@@ -64,6 +68,11 @@ class Heap:
         self.default: tuple[int, ...] | None = None  # the thresholds before scale mode (None: not in it)
         self.young_at = self.full_at = clock()
         self.young_period, self.heap_period = YOUNG_PERIOD, HEAP_PERIOD
+        self.ended = 0  # streams ended since the last full collection (their objects may be frozen garbage)
+        self.skipped = 0  # collections skipped as they could not free much
+
+    def stream_ended(self) -> None:
+        self.ended += 1
 
     def grown(self, nodes: int, settled: bool = False) -> None:
         """After a pass (the pool may have grown) or once it has `settled` (no full pass for a while)."""
@@ -82,8 +91,12 @@ class Heap:
         if self.default is None or busy:
             return
         now = self.clock()
-        if now - self.full_at >= self.heap_period:
+        if now - self.full_at >= self.heap_period and not self.ended:
+            self.full_at = now
+            self.skipped += 1
+        elif now - self.full_at >= self.heap_period:
             self.full_at = self.young_at = now
+            self.ended = 0
             started = time.perf_counter()
             gc.unfreeze()
             freed = gc.collect()
@@ -91,6 +104,9 @@ class Heap:
             self.heap_period = _next_period(self.heap_period, HEAP_PERIOD, freed)
             log.info("full garbage collection: %d objects freed in %.0f ms (next in %.0f s)", freed,
                      (time.perf_counter() - started) * 1e3, self.heap_period)
+        elif now - self.young_at >= self.young_period and gc.get_count()[0] < YOUNG_SKIP:
+            self.young_at = now
+            self.skipped += 1
         elif now - self.young_at >= self.young_period:
             self.young_at = now
             started = time.perf_counter()

@@ -242,6 +242,11 @@ async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_froz
         collected = heap.GC_TIME.oldest = -1
         controller.heap.tick(busy=True)  # a pass runs: later
         assert heap.GC_TIME.oldest == collected
+        monkeypatch.setattr(heap, "YOUNG_SKIP", 1 << 40)
+        clock.t += heap.YOUNG_PERIOD
+        controller.heap.tick(busy=False)  # too few objects allocated since the freeze to be worth a walk
+        assert heap.GC_TIME.oldest == -1 and controller.heap.skipped == 1
+        monkeypatch.setattr(heap, "YOUNG_SKIP", 0)
         clock.t += heap.YOUNG_PERIOD
         controller.heap.tick(busy=False)
         assert heap.GC_TIME.oldest == 1  # the young generations
@@ -251,9 +256,13 @@ async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_froz
         controller.heap.tick(busy=False)
         assert heap.GC_TIME.oldest == -1  # not yet
         clock.t += heap.HEAP_PERIOD
+        controller.heap.tick(busy=False)  # no stream ended since: nothing frozen can have become garbage
+        assert heap.GC_TIME.oldest == -1 and controller.heap.skipped == 2
+        await controller.node_left(controller.pool.nodes["n0"])
+        clock.t += heap.HEAP_PERIOD
         controller.heap.tick(busy=False)  # everything, the frozen objects too, then frozen again
         assert heap.GC_TIME.oldest == 2 and gc.get_freeze_count() > 0
-        assert controller.heap.heap_period == 2 * heap.HEAP_PERIOD
+        assert controller.heap.heap_period == 2 * heap.HEAP_PERIOD and controller.heap.ended == 0
     finally:
         await controller.close()
         store.close()
