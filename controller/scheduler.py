@@ -27,12 +27,11 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from itertools import islice
 from typing import Protocol
 
 from . import filters, scoring
-from .core import DEVICE_KINDS, NODE_READY, NODE_SUSPECT, Decision, DeploymentSpec, DeviceView, NodeView, Replica
+from .core import DEVICE_KINDS, NODE_READY, Decision, DeploymentSpec, DeviceView, NodeView, Replica
 
 Key = tuple[str, str]  # (node, device id)
 Signature = tuple[str, tuple[tuple[str, str], ...], str]
@@ -205,8 +204,8 @@ class _Scheduler:
     def refresh(self, old: NodeView | None, new: NodeView) -> None:
         """Put a node's new view (`old`: the one this state holds, None for a node it has not seen) in the state,
         as building it from the new views would: the node's devices leave every pool and come back as the static
-        filters now answer. For a node that holds no replica, or one whose only change is between Ready and Suspect
-        (which keeps its replicas): then no replica moves, and the free memory of the devices that hold some stays."""
+        filters now answer. For a change that keeps every replica on the node (`_keeps_replicas`): the free memory
+        of the devices that hold some stays."""
         name = new.name
         if old is not None:
             for dev in old.devices:
@@ -450,8 +449,11 @@ class Planner:
 
     Each pass keeps the scheduler's final state (free memory per device, the sorted device pools) with its inputs.
     The next pass, if its nodes are the same (views that differ only in live load, utilization or memory used,
-    count as the same: the sorted lists hold no load), its draining set and the other deployments are equal,
-    the current placement is the last decision's and nothing was left pending:
+    count as the same: the sorted lists hold no load) or changed in ways that keep every replica where it is
+    (nodes that joined; nodes that went Suspect or came back, were cordoned, relabelled, or whose devices' health
+    changed, while `filters.displacement` keeps each of their replicas: `_Scheduler.refresh` puts their new views in
+    the kept state, as a join storm needs), its draining set and the other deployments are equal, the current
+    placement is the last decision's and nothing was left pending:
       - with no deployment added, the decision is the last one (a full pass would keep every replica and place
         nothing), so nothing is computed;
       - with one deployment added, only that one is placed, against the kept state. A full pass would do the
@@ -459,7 +461,7 @@ class Planner:
         with missing replicas. Should it need preemption, the pass starts over in full (evictions move others).
     Anything else is a full `schedule` pass (with the `FilterMemo`). So the decision is always the one `schedule`
     gives for the same input; the shortcuts only make adding a deployment to a large, settled pool cost its own
-    replicas instead of every device.
+    replicas, and a join its own nodes, instead of every device.
     """
 
     def __init__(self) -> None:
@@ -582,12 +584,22 @@ def _changes(before: Sequence[NodeView], after: Sequence[NodeView]) -> list[tupl
 
 
 def _keeps_replicas(s: _Scheduler, old: NodeView, new: NodeView) -> bool:
-    """Whether a node's change keeps every replica where it is, so that `_Scheduler.refresh` may take it: the node
-    holds none, or only its state moved between Ready and Suspect (displacement keeps a Suspect node's replicas)."""
-    if not any(s.on_device.get((old.name, dev.id)) for dev in old.devices):
-        return True
-    return old.state in (NODE_READY, NODE_SUSPECT) and new.state in (NODE_READY, NODE_SUSPECT) \
-        and _same_but_load(replace(old, state=new.state), new)
+    """Whether a node's change keeps every replica on it where it is (as `keep` in a full pass would), so that
+    `_Scheduler.refresh` may take it: each device holding replicas is still there with the same memory, and
+    `filters.displacement` lets each replica stay (a Suspect, cordoned or relabelled node that still matches, a
+    device whose health is now known...)."""
+    now = {dev.id: dev for dev in new.devices}
+    for dev in old.devices:
+        replicas = s.on_device.get((old.name, dev.id))
+        if not replicas:
+            continue
+        device = now.get(dev.id)
+        if device is None or device.memory_total != dev.memory_total:
+            return False
+        for replica in replicas.values():
+            if filters.displacement(new.name, dev.id, new, device, s.specs[replica.deployment], s.draining):
+                return False
+    return True
 
 
 def _same_but_load(old: NodeView, new: NodeView) -> bool:

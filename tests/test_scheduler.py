@@ -794,7 +794,8 @@ def test_a_filter_memo_gives_the_same_decisions_and_follows_changed_views() -> N
 
 def _planner_sequence(seed: int) -> Counter[str]:
     """Random sequences of controller passes: deployments added (alone or several), scaled, removed, unchanged
-    passes, nodes changing, joining (a join storm's passes), going Suspect and back, cordoned or relabelled; each
+    passes, nodes changing, joining (a join storm's passes), going Suspect and back, cordoned or relabelled, devices'
+    health changing; each
     pass the Planner's decision equals a plain schedule() of the same input."""
     rng = random.Random(seed)
     nodes = [node(f"n{i}", rng.choice(["dgx-a100", "two-gpu", "gpu-and-cpu", "cpu-only"]),
@@ -804,7 +805,8 @@ def _planner_sequence(seed: int) -> Counter[str]:
     current: dict[str, list[R]] = {}
     for step in range(60):
         action = rng.choice(["add", "add", "add", "same", "same", "scale", "remove", "remove", "node", "add2",
-                             "load", "load", "join", "join", "flip", "flip", "cordon", "relabel"])
+                             "load", "load", "join", "join", "flip", "flip", "cordon", "relabel", "health",
+                             "health"])
         if action in ("add", "add2"):
             for _ in range(1 if action == "add" else 2):
                 name = f"d{step}{_}"
@@ -836,6 +838,12 @@ def _planner_sequence(seed: int) -> Counter[str]:
         elif action == "relabel":
             i = rng.randrange(len(nodes))
             nodes[i] = replace(nodes[i], labels={"rack": f"r{rng.randrange(3)}"})
+        elif action == "health":  # a device's health becomes known, degrades, fails or recovers
+            i = rng.randrange(len(nodes))
+            k = rng.randrange(len(nodes[i].devices))
+            devices = list(nodes[i].devices)
+            devices[k] = replace(devices[k], health=rng.choice(["ok", "unknown", "degraded", "failed"]))
+            nodes[i] = replace(nodes[i], devices=tuple(devices))
         if action == "load" or rng.random() < 0.3:  # live readings move on a few nodes (new view objects)
             for i in rng.sample(range(len(nodes)), 3):
                 devices = tuple(replace(d, utilization=rng.choice([None, 0.0, 0.3, 0.9]),
