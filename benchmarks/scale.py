@@ -7,7 +7,11 @@ One run, one case after the other, each measured over the same window length:
                 tick does not mark nodes lost);
   - push:       with every simulated agent connected to the controller, PushModel (a tiny ONNX file) and then
                 --pushes x CreateDeployment(--replicas, device gpu, strategy spread), so ~--replicas nodes get a
-                new DesiredState each time; the latency from the admin call to each agent receiving it.
+                new DesiredState each time; the latency from the admin call to each agent receiving it;
+  - restart:    then kill -9 the controller and start it again on the same --state and port: every agent
+                reconnects like the agent does (jittered backoff from 0.25 s, Hello with the generation it applied
+                and the instances it runs); how long until all are back, the controller's CPU until then, and that
+                no replica moved and no deployment left Running (--client wire only).
 
 The agents are real gRPC streams, one TCP connection per node, from --generators separate load-generator
 processes (many streams per asyncio loop). --client wire (the default) speaks HTTP/2 and gRPC's framing itself on
@@ -51,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -178,10 +183,13 @@ def node_name(i: int) -> str:
     return f"sim-{i:05d}"
 
 
-def hello_for(i: int, gpus: int) -> lpb.AgentMessage:
+def hello_for(i: int, gpus: int, generation: int = 0, instances: Sequence[lpb.InstanceStatus] = (),
+              incarnation: str = "") -> lpb.AgentMessage:
+    """Node i's Hello; a reconnecting agent says what it applied (`generation`) and runs (`instances`)."""
     hello = lpb.Hello(node=node_name(i), labels={"rack": f"r{i % 50}"}, zone=f"z{i % 4}",
                       execution_providers=["CPUExecutionProvider"], agent_version="scale-sim",
-                      inference_endpoint="127.0.0.1:9", incarnation=f"{random.getrandbits(64):016x}")
+                      inference_endpoint="127.0.0.1:9", generation=generation, instances=instances,
+                      incarnation=incarnation or f"{random.getrandbits(64):016x}")
     for g in range(gpus):
         hello.devices.add(id=f"sim:{g}", vendor="sim", kind="gpu", model="Sim A100-SXM4-80GB", plugin="sim",
                           uuid=f"GPU-5173{g:04x}-0000-4000-8000-{i:012x}", index=g, memory_total=80 * GiB,
@@ -191,12 +199,13 @@ def hello_for(i: int, gpus: int) -> lpb.AgentMessage:
     return lpb.AgentMessage(hello=hello)
 
 
-def telemetry_for(seq: int, gpus: int, phase: float) -> lpb.AgentMessage:
-    """First message full, then deltas: a few fields per device; sim:0's energy is the seq (the cross-check)."""
+def telemetry_for(seq: int, gpus: int, phase: float, full: bool | None = None) -> lpb.AgentMessage:
+    """First message (or `full`: the first on a new connection) full, then deltas: a few fields per device; sim:0's
+    energy is the seq (the cross-check)."""
     now = time.time()
     util = 0.5 + 0.4 * math.sin(seq / 7 + phase)
     batch = lpb.Telemetry(seq=seq)
-    full = seq == 1
+    full = seq == 1 if full is None else full
     for g in range(gpus):
         s = batch.samples.add(device_id=f"sim:{g}", timestamp=now, utilization=round(util, 4),
                               power_draw=round(60 + 340 * util, 1), energy=float(seq) if g == 0 else seq * 230.0)
@@ -230,6 +239,10 @@ class GenState:
         self.late = 0
         self.stalled = 0  # --client wire: messages that waited for the server's flow-control window
         self.pings = 0  # --client wire: keepalive PINGs sent
+        self.rejoined = 0  # --client wire: agents welcomed again after their connection was lost
+        self.rejoin_times: list[float] = []  # monotonic, each of those
+        self.reconnect_failures = 0
+        self.reconnecting: set[asyncio.Task[None]] = set()
         self.errors: list[str] = []
         self.receipts: list[tuple[int, float, int, list[str]]] = []  # node index, monotonic, generation, deployments
 
@@ -331,6 +344,7 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 H2_DATA, H2_HEADERS, H2_RST, H2_SETTINGS, H2_PING, H2_GOAWAY, H2_WINDOW = 0, 1, 3, 4, 6, 7, 8
 H2_END_STREAM, H2_ACK, H2_END_HEADERS, H2_PADDED = 0x1, 0x1, 0x4, 0x8
 H2_RECV_WINDOW = 1 << 30  # what this client grants the server, per stream and per connection
+BACKOFF_INITIAL, BACKOFF_MAX = 0.25, 10.0  # seconds: the agent's reconnect backoff (agent/link.py)
 
 
 def h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
@@ -374,18 +388,48 @@ class WireAgent(asyncio.Protocol):
     def __init__(self, i: int, args: argparse.Namespace, state: GenState, headers: bytes) -> None:
         self.i, self.args, self.state = i, args, state
         self.headers = headers
+        self.seq = 0
+        self.phase = random.random()
+        self.incarnation = f"{random.getrandbits(64):016x}"  # one process: the same across reconnects
+        self.generation = 0  # the last DesiredState applied
+        self.instances: list[lpb.InstanceStatus] = []  # what it runs (READY), reported in Hello on reconnect
+        self.joins = 0  # welcomes received
+        self.stopping = False
+        self.backoff = BACKOFF_INITIAL
+        self._connection()
+
+    def _connection(self) -> None:
+        """Per connection state."""
         self.transport: asyncio.Transport | None = None
         self.welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.live = False  # welcomed and not closed: the ticker sends its telemetry
         self.ended = False
-        self.seq = 0
-        self.phase = random.random()
+        self.full_next = True  # the first telemetry on a connection is a full sample
         self.inbuf = bytearray()
         self.msgbuf = bytearray()
         self.send_conn = self.send_stream = 65535  # the server's windows for what we send (RFC 9113 6.9.2)
         self.initial_window = 65535
         self.pending: list[bytes] = []  # DATA frames waiting for window
         self.recv_unacked = 0
+
+    async def reconnect(self) -> None:
+        """Like the agent: again after a jittered, doubling pause, saying what it applied and runs."""
+        while not self.stopping:
+            pause = self.backoff * (0.5 + random.random())
+            self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+            await asyncio.sleep(pause)
+            if self.stopping:
+                return
+            self._connection()
+            host, _, port = self.args.target.rpartition(":")
+            try:
+                await asyncio.get_running_loop().create_connection(lambda: self, host, int(port))
+                await asyncio.wait_for(asyncio.shield(self.welcomed), self.args.connect_timeout)
+                return
+            except (OSError, TimeoutError, ConnectionError):
+                self.state.reconnect_failures += 1
+                if self.transport is not None:
+                    self.transport.close()
 
     # -- sending ------------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -396,7 +440,7 @@ class WireAgent(asyncio.Protocol):
         grow = h2_frame(H2_WINDOW, 0, 0, (H2_RECV_WINDOW - 65535).to_bytes(4, "big"))
         headers = h2_frame(H2_HEADERS, H2_END_HEADERS, self.STREAM, self.headers)
         transport.write(H2_PREFACE + settings + grow + headers)
-        self.send(hello_for(self.i, self.args.gpus))
+        self.send(hello_for(self.i, self.args.gpus, self.generation, self.instances, self.incarnation))
 
     def send(self, message: lpb.AgentMessage) -> None:
         body = message.SerializeToString()
@@ -423,7 +467,8 @@ class WireAgent(asyncio.Protocol):
 
     def tick(self, late: bool) -> None:
         self.seq += 1
-        self.send(telemetry_for(self.seq, self.args.gpus, self.phase * 6.28))
+        self.send(telemetry_for(self.seq, self.args.gpus, self.phase * 6.28, self.full_next))
+        self.full_next = False
         self.state.sent += 1
         if late:
             self.state.late += 1
@@ -502,6 +547,11 @@ class WireAgent(asyncio.Protocol):
             kind = message.WhichOneof("kind")
             if kind == "welcome" and not self.welcomed.done():
                 self.welcomed.set_result(None)
+                self.joins += 1
+                if self.joins > 1:
+                    self.state.rejoined += 1
+                    self.state.rejoin_times.append(time.monotonic())
+                self.backoff = BACKOFF_INITIAL
                 self.send(lpb.AgentMessage(status=lpb.StatusReport(generation=0)))  # like the agent: status first
                 self.state.status_sent += 1
                 self.live = True
@@ -514,6 +564,7 @@ class WireAgent(asyncio.Protocol):
                     status.instances.add(deployment=a.deployment, model=a.model, version=a.version, digest=a.digest,
                                          state="READY", devices=list(a.devices), memory_bytes=64 << 20,
                                          execution_provider="CPUExecutionProvider")
+                self.generation, self.instances = desired.generation, list(status.instances)
                 self.send(lpb.AgentMessage(status=status))
                 self.state.status_sent += 1
 
@@ -527,14 +578,20 @@ class WireAgent(asyncio.Protocol):
         self.state.error(f"{node_name(self.i)}: {why}")
         if not self.welcomed.done():
             self.welcomed.set_exception(ConnectionError(why))
+            self.welcomed.exception()  # retrieved: a reconnect waits on its own future
         assert self.transport is not None
         self.transport.close()
+        if self.joins and not self.stopping:  # it was in: come back, like the agent (the first join has its own)
+            task = asyncio.ensure_future(self.reconnect())
+            self.state.reconnecting.add(task)
+            task.add_done_callback(self.state.reconnecting.discard)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ended:
             self._end(f"connection lost: {exc!r}")
 
     def close(self) -> None:
+        self.stopping = True
         self.ended = True
         self.live = False
         if self.transport is not None:
@@ -651,16 +708,18 @@ async def gen_main(args: argparse.Namespace) -> None:
         if word == "stats":
             _emit({"connected": state.connected, "failed": state.failed, "closed": state.closed, "sent": state.sent,
                    "status_sent": state.status_sent, "late": state.late, "receipts": len(state.receipts),
-                   "stalled": state.stalled, "pings": state.pings,
+                   "stalled": state.stalled, "pings": state.pings, "rejoined": state.rejoined,
+                   "reconnect_failures": state.reconnect_failures,
+                   "last_rejoin": max(state.rejoin_times, default=None),
                    "errors": state.errors, "mono": time.monotonic()})
         elif word == "receipts":
             start = int(rest or 0)
             _emit({"receipts": [list(r) for r in state.receipts[start:]], "next": len(state.receipts)})
         elif word == "stop":
             break
-    for task in tasks:
+    for task in [*tasks, *state.reconnecting]:
         task.cancel()
-    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    await asyncio.wait_for(asyncio.gather(*tasks, *state.reconnecting, return_exceptions=True), 30)
     _emit({"event": "stopped", "sent": state.sent})
 
 
@@ -764,7 +823,7 @@ def gen_stats(gens: list[Child]) -> dict[str, Any]:
     stats = [g.ask("stats") for g in gens]
     total: dict[str, Any] = {k: sum(s[k] for s in stats)
                              for k in ("connected", "failed", "closed", "sent", "status_sent", "late", "receipts",
-                                       "stalled", "pings")}
+                                       "stalled", "pings", "rejoined", "reconnect_failures")}
     total["errors"] = [e for s in stats for e in s["errors"]][:5]
     return total
 
@@ -836,24 +895,25 @@ def bare_case(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         bare.stop()
 
 
-def start_controller(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[bytes], int, IO[str]]:
-    log = (tmp / "controller.log").open("w")
+def start_controller(args: argparse.Namespace, tmp: Path, port: int = 0,
+                     log_name: str = "controller.log") -> tuple[subprocess.Popen[bytes], int, IO[str]]:
+    log = (tmp / log_name).open("w")
     prefix = ["-m", "cProfile", "-o", args.controller_profile] if args.controller_profile else []
     verbose = ["-v"] if args.controller_debug else []
     cmd = [*pinned(args.server_cpus), sys.executable, *prefix, "-m", "xpud", *verbose, "controller", "--listen",
-           "127.0.0.1:0", "--inference-port", "0",
+           f"127.0.0.1:{port}", "--inference-port", "0",
            "--state", str(tmp / "state"), "--lease", str(args.lease)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        text = (tmp / "controller.log").read_text()
+        text = (tmp / log_name).read_text()
         if m := re.search(r"agents and admin at [\d.]+:(\d+)", text):
             return proc, int(m.group(1)), log
         if proc.poll() is not None:
             break
-        time.sleep(0.1)
+        time.sleep(0.02)
     proc.kill()
-    raise RuntimeError(f"controller did not start: {(tmp / 'controller.log').read_text()[-1500:]}")
+    raise RuntimeError(f"controller did not start: {(tmp / log_name).read_text()[-1500:]}")
 
 
 def list_nodes(admin: admin_pb2_grpc.AdminStub) -> tuple[list[apb.NodeInfo], float, float]:
@@ -1046,6 +1106,10 @@ def controller_case(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any]
                 push = {"error": repr(exc)[:500]}
         out["node_states_after_pushes"] = _states(list_nodes(admin)[0])
         out["events"] = event_counts(admin)
+        if "restart" in args.cases.split(",") and args.client == "wire":
+            first = channel
+            out["restart"], proc, log, channel = restart_case(args, tmp, proc, port, log, gens, admin)
+            first.close()
     except Exception as exc:
         out["error"] = repr(exc)[:500]
     finally:
@@ -1059,13 +1123,81 @@ def controller_case(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any]
             proc.kill()
             proc.wait(5)
         log.close()
-        text = (tmp / "controller.log").read_text(errors="replace")
+        text = "".join(f.read_text(errors="replace") for f in sorted(tmp.glob("controller*.log")))
         out["log"] = {"scheduling_failed": text.count("scheduling failed"),
                       "dictionary_changed_size": text.count("dictionary changed size during iteration")}
         if args.keep_log:
             with contextlib.suppress(OSError):
                 shutil.copy(tmp / "controller.log", args.keep_log)
+                if (tmp / "controller-restarted.log").exists():
+                    shutil.copy(tmp / "controller-restarted.log", args.keep_log + ".restarted")
     return out, push
+
+
+def placed(admin: admin_pb2_grpc.AdminStub) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Each deployment's phase and where its replicas are."""
+    return {d.spec.name: (d.phase, sorted((r.node, r.device) for r in d.replicas))
+            for d in admin.ListDeployments(apb.ListDeploymentsRequest(), timeout=60).deployments}
+
+
+def events_after(admin: admin_pb2_grpc.AdminStub, after: int) -> tuple[dict[str, int], int]:
+    """Counts of the events after seq `after` by kind, and the last seq."""
+    counts: dict[str, int] = {}
+    for _ in range(200):  # bounded: 200 pages of 1000
+        events = admin.ListEvents(apb.ListEventsRequest(after_seq=after, limit=1000), timeout=60).events
+        for e in events:
+            counts[e.kind] = counts.get(e.kind, 0) + 1
+            after = e.seq
+        if len(events) < 1000:
+            break
+    return counts, after
+
+
+def restart_case(args: argparse.Namespace, tmp: Path, proc: subprocess.Popen[bytes], port: int, log: IO[str],
+                 gens: list[Child], admin: admin_pb2_grpc.AdminStub
+                 ) -> tuple[dict[str, Any], subprocess.Popen[bytes], IO[str], grpc.Channel]:
+    """kill -9 the controller with every agent connected (and the pushed deployments placed), start it again on
+    the same --state and port: how long until every agent is back (each reconnects like the agent, with jittered
+    backoff from 0.25 s, saying in Hello what it applied and runs), what that cost, and that nothing moved."""
+    before = placed(admin)
+    _, last_seq = events_after(admin, 0)
+    g0 = gen_stats(gens)
+    proc.kill()
+    proc.wait(10)
+    log.close()
+    killed = time.monotonic()
+    proc, _, log = start_controller(args, tmp, port=port, log_name="controller-restarted.log")
+    started = time.monotonic()
+    ps = psutil.Process(proc.pid)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=ADMIN_OPTIONS)
+    admin = admin_pb2_grpc.AdminStub(channel)
+    want, g1 = g0["connected"] - g0["closed"], g0
+    deadline = time.monotonic() + args.connect_wait
+    while time.monotonic() < deadline:  # every agent welcomed again (the generators' own count)
+        g1 = gen_stats(gens)
+        if g1["rejoined"] - g0["rejoined"] >= want:
+            break
+        time.sleep(0.2)
+    rejoined_cpu = proc_cpu(ps)
+    last = max((s["last_rejoin"] for s in (g.ask("stats") for g in gens) if s["last_rejoin"]), default=None)
+    joined = wait_joined(admin, want, args.interval, args.connect_wait)
+    after = placed(admin)
+    moved = sum(len(set(where) ^ set(after.get(name, ("", []))[1])) for name, (_, where) in before.items())
+    counts, _ = events_after(admin, last_seq)
+    return {
+        "agents": want,
+        "rejoined": g1["rejoined"] - g0["rejoined"],
+        "controller_start_s": round(started - killed, 2),
+        "all_rejoined_s_from_kill": None if last is None else round(last - killed, 2),
+        "controller_cpu_s_until_all_rejoined": round(rejoined_cpu, 2),
+        "joined_and_heard": joined,
+        "deployments": len(before),
+        "phases_before": sorted({phase for phase, _ in before.values()}),
+        "phases_after": sorted({phase for phase, _ in after.values()}),
+        "replica_places_changed": moved,
+        "events_after_restart": counts,
+        "reconnect_failures": g1["reconnect_failures"] - g0["reconnect_failures"],
+    }, proc, log, channel
 
 
 def _states(nodes: list[apb.NodeInfo]) -> dict[str, int]:
@@ -1168,7 +1300,9 @@ def main() -> None:
     parser.add_argument("--client", choices=("grpc", "wire"), default="wire",
                         help="the simulated agents' client: grpc.aio (grpc), or a minimal HTTP/2 gRPC client on "
                              "asyncio Protocols (wire: far less CPU per message: one core offers 10,000 agents)")
-    parser.add_argument("--cases", default="bare,controller", help="which cases to run (comma-separated)")
+    parser.add_argument("--cases", default="bare,controller,restart",
+                        help="which cases to run (comma-separated); restart: kill -9 the controller after the "
+                             "pushes and start it again (wire client only)")
     parser.add_argument("--server-cpus", metavar="LIST",
                         help="pin the bare server and the controller to these CPUs (taskset -c LIST), e.g. 0 or 0,1: "
                              "on a bigger machine, gives the server this VM's budget while the generators use the rest")
