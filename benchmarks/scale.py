@@ -250,6 +250,16 @@ class GenState:
         if len(self.errors) < 5:
             self.errors.append(text[:300])
 
+    def applied(self, i: int, desired: lpb.DesiredState) -> lpb.StatusReport:
+        """Node i received `desired` (now): the StatusReport it answers, every assignment READY."""
+        self.receipts.append((i, time.monotonic(), desired.generation, [a.deployment for a in desired.assignments]))
+        status = lpb.StatusReport(generation=desired.generation)
+        for a in desired.assignments:
+            status.instances.add(deployment=a.deployment, model=a.model, version=a.version, digest=a.digest,
+                                 state="READY", devices=list(a.devices), memory_bytes=64 << 20,
+                                 execution_provider="CPUExecutionProvider")
+        return status
+
 
 async def sim_agent(i: int, args: argparse.Namespace, state: GenState, connect: asyncio.Semaphore,
                     options: list[tuple[str, Any]]) -> None:
@@ -285,14 +295,7 @@ async def sim_agent(i: int, args: argparse.Namespace, state: GenState, connect: 
                     return
                 if message.WhichOneof("kind") != "desired":
                     continue
-                desired = message.desired
-                state.receipts.append((i, time.monotonic(), desired.generation,
-                                       [a.deployment for a in desired.assignments]))
-                status = lpb.StatusReport(generation=desired.generation)
-                for a in desired.assignments:
-                    status.instances.add(deployment=a.deployment, model=a.model, version=a.version, digest=a.digest,
-                                         state="READY", devices=list(a.devices), memory_bytes=64 << 20,
-                                         execution_provider="CPUExecutionProvider")
+                status = state.applied(i, message.desired)
                 async with lock:
                     await call.write(lpb.AgentMessage(status=status))
                 state.status_sent += 1
@@ -556,15 +559,8 @@ class WireAgent(asyncio.Protocol):
                 self.state.status_sent += 1
                 self.live = True
             elif kind == "desired":
-                desired = message.desired
-                self.state.receipts.append((self.i, time.monotonic(), desired.generation,
-                                            [a.deployment for a in desired.assignments]))
-                status = lpb.StatusReport(generation=desired.generation)
-                for a in desired.assignments:
-                    status.instances.add(deployment=a.deployment, model=a.model, version=a.version, digest=a.digest,
-                                         state="READY", devices=list(a.devices), memory_bytes=64 << 20,
-                                         execution_provider="CPUExecutionProvider")
-                self.generation, self.instances = desired.generation, list(status.instances)
+                status = self.state.applied(self.i, message.desired)
+                self.generation, self.instances = status.generation, list(status.instances)
                 self.send(lpb.AgentMessage(status=status))
                 self.state.status_sent += 1
 
