@@ -52,6 +52,7 @@ Event = tuple[str, str, str]  # kind, subject, message
 
 MEMORY_FACTOR = 3  # replica memory estimate: model file size x this, until the agent measures it
 MIN_MEMORY = 64 << 20
+LOG_EACH = 10  # events of one kind in one transaction logged one line each below this many, else in one line
 COALESCE = 0.05  # seconds a background trigger waits for others (a join storm) to share one scheduling pass
 STORE_SWITCH_INTERVAL = 0.0005  # seconds: the GIL switch interval while the store thread writes
 COMMIT_BLOCK = 0.02  # seconds the loop waits blocked for a store call before it awaits the rest (`db_soon`)
@@ -92,6 +93,7 @@ class Controller:
         self.event_listeners: set[asyncio.Queue[Any]] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._joined: set[str] = set()  # nodes whose running instances the next pass adopts
+        self._node_events: list[Event] = []  # NodeReady events for the failure detector's next transaction
         self.planner = Planner()  # the scheduler with its state between passes (shortcuts for settled pools)
         self._dirty = asyncio.Event()
         self._reconciling = asyncio.Lock()
@@ -158,10 +160,20 @@ class Controller:
             self._notify(await self.db(self.store.commit, events=events, when=time.time()))
 
     def _notify(self, records: Sequence[EventRecord]) -> None:
+        """Tell the watchers (`xpud events --follow`) every event; log each, or one line for a kind that came
+        LOG_EACH times or more in one transaction (a join storm: 10,000 lines, then one per batch)."""
+        kinds: dict[str, list[EventRecord]] = {}
         for record in records:
-            log.info("event %s %s: %s", record.kind, record.subject, record.message)
+            kinds.setdefault(record.kind, []).append(record)
             for queue in list(self.event_listeners):
                 queue.put_nowait(record)
+        for kind, group in kinds.items():
+            if len(group) < LOG_EACH:
+                for record in group:
+                    log.info("event %s %s: %s", kind, record.subject, record.message)
+            else:
+                log.info("event %s x %d: %s, ... (%s; each one in `xpud events`)", kind, len(group),
+                         ", ".join(r.subject for r in group[:3]), group[0].message)
 
     def changed(self) -> None:
         self._dirty.set()
@@ -264,10 +276,14 @@ class Controller:
                 used.add(index)
                 replicas.append(Replica(name, index, node.name, device, spec.memory_bytes or MIN_MEMORY))
 
-    async def node_back(self, node: NodeState) -> None:
+    def node_back(self, node: NodeState) -> None:
+        """A Suspect (or Lost) node spoke again: Ready at once, its event written with the failure detector's next
+        batch. Its reader must not wait for a commit: under load, nodes whose readers each waited for their own
+        commit (one at a time on the store's thread) went silent meanwhile and Suspect again, and their events
+        and commits multiplied."""
         was = node.state
         node.state = NODE_READY
-        await self.event("NodeReady", node.name, f"heard from again (was {was})")
+        self._node_events.append(("NodeReady", node.name, f"heard from again (was {was})"))
         self.changed()
 
     async def node_left(self, node: NodeState) -> None:
@@ -283,12 +299,17 @@ class Controller:
                       if state == NODE_LOST else ("NodeSuspect", node.name, "missed 2 telemetry intervals")
                       for node, state in self.pool.age(self.interval, self.lease)]
             try:
-                await self.emit(events)  # one transaction per pass, however many nodes changed
+                await self.record_node_states(events)  # one transaction per pass, however many nodes changed
             except Exception:
                 log.exception("recording node states failed")
             if any(kind == "NodeLost" for kind, _, _ in events):
                 self.changed()
             self.heap.tick(busy=self._reconciling.locked())
+
+    async def record_node_states(self, events: Sequence[Event] = ()) -> None:
+        """Write the NodeReady events queued since the last call, then `events`, in one transaction."""
+        queued, self._node_events = self._node_events, []
+        await self.emit([*queued, *events])
 
     async def _schedule_loop(self) -> None:
         while True:

@@ -83,7 +83,7 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
                     break
                 pool.seen(node, time.time())
                 if node.state != NODE_READY:  # a Suspect (or Lost) node that speaks again is back
-                    await self.controller.node_back(node)
+                    self.controller.node_back(node)
                 kind = message.WhichOneof("kind")
                 if kind == "telemetry":
                     if pool.telemetry(node, message.telemetry):  # a device's health changed

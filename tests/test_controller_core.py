@@ -75,8 +75,9 @@ async def test_a_suspect_node_that_speaks_again_is_ready(tmp_path):
         yield lpb.AgentMessage(telemetry=lpb.Telemetry(seq=1))
 
     await AgentLinkService(controller)._read(messages(), node, session)
-    assert node.state == NODE_READY
-    assert [e.kind for e in store.events()] == ["NodeReady"]
+    assert node.state == NODE_READY and store.events() == []  # the reader did not wait for a commit
+    await controller.record_node_states([("NodeSuspect", "n2", "missed 2 telemetry intervals")])
+    assert [(e.kind, e.subject) for e in store.events()] == [("NodeReady", "n1"), ("NodeSuspect", "n2")]
     await controller.close()
     store.close()
 
@@ -169,5 +170,26 @@ async def test_a_pass_runs_to_its_end_when_the_call_that_asked_for_it_is_cancell
         assert controller.specs == {"web": spec} and store.deployments() == [spec]
         assert [r.node for r in controller.placement["web"]] == ["n1"]
         assert [a.deployment for a in node.session.outbox.get_nowait().desired.assignments] == ["web"]
+    await controller.close()
+    store.close()
+
+
+async def test_a_storm_of_events_is_logged_in_one_line_per_kind_and_each_reaches_the_watchers(tmp_path, caplog):
+    import asyncio
+    import logging
+
+    from xpud.controller import control
+
+    store = Store(tmp_path)
+    controller = Controller(store)
+    watcher: asyncio.Queue[object] = asyncio.Queue()
+    controller.event_listeners.add(watcher)
+    joined = [("NodeJoined", f"n{i}", "3 device(s)") for i in range(control.LOG_EACH + 5)]
+    with caplog.at_level(logging.INFO, logger="xpud.controller.control"):
+        await controller.emit([*joined, ("NodeLost", "m1", "no message for 3 s")])
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"event NodeJoined x {len(joined)}: n0, n1, n2, ... (3 device(s); each one in `xpud events`)",
+                     "event NodeLost m1: no message for 3 s"]
+    assert watcher.qsize() == len(joined) + 1 and len(store.events()) == len(joined) + 1
     await controller.close()
     store.close()
