@@ -52,6 +52,7 @@ Event = tuple[str, str, str]  # kind, subject, message
 
 MEMORY_FACTOR = 3  # replica memory estimate: model file size x this, until the agent measures it
 MIN_MEMORY = 64 << 20
+RETURN_GRACE = 300.0  # seconds after a restart past which a known node that has not come back is Lost regardless
 LOG_EACH = 10  # events of one kind in one transaction logged one line each below this many, else in one line
 COALESCE = 0.05  # seconds a background trigger waits for others (a join storm) to share one scheduling pass
 STORE_SWITCH_INTERVAL = 0.0005  # seconds: the GIL switch interval while the store thread writes
@@ -94,6 +95,7 @@ class Controller:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._joined: set[str] = set()  # nodes whose running instances the next pass adopts
         self._node_events: list[Event] = []  # NodeReady events for the failure detector's next transaction
+        self._started = 0.0  # clock time of start()
         self.planner = Planner()  # the scheduler with its state between passes (shortcuts for settled pools)
         self._dirty = asyncio.Event()
         self._reconciling = asyncio.Lock()
@@ -137,6 +139,9 @@ class Controller:
             node.providers = list(record.info.get("providers", []))
             node.endpoint = str(record.info.get("endpoint", ""))
             node.state, node.last_seen = NODE_SUSPECT, now
+        self.pool.returning = set(self.pool.nodes)
+        self.pool.returning_until = now + self.lease
+        self._started = now
         log.info("controller state: %d deployment(s), %d node(s) known", len(self.specs), len(self.pool.nodes))
         self._tasks = [asyncio.create_task(self._schedule_loop()), asyncio.create_task(self._detect_loop())]
         self._dirty.set()
@@ -230,6 +235,9 @@ class Controller:
                                 ("NodeJoined", node.name, joined))
         node.state = NODE_READY
         self._joined.add(node.name)
+        if self.pool.returning:  # agents are still coming back after a restart: the others get another lease
+            self.pool.returning_until = max(self.pool.returning_until,
+                                            min(self.clock() + self.lease, self._started + RETURN_GRACE))
         # never below what the agent applied (a state dir restored from a backup, say): its reports stay readable
         self.generations[node.name] = max(self.generations.get(node.name, 0), hello.generation)
         self.shares.new_stream(node.name)  # send the desired state again

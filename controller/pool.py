@@ -137,6 +137,10 @@ class Pool:
         self._at: dict[str, int] = {}  # a node's position there
         self._added: list[str] = []  # nodes created since the last views()
         self._changed: set[str] = set()  # nodes touched since the last views()
+        # nodes known from before a controller restart that have not spoken since, and the clock time until which
+        # they are not declared Lost (see `Controller.node_joined`)
+        self.returning: set[str] = set()
+        self.returning_until = 0.0
 
     def node(self, name: str) -> NodeState:
         if name not in self.nodes:
@@ -160,6 +164,8 @@ class Pool:
     def seen(self, node: NodeState, wall: float) -> None:
         node.last_seen, node.last_seen_wall = self.clock(), wall
         node.connected = True
+        if self.returning:
+            self.returning.discard(node.name)
 
     def telemetry(self, node: NodeState, batch: lpb.Telemetry) -> bool:
         """Merge a batch of samples; True when a device's health changed (what the scheduler must act on)."""
@@ -225,7 +231,8 @@ class Pool:
         )
 
     def age(self, interval: float, lease: float) -> list[tuple[NodeState, str]]:
-        """Suspect after 2 missed intervals, Lost after the lease; returns the nodes whose state changed."""
+        """Suspect after 2 missed intervals, Lost after the lease (a node still `returning` only after
+        `returning_until`); returns the nodes whose state changed."""
         now = self.clock()
         changed = []
         recent = now - min(2 * interval, lease)  # heard from since: nothing to change (most nodes, every time)
@@ -234,6 +241,8 @@ class Pool:
                 continue
             silent = now - node.last_seen
             if node.state != NODE_LOST and silent >= lease:
+                if now < self.returning_until and node.name in self.returning:
+                    continue  # its agent is still among those coming back after a controller restart
                 node.state, node.connected = NODE_LOST, False
                 changed.append((node, NODE_LOST))
             elif node.state == NODE_READY and silent >= 2 * interval:
