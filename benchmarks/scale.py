@@ -776,6 +776,15 @@ class Child:
         self._log.close()
 
 
+def cpu_list(cpus: str) -> set[int]:
+    """taskset's list syntax: "0", "1-15", "0,2-3"."""
+    out: set[int] = set()
+    for part in cpus.split(","):
+        first, _, last = part.partition("-")
+        out.update(range(int(first), int(last or first) + 1))
+    return out
+
+
 def pinned(cpus: str | None) -> list[str]:
     """A command prefix that keeps a child (all its threads) on these CPUs: ``taskset -c LIST``, or nothing."""
     return ["taskset", "-c", cpus] if cpus else []
@@ -1317,6 +1326,8 @@ def main() -> None:
     if args.role == "main" and args.server_cpus is None and args.generator_cpus is None and cpus >= 2 \
             and shutil.which("taskset"):
         args.server_cpus, args.generator_cpus = "0", f"1-{cpus - 1}" if cpus > 2 else "1"
+    if args.role == "main" and args.generator_cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpu_list(args.generator_cpus))  # this process' admin calls stay off the server's
     if args.role == "bare":
         asyncio.run(bare_main(args))
     elif args.role == "gen":

@@ -36,25 +36,33 @@ YOUNG_THRESHOLD = 100_000  # automatic collections only after this many more all
 YOUNG_PERIOD = 60.0  # seconds between collections of the two young generations at scale (100 ms each at 10,000)
 HEAP_PERIOD = 600.0  # seconds between full collections of everything (the frozen objects too) at scale
 MAX_PERIOD = 6 * 3600.0  # the most either period grows to
+LOG_SLOW = 0.01  # seconds: an automatic collection that took longer is logged (debug)
 FEW_FREED = 1000  # a collection that frees fewer objects doubles its period
 YOUNG_SKIP = 10_000  # no young collection while fewer objects than this were allocated (net) since the last
 
 
 class GcTime:
     """Seconds spent in the cyclic garbage collector since the start, and the oldest generation collected since
-    `oldest` was last reset."""
+    `oldest` was last reset. A collection the collector started itself (not `Heap`'s) that took over LOG_SLOW
+    seconds is logged at debug level while `Heap` runs the collector: it stalled whatever ran then."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.oldest = -1
+        self.scheduled = False  # Heap is collecting
+        self.watch = False  # Heap runs the collector (scale)
         self._start = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._start = time.perf_counter()
         else:
-            self.seconds += time.perf_counter() - self._start
+            took = time.perf_counter() - self._start
+            self.seconds += took
             self.oldest = max(self.oldest, info["generation"])
+            if self.watch and not self.scheduled and took > LOG_SLOW:
+                log.debug("automatic garbage collection of generation %d: %d objects freed in %.1f ms",
+                          info["generation"], info["collected"], took * 1e3)
 
 
 GC_TIME = GcTime()
@@ -81,6 +89,7 @@ class Heap:
         if self.default is None:
             self.default = gc.get_threshold()
             gc.set_threshold(YOUNG_THRESHOLD, *self.default[1:])
+            GC_TIME.watch = True
             log.info("%d nodes: the cyclic garbage collector runs on the controller's schedule", nodes)
         if settled or 4 * nodes >= 5 * self.frozen_nodes:
             gc.freeze()
@@ -99,7 +108,7 @@ class Heap:
             self.ended = 0
             started = time.perf_counter()
             gc.unfreeze()
-            freed = gc.collect()
+            freed = _collect(2)
             gc.freeze()
             self.heap_period = _next_period(self.heap_period, HEAP_PERIOD, freed)
             log.info("full garbage collection: %d objects freed in %.0f ms (next in %.0f s)", freed,
@@ -110,7 +119,7 @@ class Heap:
         elif now - self.young_at >= self.young_period:
             self.young_at = now
             started = time.perf_counter()
-            freed = gc.collect(1)
+            freed = _collect(1)
             gc.freeze()  # what survived is walked again only by the next full collection
             self.young_period = _next_period(self.young_period, YOUNG_PERIOD, freed)
             log.debug("young garbage collection: %d objects freed in %.1f ms (next in %.0f s)", freed,
@@ -121,9 +130,18 @@ class Heap:
         if self.default is not None:
             gc.set_threshold(*self.default)
             gc.unfreeze()
+            GC_TIME.watch = False
             self.default, self.frozen_nodes = None, 0
 
 
 def _next_period(period: float, start: float, freed: int) -> float:
     """Twice as long after a collection that freed next to nothing (up to MAX_PERIOD); else back to the start."""
     return min(period * 2, MAX_PERIOD) if freed < FEW_FREED else start
+
+
+def _collect(generation: int) -> int:
+    GC_TIME.scheduled = True
+    try:
+        return gc.collect(generation)
+    finally:
+        GC_TIME.scheduled = False

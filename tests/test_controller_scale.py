@@ -365,3 +365,26 @@ async def test_a_join_storm_shares_transactions_and_records_every_node(tmp_path,
     assert all(n.state == NODE_READY for n in nodes)
     await controller.close()
     store.close()
+
+
+def test_a_collection_the_collector_starts_itself_at_scale_is_logged(monkeypatch, caplog):
+    import gc
+    import logging
+
+    from xpud.controller import heap
+
+    monkeypatch.setattr(heap, "SCALE_NODES", 1)
+    monkeypatch.setattr(heap, "LOG_SLOW", 0.0)
+    h = heap.Heap(Clock())
+    try:
+        with caplog.at_level(logging.DEBUG, logger="xpud.controller.heap"):
+            h.grown(1)  # scale: the collector runs on the controller's schedule
+            gc.collect(0)  # as if the collector had started one inside some call
+            h.young_at -= heap.YOUNG_PERIOD
+            monkeypatch.setattr(heap, "YOUNG_SKIP", 0)
+            h.tick(busy=False)  # Heap's own: logged as such, not as automatic
+        automatic = [r for r in caplog.records if r.getMessage().startswith("automatic garbage collection")]
+        assert len(automatic) == 1 and "generation 0" in automatic[0].getMessage()
+    finally:
+        h.close()
+    assert not heap.GC_TIME.watch
