@@ -256,13 +256,17 @@ async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_froz
         controller.heap.tick(busy=False)
         assert heap.GC_TIME.oldest == -1  # not yet
         clock.t += heap.HEAP_PERIOD
-        controller.heap.tick(busy=False)  # no stream ended since: nothing frozen can have become garbage
+        controller.heap.tick(busy=False)  # the pool grew (joins' garbage frozen): everything, then frozen again
+        assert heap.GC_TIME.oldest == 2 and gc.get_freeze_count() > 0
+        assert controller.heap.heap_period == 2 * heap.HEAP_PERIOD and not controller.heap.grew
+        heap.GC_TIME.oldest = -1
+        clock.t += controller.heap.heap_period
+        controller.heap.tick(busy=False)  # no stream ended, no growth since: nothing frozen can be garbage
         assert heap.GC_TIME.oldest == -1 and controller.heap.skipped == 2
         await controller.node_left(controller.pool.nodes["n0"])
-        clock.t += heap.HEAP_PERIOD
-        controller.heap.tick(busy=False)  # everything, the frozen objects too, then frozen again
-        assert heap.GC_TIME.oldest == 2 and gc.get_freeze_count() > 0
-        assert controller.heap.heap_period == 2 * heap.HEAP_PERIOD and controller.heap.ended == 0
+        clock.t += controller.heap.heap_period
+        controller.heap.tick(busy=False)
+        assert heap.GC_TIME.oldest == 2 and controller.heap.ended == 0
     finally:
         await controller.close()
         store.close()
