@@ -392,6 +392,7 @@ class Controller:
         started, gc_before, GC_TIME.oldest = time.perf_counter(), GC_TIME.seconds, -1
         catalog = await self.catalog(*((spec.model, spec.version) for spec in self.specs.values()))
         stored = {k: list(v) for k, v in self.placement.items()}  # adopting changes it in memory only
+        joined = bool(self._joined)
         for name in self._joined:
             if (node := self.pool.nodes.get(name)) is not None:
                 self._adopt(node)
@@ -435,7 +436,7 @@ class Controller:
         self._push(pushes, generations)
         pushed = time.perf_counter()
         self._notify(records)
-        self.heap.grown(len(self.pool.nodes))
+        self.heap.grown(len(self.pool.nodes), joined=joined)
         if self.planner.last == "full" or refreshed != self.planner.refreshed:
             self._warm_later()  # new pools, or nodes joined: once the pool settles, build what is missing, freeze
         log.debug("pass (%s): inputs %.1f ms, views %.1f ms, schedule %.1f ms (views and schedule: %.1f ms of CPU), "

@@ -9,15 +9,15 @@ often than not, as that is what allocates. Full collections walk every live obje
 So from SCALE_NODES nodes on, `Heap` takes the collector over:
   - automatic collections start only after YOUNG_THRESHOLD net allocations (a safety net, not the rule);
   - the young generations are collected every YOUNG_PERIOD seconds, between scheduling passes;
-  - what is alive after a pass in which the pool grew, once it has settled, or after a young collection, is frozen
+  - what is alive after a pass in which nodes joined, once the pool has settled, or after a young collection, is frozen
     (`gc.freeze`, which costs nothing): no collection walks it again, and every HEAP_PERIOD one full collection of
     everything frees cycles among objects frozen while alive (the streams that have ended since, the garbage of
     joins frozen with them), then freezes again. During a join storm of 10,000 agents, freezing only when the pool
     had grown by a quarter let the collector start collections of the young generation itself every 2-10 s, each
     freeing ~5,000 objects in 130-340 ms;
   - a collection is skipped when it could not free much: a young one when fewer than YOUNG_SKIP objects were
-    allocated (net) since the last collection or freeze, a full one when no stream has ended and the pool has not
-    grown since the last (`stream_ended`). Each period doubles after a collection that freed fewer than FEW_FREED
+    allocated (net) since the last collection or freeze, a full one when no stream has ended and no node joined
+    since the last (`stream_ended`). Each period doubles after a collection that freed fewer than FEW_FREED
     objects (up to MAX_PERIOD), and is back to its start after one that freed more.
 A settled pool makes next to no cyclic garbage, and each collection stalls the event loop (streams, admin calls,
 the router): at 10,000 agents on the 2-core VM, young collections freed 0-200 objects in 20-300 ms, a full one
@@ -80,14 +80,15 @@ class Heap:
         self.young_at = self.full_at = clock()
         self.young_period, self.heap_period = YOUNG_PERIOD, HEAP_PERIOD
         self.ended = 0  # streams ended since the last full collection (their objects may be frozen garbage)
-        self.grew = False  # the pool grew since the last full collection (the garbage of joins was frozen)
+        self.grew = False  # nodes joined since the last full collection (the garbage of joins was frozen)
         self.skipped = 0  # collections skipped as they could not free much
 
     def stream_ended(self) -> None:
         self.ended += 1
 
-    def grown(self, nodes: int, settled: bool = False) -> None:
-        """After a pass (the pool may have grown) or once it has `settled` (no full pass for a while)."""
+    def grown(self, nodes: int, joined: bool = False, settled: bool = False) -> None:
+        """After a pass (the pool may have grown, nodes `joined`) or once it has `settled` (no full pass for a
+        while)."""
         if nodes < SCALE_NODES:
             return
         if self.default is None:
@@ -95,9 +96,9 @@ class Heap:
             gc.set_threshold(YOUNG_THRESHOLD, *self.default[1:])
             GC_TIME.watch = True
             log.info("%d nodes: the cyclic garbage collector runs on the controller's schedule", nodes)
-        if settled or nodes > self.frozen_nodes:
+        if settled or joined or nodes > self.frozen_nodes:
             gc.freeze()
-            self.grew |= nodes > self.frozen_nodes
+            self.grew |= joined or nodes > self.frozen_nodes
             self.frozen_nodes = nodes
 
     def tick(self, busy: bool) -> None:
