@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -935,19 +935,23 @@ def pool_energy(admin: admin_pb2_grpc.AdminStub) -> tuple[dict[str, float], floa
     return {d.node: d.sample.energy for d in pool.devices if d.device.id == "sim:0"}, (t0 + t1) / 2, t1 - t0
 
 
+def all_events(admin: admin_pb2_grpc.AdminStub, after: int = 0) -> Iterator[apb.Event]:
+    """The events after seq `after`, page by page (bounded: 200 pages of 1000)."""
+    for _ in range(200):
+        events = admin.ListEvents(apb.ListEventsRequest(after_seq=after, limit=1000), timeout=60).events
+        yield from events
+        if len(events) < 1000:
+            return
+        after = events[-1].seq
+
+
 def event_counts(admin: admin_pb2_grpc.AdminStub) -> dict[str, Any]:
     counts: dict[str, int] = {}
     joined: list[float] = []
-    after = 0
-    for _ in range(200):  # bounded: 200 pages of 1000
-        events = admin.ListEvents(apb.ListEventsRequest(after_seq=after, limit=1000), timeout=60).events
-        for e in events:
-            counts[e.kind] = counts.get(e.kind, 0) + 1
-            after = e.seq
-            if e.kind == "NodeJoined":
-                joined.append(e.time)
-        if len(events) < 1000:
-            break
+    for e in all_events(admin):
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+        if e.kind == "NodeJoined":
+            joined.append(e.time)
     return {"counts": counts, "node_joined_span_s": round(max(joined) - min(joined), 2) if joined else None}
 
 
@@ -1148,13 +1152,9 @@ def placed(admin: admin_pb2_grpc.AdminStub) -> dict[str, tuple[str, list[tuple[s
 def events_after(admin: admin_pb2_grpc.AdminStub, after: int) -> tuple[dict[str, int], int]:
     """Counts of the events after seq `after` by kind, and the last seq."""
     counts: dict[str, int] = {}
-    for _ in range(200):  # bounded: 200 pages of 1000
-        events = admin.ListEvents(apb.ListEventsRequest(after_seq=after, limit=1000), timeout=60).events
-        for e in events:
-            counts[e.kind] = counts.get(e.kind, 0) + 1
-            after = e.seq
-        if len(events) < 1000:
-            break
+    for e in all_events(admin, after):
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+        after = e.seq
     return counts, after
 
 
