@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from models import mlp, save, scale
-from xpud.agent.modelrepo import ModelConfigError, TensorSpec, complete_config, read_config, version_files
-from xpud.agent.models import batch_policy, placements, warmup_inputs
-from xpud.agent.runtime import CPU, CUDA, TENSORRT, OrtInstance, Placement, SessionError, SessionOptions
+from xpud.agent.serving.modelconfig import batch_policy, placements, warmup_inputs
+from xpud.agent.serving.repository import ModelConfigError, TensorSpec, complete_config, read_config, version_files
+from xpud.agent.serving.runtime import CPU, CUDA, TENSORRT, OrtInstance, Placement, SessionError, SessionOptions
 from xpud.proto.oip import mc
 
 X = [TensorSpec("x", "tensor(float)", ("batch", 4))]
@@ -138,7 +138,7 @@ model_warmup [{ name: "ones", batch_size: 8, inputs { key: "x" value { data_type
 
 
 def test_intra_op_spinning_is_configurable(tmp_path):
-    from xpud.agent.models import session_options
+    from xpud.agent.serving.modelconfig import session_options
 
     assert session_options(config_of(tmp_path, ""), 1).allow_spinning is None  # ONNX Runtime's default
     off = config_of(tmp_path, 'parameters { key: "intra_op_allow_spinning" value { string_value: "false" } }')
