@@ -1,4 +1,4 @@
-"""The standalone agent: inventory + telemetry + /metrics until SIGTERM/SIGINT."""
+"""The agent process: wires telemetry, serving and the controller link, and runs them until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def serving_gpus(inventory: Inventory) -> list[int]:
 async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | None) -> None:
     """The OIP endpoint over a model manager: of the repository ``repo``, or (None) of what is assigned."""
     from .serving.gpumemory import GpuMemory
-    from .serving.manager import ModelManager  # imports onnxruntime: only for an agent that serves
+    from .serving.manager import ModelManager  # numpy and the serving stack: only for an agent that serves
     from .serving.servicer import InferenceServer
     from .serving.stats import InferenceMetrics
 

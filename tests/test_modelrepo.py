@@ -7,7 +7,16 @@ import pytest
 from models import mlp, save, scale
 from xpud.agent.serving.modelconfig import batch_policy, placements, warmup_inputs
 from xpud.agent.serving.repository import ModelConfigError, TensorSpec, complete_config, read_config, version_files
-from xpud.agent.serving.runtime import CPU, CUDA, TENSORRT, OrtInstance, Placement, SessionError, SessionOptions
+from xpud.agent.serving.runtime import (
+    CPU,
+    CUDA,
+    ROCM,
+    TENSORRT,
+    OrtInstance,
+    Placement,
+    SessionError,
+    SessionOptions,
+)
 from xpud.proto.oip import mc
 
 X = [TensorSpec("x", "tensor(float)", ("batch", 4))]
@@ -84,6 +93,20 @@ def test_version_policies(tmp_path):
     with pytest.raises(ModelConfigError, match=r"no version folder holds model\.onnx"):
         version_files(tmp_path / "empty", read_config(tmp_path / "empty"))
 
+
+
+@pytest.mark.parametrize(
+    ("available", "chain"),
+    [
+        ([TENSORRT, CUDA, CPU], (CUDA,)),
+        ([ROCM, CPU], (ROCM,)),  # an AMD build of ONNX Runtime
+        ([CUDA, ROCM, CPU], (CUDA,)),
+        ([CPU], (CUDA,)),  # no GPU provider at all: CUDA is asked for, and the session check says why it fails
+    ],
+)
+def test_gpu_instances_ask_for_the_provider_this_build_has(tmp_path, available, chain):
+    config = config_of(tmp_path, "instance_group [{ kind: KIND_GPU }]")
+    assert [p.providers for p in placements(config, [0], available)] == [chain]
 
 def test_placements_follow_instance_groups_and_gpus(tmp_path):
     auto = config_of(tmp_path, "instance_group [{ count: 2 }]")

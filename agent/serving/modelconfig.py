@@ -1,6 +1,6 @@
 """A model's configuration -> what the runtime needs: instance placements, session options, batch policy, warm-up.
 
-All pure: they read a (completed or not) Triton ModelConfig and build the agent's own settings types.
+Plain functions of a Triton ModelConfig (completed from the graph or not) that build the agent's own types.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 from xpud.proto.devices import DEFAULT_GPU_PROVIDERS, GPU_VENDORS
 from xpud.proto.oip import config_to_triton, mc, numpy_dtype
 
-from .batcher import BatchPolicy
+from .batchpolicy import BatchPolicy
 from .repository import ModelConfigError
 from .runtime import ACCELERATOR_EPS, CPU, OrtInstance, Placement, SessionOptions, default_intra_threads
 
