@@ -62,7 +62,7 @@ class AgentConfig:
     controller: str | None = None  # HOST:PORT of the controller; None: standalone
     labels: dict[str, str] = field(default_factory=dict)
     zone: str = ""
-    cache_dir: str | None = None  # artifacts, the agent-managed repository, the last desired state
+    cache_dir: str | None = None  # the artifact cache and the last desired state
     cache_max_bytes: int = 20 << 30  # the artifact cache evicts least recently used artifacts past this
     tls_ca: str | None = None  # the link to the controller: CA of the controller's certificate
     tls_cert: str | None = None  # this agent's certificate and key, for a controller that requires mTLS

@@ -1,28 +1,30 @@
-"""The standalone agent: inventory + telemetry + /metrics until SIGTERM/SIGINT."""
+"""The agent process: wires telemetry, serving and the controller link, and runs them until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xpud.proto.devices import GPU_VENDORS
+
 from .config import AgentConfig
-from .inventory import Inventory, available_plugins, plugin_slots
-from .metrics import AgentMetrics
 from .sdnotify import SystemdNotifier
-from .telemetry import Snapshot, Telemetry
+from .telemetry.inventory import Inventory, available_plugins, plugin_slots
+from .telemetry.metrics import AgentMetrics
+from .telemetry.sampling import Snapshot, Telemetry
 
 if TYPE_CHECKING:
-    from .link import LinkClient
-    from .models import ModelManager
-    from .serving import InferenceServer
+    from .link.client import LinkClient
+    from .serving.manager import ModelManager
+    from .serving.servicer import InferenceServer
 
 log = logging.getLogger(__name__)
-GPU_PLUGINS = ("nvidia", "amd")  # plugins whose device indices are execution-provider device ids
 
 
 class StartupError(RuntimeError):
@@ -80,30 +82,28 @@ async def start_agent(config: AgentConfig) -> RunningAgent:
     if config.controller is not None:
         await _start_linked(agent, config)
     elif config.model_repo is not None:
-        await _start_serving(agent, config)
+        await _start_serving(agent, config, Path(config.model_repo))
     return agent
 
 
 async def _start_linked(agent: RunningAgent, config: AgentConfig) -> None:
-    """Serve what the controller assigns: an agent-managed repository, the artifact cache, the link."""
+    """Serve what the controller assigns (models loaded from the artifact cache), keep the link."""
     from xpud.proto.credentials import CredentialsError, TlsFiles, channel_credentials
 
-    from .artifacts import ArtifactCache
-    from .link import LinkClient
-    from .reconcile import Reconciler
-    from .runtime import available_providers
+    from .link.artifacts import ArtifactCache
+    from .link.client import LinkClient
+    from .link.reconcile import Reconciler
+    from .serving.runtime import available_providers
 
     cache = config.cache_path()
-    repo = cache / "repo"
     try:
-        repo.mkdir(parents=True, exist_ok=True)
+        artifacts = ArtifactCache(cache / "artifacts", config.cache_max_bytes)
     except OSError as exc:
         await agent.close()
         raise StartupError(f"cannot use cache directory {str(cache)!r}: {exc.strerror} (set --cache-dir)") from None
-    config.model_repo = str(repo)
-    await _start_serving(agent, config, load_all=False)
+    shutil.rmtree(cache / "repo", ignore_errors=True)  # hard links into the artifacts, made by older agents
+    await _start_serving(agent, config, None)
     assert agent.manager is not None and agent.grpc_port is not None
-    artifacts = ArtifactCache(cache / "artifacts", config.cache_max_bytes)
     reconciler = Reconciler(agent.manager, artifacts, cache / "desired.json")
     generation, saved = reconciler.saved()
     if saved:  # the data plane comes back before (and without) the controller
@@ -126,18 +126,18 @@ def serving_gpus(inventory: Inventory) -> list[int]:
     """Device ids the execution providers can use: whole NVIDIA/AMD GPUs (not MIG slices, not simulated)."""
     return sorted(
         d.index for d in inventory.devices
-        if d.plugin in GPU_PLUGINS and d.kind == "gpu" and d.partition is None and d.index is not None
+        if d.plugin in GPU_VENDORS and d.kind == "gpu" and d.partition is None and d.index is not None
     )
 
 
-async def _start_serving(agent: RunningAgent, config: AgentConfig, load_all: bool = True) -> None:
-    from .gpumemory import GpuMemory
-    from .models import ModelManager  # imports onnxruntime: only for an agent that serves
-    from .serving import InferenceServer
-    from .stats import InferenceMetrics
+async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | None) -> None:
+    """The OIP endpoint over a model manager: of the repository ``repo``, or (None) of what is assigned."""
+    from .serving.gpumemory import GpuMemory
+    from .serving.manager import ModelManager  # numpy and the serving stack: only for an agent that serves
+    from .serving.servicer import InferenceServer
+    from .serving.stats import InferenceMetrics
 
-    repo = Path(config.model_repo or ".")
-    if not repo.is_dir():
+    if repo is not None and not repo.is_dir():
         await agent.close()
         raise StartupError(f"model repository {str(repo)!r} is not a directory (check --model-repo)")
     gpus = serving_gpus(agent.inventory)
@@ -154,8 +154,8 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, load_all: boo
         await agent.close()
         raise StartupError(f"{exc} (is another server on that port? choose another --grpc-port)") from None
     log.info("inference endpoint (OIP gRPC) at %s:%d; loading models from %s", config.grpc_host, agent.grpc_port,
-             repo)
-    if load_all:
+             repo or "the controller's assignments")
+    if repo is not None:
         await agent.manager.load_all()
     await agent.server.set_ready(True)
     log.info("models ready: %s", ", ".join(sorted(agent.manager.models)) or "none")

@@ -467,7 +467,7 @@ def raw_ort_sweep(path: Path, m: Model, intra: int, seconds: float, procs: dict[
 
 async def _in_process(repo: Path, name: str, arrays: dict[str, np.ndarray], requests: int,
                       seconds: float) -> dict[str, Any]:
-    """The agent's own request path without gRPC: ``xpud.agent.inference.infer`` awaited one at a time.
+    """The agent's own request path without gRPC: ``xpud.agent.serving.inference.infer`` awaited one at a time.
 
     Two managers on the same repository, one with OpenTelemetry instruments as the agent has them (a
     MeterProvider with a Prometheus reader), one without (metrics=None), take turns in chunks of 50 requests;
@@ -481,10 +481,10 @@ async def _in_process(repo: Path, name: str, arrays: dict[str, np.ndarray], requ
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
 
-    from xpud.agent.batcher import Batcher, BatchPolicy, Request
-    from xpud.agent.inference import infer
-    from xpud.agent.models import ModelManager
-    from xpud.agent.stats import InferenceMetrics
+    from xpud.agent.serving.batcher import Batcher, BatchPolicy, Request
+    from xpud.agent.serving.inference import infer
+    from xpud.agent.serving.manager import ModelManager
+    from xpud.agent.serving.stats import InferenceMetrics
     from xpud.proto.oip import pb
 
     req = pb.ModelInferRequest(model_name=name)

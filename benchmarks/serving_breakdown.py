@@ -36,7 +36,7 @@ VARIANTS = ("echo", "inline", "agent")
 
 def _patch(role: str) -> None:
     """Replace InferenceServicer.ModelInfer in this process (the agent started by --role)."""
-    from xpud.agent import inference, serving
+    from xpud.agent.serving import inference, servicer
     from xpud.proto.oip import pb
 
     async def echo(self: Any, request: Any, context: Any) -> Any:
@@ -57,7 +57,7 @@ def _patch(role: str) -> None:
         ((results, _),) = run([prepared.request])
         return inference.response(prepared, request, results)
 
-    serving.InferenceServicer.ModelInfer = echo if role == "echo" else inline  # type: ignore[method-assign]
+    servicer.InferenceServicer.ModelInfer = echo if role == "echo" else inline  # type: ignore[method-assign]
 
 
 def _agent(role: str, repo: Path) -> tuple[Any, int]:

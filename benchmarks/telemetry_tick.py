@@ -83,7 +83,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 async def in_process_tick_cost(sim: int, ticks: int) -> dict:
     from xpud.agent.config import AgentConfig
     from xpud.agent.daemon import build_inventory
-    from xpud.agent.telemetry import Telemetry
+    from xpud.agent.telemetry.sampling import Telemetry
 
     config = AgentConfig()
     config.enabled = ["cpu"]

@@ -7,8 +7,7 @@ import os
 
 import pytest
 
-from xpud.agent.artifacts import ArtifactCache, ArtifactError
-from xpud.agent.reconcile import Assignment, config_text, gpu_index
+from xpud.agent.link.artifacts import ArtifactCache, ArtifactError
 
 DATA = os.urandom(300_000)
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -64,11 +63,3 @@ async def test_lru_eviction_keeps_what_is_in_use(tmp_path):
     assert cache.path(digests[1]) is None  # evicted
     assert cache.path(digests[2]) is not None
 
-
-def test_assignment_config_places_instances_on_the_assigned_devices():
-    gpu = Assignment("web", "m", "2", "d" * 64, 10, ("nvidia:0", "nvidia:1"), 16)
-    text = config_text(gpu)
-    assert "max_batch_size: 16" in text and "kind: KIND_GPU, count: 1, gpus: [0, 1]" in text
-    cpu = Assignment("web", "m", "2", "d" * 64, 10, ("cpu:0", "sim:3"), 0)
-    assert config_text(cpu) == "instance_group [{ kind: KIND_CPU, count: 2 }]\n"  # simulated GPUs run on the CPU
-    assert gpu_index("amd:3") == 3 and gpu_index("sim:0") is None and gpu_index("nvidia:0/mig:1") is None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from xpud.agent.batcher import Batcher, BatcherClosed, BatchPolicy, QueueFull, QueueTimeout, Request
+from xpud.agent.serving.batcher import Batcher, BatcherClosed, BatchPolicy, QueueFull, QueueTimeout, Request
 
 
 class FakeRunner:

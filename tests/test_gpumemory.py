@@ -9,8 +9,8 @@ import pytest
 from fakes import load_scenario
 
 from models import mlp, save
-from xpud.agent.gpumemory import GpuMemory, GpuReading, growth
-from xpud.agent.models import ModelManager
+from xpud.agent.serving.gpumemory import GpuMemory, GpuReading, growth
+from xpud.agent.serving.manager import ModelManager
 from xpud.plugins.nvml import Nvml
 
 GIB = 1 << 30

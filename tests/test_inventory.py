@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from xpud.agent.inventory import Inventory, PluginSlot, available_plugins, plugin_slots
+from xpud.agent.telemetry.inventory import Inventory, PluginSlot, available_plugins, plugin_slots
 from xpud.plugins.base import DeviceInfo, DeviceSample, Health, PluginUnavailable
 from xpud.plugins.sim import SimPlugin
 

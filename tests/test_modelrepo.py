@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 
 from models import mlp, save, scale
-from xpud.agent.modelrepo import ModelConfigError, TensorSpec, complete_config, read_config, version_files
-from xpud.agent.models import batch_policy, placements, warmup_inputs
-from xpud.agent.runtime import CPU, CUDA, TENSORRT, OrtInstance, Placement, SessionError, SessionOptions
+from xpud.agent.serving.modelconfig import batch_policy, placements, warmup_inputs
+from xpud.agent.serving.repository import ModelConfigError, TensorSpec, complete_config, read_config, version_files
+from xpud.agent.serving.runtime import (
+    CPU,
+    CUDA,
+    ROCM,
+    TENSORRT,
+    OrtInstance,
+    Placement,
+    SessionError,
+    SessionOptions,
+)
 from xpud.proto.oip import mc
 
 X = [TensorSpec("x", "tensor(float)", ("batch", 4))]
@@ -85,6 +94,20 @@ def test_version_policies(tmp_path):
         version_files(tmp_path / "empty", read_config(tmp_path / "empty"))
 
 
+
+@pytest.mark.parametrize(
+    ("available", "chain"),
+    [
+        ([TENSORRT, CUDA, CPU], (CUDA,)),
+        ([ROCM, CPU], (ROCM,)),  # an AMD build of ONNX Runtime
+        ([CUDA, ROCM, CPU], (CUDA,)),
+        ([CPU], (CUDA,)),  # no GPU provider at all: CUDA is asked for, and the session check says why it fails
+    ],
+)
+def test_gpu_instances_ask_for_the_provider_this_build_has(tmp_path, available, chain):
+    config = config_of(tmp_path, "instance_group [{ kind: KIND_GPU }]")
+    assert [p.providers for p in placements(config, [0], available)] == [chain]
+
 def test_placements_follow_instance_groups_and_gpus(tmp_path):
     auto = config_of(tmp_path, "instance_group [{ count: 2 }]")
     assert [p.label() for p in placements(auto, [], [CUDA, CPU])] == ["cpu", "cpu"]
@@ -138,7 +161,7 @@ model_warmup [{ name: "ones", batch_size: 8, inputs { key: "x" value { data_type
 
 
 def test_intra_op_spinning_is_configurable(tmp_path):
-    from xpud.agent.models import session_options
+    from xpud.agent.serving.modelconfig import session_options
 
     assert session_options(config_of(tmp_path, ""), 1).allow_spinning is None  # ONNX Runtime's default
     off = config_of(tmp_path, 'parameters { key: "intra_op_allow_spinning" value { string_value: "false" } }')

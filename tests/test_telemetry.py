@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from xpud.agent.inventory import Inventory, PluginSlot
-from xpud.agent.telemetry import Telemetry
-from xpud.agent.wire import device_info_to_proto, encode_sample, sample_to_proto
+from xpud.agent.telemetry.inventory import Inventory, PluginSlot
+from xpud.agent.telemetry.sampling import Telemetry
+from xpud.agent.telemetry.wire import device_info_to_proto, encode_sample, sample_to_proto
 from xpud.plugins.base import DeviceSample, Health, changed_fields
 from xpud.plugins.sim import SimPlugin
 from xpud.proto import telemetry_pb2 as pb

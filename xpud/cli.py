@@ -16,7 +16,7 @@ from xpud import __version__
 
 if TYPE_CHECKING:  # the CLI imports the heavy parts only for the command it runs
     from xpud.agent.config import AgentConfig
-    from xpud.agent.inventory import Inventory
+    from xpud.agent.telemetry.inventory import Inventory
     from xpud.plugins.base import DeviceSample
 
 EXIT_USAGE = 2

@@ -7,7 +7,7 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from xpud.agent.inventory import PluginStatus
+from xpud.agent.telemetry.inventory import PluginStatus
 from xpud.plugins.base import DeviceInfo, DeviceSample, Health
 
 NA = "n/a"

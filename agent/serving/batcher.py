@@ -13,12 +13,10 @@ largest preferred size found wins); otherwise it waits until its oldest request 
 ``max_queue_delay_s`` (or until arrivals complete a preferred/maximum size), then goes as it is. Without
 dynamic batching, or for a model that does not batch, each request runs alone and at once.
 
-Why the batch is formed on the instance's thread and not in an event-loop task: the model must run off the
-loop anyway, and forming there too leaves one hand-off each way per batch (the loop appends and notifies;
-the thread answers with one ``call_soon_threadsafe``), where a loop-side worker task adds a task wake-up, an
-executor submit and a future chain per batch (~0.1 ms per request on a small model). And the queue delay is
-waited on a condition variable, precise to tens of microseconds, where asyncio timers round up to the loop's
-1 ms resolution (a 200 µs delay used to cost a lone request 1.3 ms).
+The batch is formed on the instance's thread, not in an event-loop task: the model runs off the loop anyway,
+and this leaves one hand-off each way per batch (the loop appends and notifies; the thread answers with one
+``call_soon_threadsafe``). The queue delay is waited on a condition variable, precise to tens of microseconds,
+where asyncio timers round up to the loop's 1 ms resolution.
 
 Threads: the queues and counters are guarded by one lock; requests' futures and queue-timeout timers are only
 touched on the event loop. Queue delays use ``time.monotonic``; the injectable ``clock`` only stamps requests
@@ -34,6 +32,8 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .batchpolicy import BatchPolicy
 
 __all__ = ["BatchPolicy", "Batcher", "BatcherClosed", "QueueFull", "QueueTimeout", "Request", "Runner"]
 
@@ -51,31 +51,6 @@ class QueueTimeout(Exception):
 
 class BatcherClosed(Exception):
     """The batcher no longer accepts or runs requests: the model is being unloaded (UNAVAILABLE)."""
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """Scheduling settings of one model version (Triton's dynamic_batching and queue policy).
-
-    ``default_priority`` 0 means the lowest priority level (``priority_levels``); with ``priority_levels``
-    0 or 1 there is a single level and request priorities 0 and 1 are both accepted.
-    ``default_timeout_s`` 0 means no queue timeout. With ``allow_timeout_override`` a request's own positive
-    timeout applies when there is no default or when it is shorter than the default (it never lengthens it).
-    """
-
-    dynamic: bool = False
-    max_batch_size: int = 0
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_s: float = 0.0
-    priority_levels: int = 0
-    default_priority: int = 0
-    max_queue_size: int = 0
-    default_timeout_s: float = 0.0
-    allow_timeout_override: bool = False
-
-    @property
-    def levels(self) -> int:
-        return max(1, self.priority_levels)
 
 
 @dataclass(eq=False)
@@ -118,7 +93,9 @@ class Batcher:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        _validate(name, policy, runners)
+        if not runners:
+            raise ValueError(f"model '{name}': needs at least one model instance (runner)")
+        policy.check(name)
         self.name = name
         self.policy = policy
         self._runners = list(runners)
@@ -413,24 +390,3 @@ def _cancel_timer(request: Request) -> None:
 def _fail(request: Request, exc: BaseException) -> None:
     if request._future is not None and not request._future.done():
         request._future.set_exception(exc)
-
-
-def _validate(name: str, policy: BatchPolicy, runners: list[Runner]) -> None:
-    def bad(what: str) -> ValueError:
-        return ValueError(f"model '{name}': {what}")
-
-    if not runners:
-        raise bad("needs at least one model instance (runner)")
-    if policy.max_batch_size < 0:
-        raise bad(f"max_batch_size {policy.max_batch_size} is negative")
-    for size in policy.preferred_batch_sizes:
-        if size < 1 or (policy.max_batch_size > 0 and size > policy.max_batch_size):
-            raise bad(f"preferred batch size {size} is not in 1..max_batch_size ({policy.max_batch_size})")
-    if policy.preferred_batch_sizes and policy.max_batch_size == 0:
-        raise bad("preferred_batch_sizes need max_batch_size > 0")
-    if policy.max_queue_delay_s < 0 or policy.default_timeout_s < 0:
-        raise bad("max_queue_delay_s and default_timeout_s must not be negative")
-    if policy.priority_levels < 0 or policy.max_queue_size < 0:
-        raise bad("priority_levels and max_queue_size must not be negative")
-    if not 0 <= policy.default_priority <= policy.levels:
-        raise bad(f"default_priority {policy.default_priority} is not in 0..{policy.levels}")

@@ -24,18 +24,13 @@ from xpud.plugins.base import DeviceSample
 from xpud.proto import link_pb2 as lpb
 from xpud.proto import link_pb2_grpc
 
-from .reconcile import Assignment, Reconciler
-from .telemetry import Telemetry
-from .wire import device_info_to_proto, encode_sample
+from ..telemetry.sampling import Telemetry
+from ..telemetry.wire import device_info_to_proto, encode_sample
+from . import CHANNEL_OPTIONS
+from .assignment import Assignment
+from .reconcile import Reconciler
 
 log = logging.getLogger(__name__)
-
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 64 << 20),
-]
 
 
 class LinkClient:
@@ -166,7 +161,8 @@ class LinkClient:
 
     def _desired(self, desired: lpb.DesiredState) -> None:
         assignments = [
-            Assignment(a.deployment, a.model, a.version, a.digest, a.size_bytes, tuple(a.devices), a.max_batch_size)
+            Assignment(a.deployment, a.model, a.version, a.digest, a.size_bytes, tuple(a.devices), a.max_batch_size,
+                       a.priority)
             for a in desired.assignments
         ]
         self._pending = (desired.generation, assignments)

@@ -2,16 +2,15 @@
 
 Thin servicer: each RPC converts, calls the model manager or the inference
 handler, and converts back. Domain errors become gRPC status codes in one place
-(``_status``), each with a message that says what to fix.
+(``CODES``, through proto.status), each with a message that says what to fix.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,20 +18,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from xpud import __version__
 from xpud.proto.oip import SERVICE_NAME, TensorError, config_to_triton, pb, pb_grpc
 from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
+from xpud.proto.status import StatusTable, grpc_status, status_of
 
 from .batcher import BatcherClosed, QueueFull, QueueTimeout
 from .inference import InvalidRequest, infer
-from .modelrepo import ModelConfigError
-from .models import ModelManager, ModelNotFound, ModelState, ModelUnavailable
+from .manager import ModelManager, ModelNotFound, ModelState, ModelUnavailable
+from .repository import ModelConfigError
 from .runtime import SessionError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024  # a 1x3x1024x1024 FP32 tensor is 12 MiB
 EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics", "binary_tensor_data"]
-T = TypeVar("T")
 
-_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+# The serving core's errors -> gRPC status (proto.status maps them, once, for every RPC)
+CODES: StatusTable = (
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
     (BatcherClosed, grpc.StatusCode.UNAVAILABLE),
@@ -43,33 +43,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ModelConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (SessionError, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),  # e.g. a priority level out of range
-]
-
-
-def status_of(exc: BaseException) -> grpc.StatusCode:
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-def _status(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Map domain errors of a unary RPC to a gRPC status with the error's message."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            code = status_of(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__name__)
-            await context.abort(code, str(exc) or type(exc).__name__)
-            raise  # unreachable: abort raises
-
-    return wrapper
+)
+_status = grpc_status(CODES, log)
 
 
 class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
@@ -176,9 +151,10 @@ class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServi
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if status_of(exc) is grpc.StatusCode.INTERNAL:
+                code = status_of(exc, CODES)
+                if code is grpc.StatusCode.INTERNAL:
                     log.exception("stream inference failed")
-                return stream_error(req, status_of(exc).name, str(exc))
+                return stream_error(req, code.name, str(exc))
 
         async for item in stream_each(request_iterator, answer):
             yield item

@@ -1,4 +1,5 @@
-"""A Triton-layout model repository: ``DIR/<model>/<version>/model.onnx`` + optional ``config.pbtxt``.
+"""Where a model comes from: a Triton-layout repository (``DIR/<model>/<version>/model.onnx`` + optional
+``config.pbtxt``) or a configuration built in memory (``ModelSource``), checked the same way.
 
 ``config.pbtxt`` is Triton's ModelConfig in protobuf text format. A model without
 one (or with parts left out) gets its configuration completed from the ONNX
@@ -9,6 +10,7 @@ when every input and output has a dynamic first dimension.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,14 @@ class TensorSpec:
     shape: tuple[int | str | None, ...]  # None or a symbol: dynamic
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What one model is loaded from: its (checked, not yet completed) configuration and each version's file."""
+
+    config: mc.ModelConfig
+    files: Mapping[int, Path]
+
+
 def model_names(repo: Path) -> list[str]:
     """Every folder of the repository that looks like a model, sorted."""
     if not repo.is_dir():
@@ -57,7 +67,12 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
             f"{model_dir.name}/config.pbtxt names the model {config.name!r}: it must match its folder "
             f"{model_dir.name!r}"
         )
-    config.name = model_dir.name
+    return checked(config, model_dir.name)
+
+
+def checked(config: mc.ModelConfig, name: str) -> mc.ModelConfig:
+    """``config`` named ``name``, its backend checked, with one automatic instance group if it has none."""
+    config.name = name
     if not NAME_RE.match(config.name):
         raise ModelConfigError(f"model name {config.name!r} is not valid: use letters, digits, '_', '.', '-'")
     if config.backend and config.backend != "onnxruntime":
@@ -68,6 +83,13 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
     if not config.instance_group:
         config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
     return config
+
+
+def read_model(repo: Path, name: str) -> ModelSource:
+    """The configuration and version files of ``repo/<name>``."""
+    model_dir = repo / name
+    config = read_config(model_dir)
+    return ModelSource(config, version_files(model_dir, config))
 
 
 def version_files(model_dir: Path, config: mc.ModelConfig) -> dict[int, Path]:

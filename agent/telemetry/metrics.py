@@ -23,7 +23,7 @@ from xpud import __version__
 from xpud.plugins.base import DeviceInfo, DeviceSample, Health
 
 from .inventory import PluginStatus
-from .telemetry import Snapshot
+from .sampling import Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from xpud.proto.devices import GPU_VENDORS
+
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
@@ -27,6 +29,7 @@ TENSORRT = "TensorrtExecutionProvider"
 ROCM = "ROCMExecutionProvider"
 MIGRAPHX = "MIGraphXExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
+GPU_EPS = frozenset(ep for eps in GPU_VENDORS.values() for ep in eps)  # they take a "device_id" option
 ACCELERATOR_EPS = {"tensorrt": TENSORRT, "cuda": CUDA, "rocm": ROCM, "migraphx": MIGRAPHX, "openvino": OPENVINO}
 BF16 = np.dtype(ml_dtypes.bfloat16)
 ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16
@@ -64,7 +67,7 @@ class SessionOptions:
     strict_ep: bool = False  # refuse a session in which any node falls back to the CPU EP
     allow_spinning: bool | None = None  # intra-op threads busy-wait for work; None: ONNX Runtime's default
     # stop that spinning as soon as a run returns (session.force_spinning_stop): leaves the cores to the event
-    # loop between runs. Off by default: on the 2-core VM it gave MiniLM +3 % at c=32 but +25 % latency at c=1
+    # loop between runs; off by default, as it costs latency at low concurrency
     spinning_stop: bool = False
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -86,7 +89,9 @@ class OrtInstance:
     so the threads running models are bounded by the instance count.
     """
 
-    def __init__(self, model_path: Path, placement: Placement, options: SessionOptions, name: str) -> None:
+    def __init__(self, model_path: Path, placement: Placement, options: SessionOptions, name: str,
+                 model: str | None = None) -> None:
+        """``model``: the model's name in messages (default: the repository folder that holds the file)."""
         ort = _ort()
         self.name = name
         self.placement = placement
@@ -106,7 +111,7 @@ class OrtInstance:
         providers: list[Any] = []
         for ep in placement.providers:
             opts = dict(options.provider_options.get(ep, {}))
-            if ep in (CUDA, TENSORRT, ROCM, MIGRAPHX) and placement.device_id is not None:
+            if ep in GPU_EPS and placement.device_id is not None:
                 opts.setdefault("device_id", str(placement.device_id))
             providers.append((ep, opts))
         if CPU not in placement.providers and placement.allow_cpu_fallback:
@@ -119,7 +124,7 @@ class OrtInstance:
             if placement.wanted != CPU:
                 hint = (f" ({placement.wanted} could not take the graph on {placement.label()}: check the driver, "
                         "the CUDA/cuDNN libraries onnxruntime-gpu needs, and ONNX Runtime's log above)")
-            raise SessionError(_short(f"{model_path.parent.parent.name}: cannot load {model_path.name} "
+            raise SessionError(_short(f"{model or model_path.parent.parent.name}: cannot load {model_path.name} "
                                       f"on {placement.label()} with {placement.wanted}: {exc}{hint}")) from None
         self.load_seconds = time.perf_counter() - started
         in_use = self.session.get_providers()

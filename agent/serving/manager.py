@@ -20,23 +20,13 @@ from typing import Any
 import numpy as np
 import psutil
 
-from xpud.proto.oip import config_to_triton, mc, numpy_dtype
+from xpud.proto.oip import config_to_triton, mc
 
-from .batcher import Batcher, BatcherClosed, BatchPolicy, Request
+from .batcher import Batcher, BatcherClosed, Request
 from .gpumemory import GpuMemory, growth
-from .modelrepo import ModelConfigError, TensorSpec, complete_config, model_names, read_config, version_files
-from .runtime import (
-    ACCELERATOR_EPS,
-    CPU,
-    CUDA,
-    ROCM,
-    OrtInstance,
-    Placement,
-    SessionError,
-    SessionOptions,
-    available_providers,
-    default_intra_threads,
-)
+from .modelconfig import batch_policy, placements, report_placement, session_options, warmup_inputs
+from .repository import ModelConfigError, ModelSource, TensorSpec, complete_config, model_names, read_model
+from .runtime import CPU, OrtInstance, SessionError, available_providers
 from .stats import InferenceMetrics, ModelStats
 
 log = logging.getLogger(__name__)
@@ -143,146 +133,6 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def batch_policy(config: mc.ModelConfig) -> BatchPolicy:
-    if not config.HasField("dynamic_batching"):
-        return BatchPolicy(dynamic=False, max_batch_size=config.max_batch_size)
-    db = config.dynamic_batching
-    queue = db.default_queue_policy
-    return BatchPolicy(
-        dynamic=config.max_batch_size > 0,
-        max_batch_size=config.max_batch_size,
-        preferred_batch_sizes=tuple(db.preferred_batch_size),
-        max_queue_delay_s=db.max_queue_delay_microseconds / 1e6,
-        priority_levels=db.priority_levels,
-        default_priority=db.default_priority_level,
-        max_queue_size=queue.max_queue_size,
-        default_timeout_s=queue.default_timeout_microseconds / 1e6,
-        allow_timeout_override=queue.allow_timeout_override,
-    )
-
-
-def config_parameter(config: mc.ModelConfig, key: str, default: str = "") -> str:
-    return config.parameters[key].string_value if key in config.parameters else default
-
-
-def _true(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
-
-
-def placements(config: mc.ModelConfig, gpus: list[int], providers: list[str]) -> list[Placement]:
-    """One placement per model instance, from instance_group and the node's GPUs."""
-    fallback = _true(config_parameter(config, "allow_cpu_fallback"))
-    accel = config.optimization.execution_accelerators
-    gpu_eps = [ACCELERATOR_EPS[a.name.lower()] for a in accel.gpu_execution_accelerator
-               if a.name.lower() in ACCELERATOR_EPS]
-    base = ROCM if ROCM in providers and CUDA not in providers else CUDA
-    gpu_chain = tuple(dict.fromkeys([*gpu_eps, base]))
-    cpu_eps = [ACCELERATOR_EPS[a.name.lower()] for a in accel.cpu_execution_accelerator
-               if a.name.lower() in ACCELERATOR_EPS]
-    cpu_chain = tuple(dict.fromkeys([*cpu_eps, CPU]))
-    out: list[Placement] = []
-    kind_names = mc.ModelInstanceGroup.Kind
-    for group in config.instance_group:
-        count = group.count or 1
-        kind = group.kind
-        if kind == kind_names.KIND_AUTO:
-            kind = kind_names.KIND_GPU if gpus and gpu_chain[-1] in providers else kind_names.KIND_CPU
-        if kind == kind_names.KIND_GPU:
-            devices = list(group.gpus) or gpus
-            unknown = [d for d in devices if d not in gpus]
-            if not gpus or unknown:
-                if not fallback:
-                    where = f"GPU(s) {unknown}" if gpus else "a GPU"
-                    raise ModelConfigError(
-                        f"{config.name}: instance_group asks for {where} but this node has "
-                        f"{'GPUs ' + str(gpus) if gpus else 'none'}; use kind: KIND_CPU or allow_cpu_fallback"
-                    )
-                out.extend(Placement("cpu", None, cpu_chain) for _ in range(count))
-                continue
-            out.extend(Placement("gpu", d, gpu_chain, fallback) for d in devices for _ in range(count))
-        elif kind == kind_names.KIND_CPU:
-            out.extend(Placement("cpu", None, cpu_chain, fallback) for _ in range(count))
-        else:
-            raise ModelConfigError(f"{config.name}: instance_group kind {kind_names.Name(kind)} is not supported")
-    return out
-
-
-def session_options(config: mc.ModelConfig, cpu_instances: int) -> SessionOptions:
-    intra = config_parameter(config, "intra_op_thread_count")
-    inter = config_parameter(config, "inter_op_thread_count")
-    level = {-1: "basic", 1: "extended"}.get(config.optimization.graph.level, "all")
-    opts = SessionOptions(
-        intra_op_threads=int(intra) if intra else (default_intra_threads(cpu_instances) if cpu_instances else 0),
-        inter_op_threads=int(inter) if inter else 0,
-        graph_level=config_parameter(config, "graph_optimization_level", level),
-        mem_arena=_true(config_parameter(config, "enable_mem_arena", "true")),
-        strict_ep=_true(config_parameter(config, "disable_cpu_ep_fallback")),
-        allow_spinning=_true(spin) if (spin := config_parameter(config, "intra_op_allow_spinning")) else None,
-        spinning_stop=_true(config_parameter(config, "intra_op_spinning_stop")),
-    )
-    for accel in config.optimization.execution_accelerators.gpu_execution_accelerator:
-        ep = ACCELERATOR_EPS.get(accel.name.lower())
-        if ep is None:
-            continue
-        params = dict(accel.parameters)
-        if params.pop("precision_mode", "").upper() == "FP16":
-            params["trt_fp16_enable"] = "True"
-        if "max_workspace_size_bytes" in params:
-            params["trt_max_workspace_size"] = params.pop("max_workspace_size_bytes")
-        opts.provider_options[ep] = params
-    return opts
-
-
-def warmup_inputs(config: mc.ModelConfig) -> list[tuple[str, int, dict[str, np.ndarray]]]:
-    """(name, count, inputs) per warm-up: model_warmup from the config, else zeros of a batch-1 request."""
-    batched = config.max_batch_size > 0
-
-    def tensor(dtype: int, dims: list[int], batch: int, zero: bool, rng: np.random.Generator) -> np.ndarray:
-        shape = ([batch] if batched else []) + [d if d >= 0 else 1 for d in dims]
-        triton = config_to_triton(dtype)
-        if triton == "BYTES":
-            return np.full(shape, b"", dtype=object)
-        np_type = numpy_dtype(triton)
-        if zero:
-            return np.zeros(shape, dtype=np_type)
-        return rng.random(shape).astype(np_type)
-
-    rng = np.random.default_rng(0)
-    reshape = {i.name: list(i.reshape.shape) for i in config.input if i.HasField("reshape")}
-    plans = []
-    for w in config.model_warmup:
-        inputs = {}
-        for name, spec in w.inputs.items():
-            if spec.WhichOneof("input_data_type") == "input_data_file":
-                raise ModelConfigError(f"{config.name}: warm-up {w.name!r}: input_data_file is not supported")
-            batch = max(w.batch_size, 1)
-            array = tensor(spec.data_type, list(spec.dims), batch, spec.zero_data, rng)
-            if name in reshape:  # warm-up dims are what a client sends; the model takes the reshaped form
-                array = array.reshape(([batch] if batched else []) + reshape[name])
-            inputs[name] = array
-        plans.append((w.name or "warmup", max(w.count, 1), inputs))
-    if not plans:
-        inputs = {i.name: tensor(i.data_type, reshape.get(i.name, list(i.dims)), 1, True, rng) for i in config.input}
-        plans.append(("zeros", 1, inputs))
-    return plans
-
-
-def report_placement(config: mc.ModelConfig, instances: list[OrtInstance]) -> None:
-    """Show in the served config where the instances really run: resolved instance groups and the EP in use."""
-    groups: dict[tuple[str, int | None], int] = {}
-    for inst in instances:
-        key = (inst.placement.kind, inst.placement.device_id)
-        groups[key] = groups.get(key, 0) + 1
-    del config.instance_group[:]
-    for (kind, device), count in groups.items():
-        group = config.instance_group.add(count=count, name=f"{config.name}_{kind}{'' if device is None else device}")
-        group.kind = mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
-        if device is not None:
-            group.gpus.append(device)
-    providers = ",".join(dict.fromkeys(inst.provider for inst in instances))
-    config.parameters["xpud.execution_provider"].string_value = providers
-
-
 def graph_specs(instance: OrtInstance) -> tuple[list[TensorSpec], list[TensorSpec]]:
     s = instance.session
     return ([TensorSpec(i.name, i.type, tuple(i.shape)) for i in s.get_inputs()],
@@ -290,11 +140,12 @@ def graph_specs(instance: OrtInstance) -> tuple[list[TensorSpec], list[TensorSpe
 
 
 class ModelManager:
-    """Every model of the repository and the versions loaded from it."""
+    """Every model this agent serves: those of its repository folder (if any) and those handed to it as
+    sources (the controller's assignments), and the versions loaded of each."""
 
     def __init__(
         self,
-        repo: Path,
+        repo: Path | None,
         *,
         gpus: list[int] | None = None,
         metrics: InferenceMetrics | None = None,
@@ -307,31 +158,46 @@ class ModelManager:
         self.metrics = metrics
         self.default_max_batch_size = default_max_batch_size
         self.models: dict[str, dict[int, ModelVersion]] = {}
+        self.sources: dict[str, ModelSource] = {}  # models given in memory, not read from the repository
         self.failures: dict[str, str] = {}  # model -> why its last load failed
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def _repo_names(self) -> list[str]:
+        return model_names(self.repo) if self.repo is not None else []
+
+    def known(self, name: str) -> bool:
+        """A model this manager can load: in its repository or given as a source."""
+        return name in self.sources or (self.repo is not None and (self.repo / name).is_dir())
+
     def names(self) -> list[str]:
-        return sorted(set(model_names(self.repo)) | set(self.models))
+        return sorted(set(self._repo_names()) | set(self.sources) | set(self.models))
 
     async def load_all(self) -> None:
-        for name in model_names(self.repo):
+        for name in self._repo_names():
             try:
                 await self.load(name)
             except Exception as exc:  # one bad model never stops the rest of the repository
                 log.error("model %s failed to load: %s", name, exc)
 
-    def _build(self, name: str) -> dict[int, ModelVersion]:
-        """Blocking: parse, create sessions, complete the config, warm up. Runs in a thread."""
-        model_dir = self.repo / name
-        if not model_dir.is_dir():
-            raise ModelNotFound(f"model {name!r} is not in the repository {str(self.repo)!r}")
-        config = read_config(model_dir)
-        files = version_files(model_dir, config)
+    def _source(self, name: str) -> ModelSource:
+        """A model given in memory, else read afresh from the repository."""
+        if name in self.sources:
+            return self.sources[name]
+        if self.repo is None or not (self.repo / name).is_dir():
+            where = f"in the repository {str(self.repo)!r}" if self.repo is not None else "assigned to this node"
+            raise ModelNotFound(f"model {name!r} is not {where}")
+        return read_model(self.repo, name)
+
+    def _build(self, name: str, source: ModelSource | None) -> dict[int, ModelVersion]:
+        """Blocking: read the source, create sessions, complete the config, warm up. Runs in a thread."""
+        if source is None:
+            source = self._source(name)
+        files = source.files
         providers = available_providers()
         plans = {}
         for version in files:
             vconfig = mc.ModelConfig()
-            vconfig.CopyFrom(config)
+            vconfig.CopyFrom(source.config)
             plans[version] = (vconfig, placements(vconfig, self.gpus, providers))
         on_gpus = sorted({p.device_id for _, where in plans.values() for p in where
                           if p.kind == "gpu" and p.device_id is not None})
@@ -347,7 +213,7 @@ class ModelManager:
                 mv = ModelVersion(name, version, vconfig, instances, ModelStats(name, str(version), CPU))
                 built[version] = mv
                 for i, placement in enumerate(where):
-                    instances.append(OrtInstance(path, placement, options, f"{name}_{version}_{i}"))
+                    instances.append(OrtInstance(path, placement, options, f"{name}_{version}_{i}", name))
                 report_placement(vconfig, instances)
                 inputs, outputs = graph_specs(instances[0])
                 complete_config(vconfig, inputs, outputs, self.default_max_batch_size)
@@ -382,13 +248,21 @@ class ModelManager:
                         raise SessionError(f"{mv.name}: warm-up {warm_name!r} failed on {inst.placement.label()}: "
                                            f"{' '.join(str(exc).split())[:400]}") from None
 
-    async def load(self, name: str) -> list[ModelVersion]:
-        """Load (or reload) a model from the repository; old versions keep serving until the new ones are ready."""
+    async def load(self, name: str, source: ModelSource | None = None) -> list[ModelVersion]:
+        """Load (or reload) a model from ``source``, else from the source it was last given or the repository.
+
+        Old versions keep serving until the new ones are ready. A model given a source keeps it: a later
+        ``load(name)`` (RepositoryModelLoad) loads it again from there.
+        """
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            if source is not None:
+                if source.config.name != name:
+                    raise ModelConfigError(f"model {name!r}: its source is named {source.config.name!r}")
+                self.sources[name] = source
             loop = asyncio.get_running_loop()
             try:
-                built = await loop.run_in_executor(None, self._build, name)
+                built = await loop.run_in_executor(None, self._build, name, source)
             except ModelNotFound:
                 raise
             except (ModelConfigError, SessionError) as exc:
@@ -413,12 +287,16 @@ class ModelManager:
         await self._retire(list(old.values()))
         return list(built.values())
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, *, forget: bool = False) -> None:
+        """Unload every version of a model; ``forget`` also drops the source it was given (it is gone)."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            known = self.known(name)
+            if forget:
+                self.sources.pop(name, None)
             versions = self.models.pop(name, None)
             if versions is None:
-                if name in model_names(self.repo) or name in self.failures:
+                if known or name in self.failures:
                     self.failures.pop(name, None)
                     return
                 raise ModelNotFound(f"model {name!r} is not loaded and not in the repository")
@@ -439,7 +317,7 @@ class ModelManager:
         if not versions:
             if name in self.failures:
                 raise ModelUnavailable(f"model {name!r} is not ready: its load failed: {self.failures[name]}")
-            if (self.repo / name).is_dir():
+            if self.known(name):
                 raise ModelUnavailable(f"model {name!r} is not loaded (load it with RepositoryModelLoad)")
             raise ModelNotFound(f"unknown model {name!r}; models here: {', '.join(self.names()) or 'none'}")
         if version:

@@ -15,7 +15,7 @@ import numpy as np
 from xpud.proto.oip import TensorError, decode_input, encode_output, pb, request_parameter
 
 from .batcher import Request
-from .models import Batch, ModelManager, ModelVersion
+from .manager import Batch, ModelManager, ModelVersion
 
 RESERVED_PARAMETERS = frozenset({"priority", "timeout", "sequence_id", "sequence_start", "sequence_end",
                                  "binary_data_output", "binary_data_size"})

@@ -1,0 +1,156 @@
+"""Assignments -> served models: the in-memory configuration, desired.json, and the reconciler over a real model
+manager (real ONNX Runtime) and artifact cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import mlp
+from xpud.agent.link.artifacts import ArtifactCache
+from xpud.agent.link.assignment import PRIORITY_PARAMETER, Assignment, model_config
+from xpud.agent.link.reconcile import Reconciler
+from xpud.agent.serving.inference import infer
+from xpud.agent.serving.manager import ModelManager, ModelUnavailable
+from xpud.agent.serving.repository import ModelConfigError
+from xpud.proto.oip import mc, pb
+
+GPU, CPU, AUTO = mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO
+
+
+def model_bytes() -> bytes:
+    model = mlp()
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+MODEL = model_bytes()
+DIGEST = hashlib.sha256(MODEL).hexdigest()
+
+
+def assignment(name: str = "web", devices: tuple[str, ...] = ("cpu:0",), max_batch_size: int = 0,
+               priority: int = 0, version: str = "1") -> Assignment:
+    return Assignment(name, "mlp", version, DIGEST, len(MODEL), devices, max_batch_size, priority)
+
+
+@pytest.mark.parametrize(
+    ("devices", "groups"),
+    [
+        (("nvidia:0", "nvidia:1"), [(GPU, 1, [0, 1])]),
+        (("cpu:0", "sim:3"), [(CPU, 2, [])]),  # simulated GPUs run on the CPU
+        (("amd:2", "cpu:0"), [(GPU, 1, [2]), (CPU, 1, [])]),
+        (("nvidia:0/mig:1",), [(CPU, 1, [])]),  # a MIG slice is no execution-provider device
+        ((), [(CPU, 1, [])]),
+    ],
+)
+def test_instances_on_the_assigned_devices(devices, groups):
+    config = model_config(assignment(devices=devices))
+    assert [(g.kind, g.count, list(g.gpus)) for g in config.instance_group] == groups
+    assert (config.name, config.platform, config.backend) == ("web", "onnxruntime_onnx", "onnxruntime")
+
+
+@pytest.mark.parametrize(("max_batch_size", "batching"), [(0, False), (16, True)])
+def test_batching_and_priority(max_batch_size, batching):
+    config = model_config(assignment(max_batch_size=max_batch_size, priority=5))
+    assert config.max_batch_size == max_batch_size
+    assert config.HasField("dynamic_batching") is batching
+    assert batching is False or config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert config.parameters[PRIORITY_PARAMETER].string_value == "5"
+
+
+def test_a_bad_deployment_name_is_refused():
+    with pytest.raises(ModelConfigError, match="is not valid"):
+        model_config(assignment(name="../etc"))
+
+
+@pytest.mark.parametrize(
+    ("saved", "expected"),
+    [
+        ({"deployment": "web", "model": "mlp", "version": "1", "digest": DIGEST, "size_bytes": 1, "devices": ["cpu:0"],
+          "max_batch_size": 4}, Assignment("web", "mlp", "1", DIGEST, 1, ("cpu:0",), 4, 0)),  # before priority
+        ({"deployment": "web", "model": "mlp", "version": "1", "digest": DIGEST, "size_bytes": 1, "devices": [],
+          "priority": 3, "from_the_future": True}, Assignment("web", "mlp", "1", DIGEST, 1, (), 0, 3)),
+    ],
+)
+def test_saved_assignments_load(saved, expected):
+    assert Assignment.from_dict(saved) == expected
+
+
+def fetcher(calls: list[str]):  # type: ignore[no-untyped-def]
+    async def fetch(digest: str, offset: int):  # type: ignore[no-untyped-def]
+        calls.append(digest)
+        yield MODEL[offset:]
+
+    return fetch
+
+
+def node(root: Path) -> tuple[ModelManager, Reconciler]:
+    manager = ModelManager(None)
+    return manager, Reconciler(manager, ArtifactCache(root / "artifacts"), root / "desired.json")
+
+
+async def answer(manager: ModelManager, name: str) -> np.ndarray:
+    req = pb.ModelInferRequest(model_name=name)
+    x = np.ones((1, 4), np.float32)
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    req.raw_input_contents.append(x.tobytes())
+    reply = await infer(manager, req)
+    return np.frombuffer(reply.raw_output_contents[0], np.float32)
+
+
+async def test_an_assignment_is_served_from_the_cache_with_its_priority(tmp_path):
+    manager, reconciler = node(tmp_path)
+    calls: list[str] = []
+    await reconciler.apply(4, [assignment(devices=("cpu:0", "sim:1"), max_batch_size=8, priority=7, version="3")],
+                           fetcher(calls))
+    assert [r.state for r in reconciler.statuses()] == ["READY"], reconciler.statuses()
+    mv = manager.get("web")
+    assert mv.version == 3 and len(mv.instances) == 2 and mv.config.max_batch_size == 8
+    assert mv.config.parameters[PRIORITY_PARAMETER].string_value == "7"  # what ModelConfig answers
+    assert (await answer(manager, "web")).shape == (3,)
+    assert calls == [DIGEST]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "desired.json"]  # no repository written
+    assert json.loads((tmp_path / "desired.json").read_text())["assignments"][0]["priority"] == 7
+
+    await manager.unload("web")  # RepositoryModelLoad brings an assigned model back from its source
+    with pytest.raises(ModelUnavailable, match="not loaded"):
+        manager.get("web")
+    await manager.load("web")
+    assert manager.get("web").config.parameters[PRIORITY_PARAMETER].string_value == "7"
+
+    await reconciler.apply(5, [], fetcher(calls))  # removed: forgotten, not merely unloaded
+    assert manager.names() == [] and reconciler.statuses() == []
+    await manager.close()
+
+
+async def test_a_restarted_node_serves_its_last_desired_state_without_a_controller(tmp_path):
+    manager, reconciler = node(tmp_path)
+    await reconciler.apply(2, [assignment(priority=1)], fetcher([]))
+    await manager.close()
+
+    manager, reconciler = node(tmp_path)  # restarted: no controller, so nothing to fetch from
+    generation, saved = reconciler.saved()
+    assert generation == 2 and saved == [assignment(priority=1)]
+    await reconciler.apply(generation, saved, None)
+    assert reconciler.applied.generation == 2 and [r.state for r in reconciler.statuses()] == ["READY"]
+    assert (await answer(manager, "web")).shape == (3,)
+    await manager.close()
+
+
+async def test_higher_priorities_load_first(tmp_path):
+    manager, reconciler = node(tmp_path)
+    order: list[str] = []
+
+    def changed() -> None:
+        order.extend(n for n, r in reconciler.reports.items() if r.state == "LOADING" and n not in order)
+
+    reconciler.on_change = changed
+    wanted = [assignment("a-low"), assignment("b-high", priority=9), assignment("c-mid", priority=2)]
+    await reconciler.apply(1, wanted, fetcher([]))
+    assert order == ["b-high", "c-mid", "a-low"]
+    assert sorted(manager.models) == ["a-low", "b-high", "c-mid"]
+    await manager.close()
