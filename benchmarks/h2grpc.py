@@ -69,8 +69,9 @@ class H2GrpcCall(asyncio.Protocol):
 
     ``on_message(bytes)`` gets each serialized reply, ``on_end(CallEnd)`` is called once when the call ends (trailers,
     RST_STREAM, GOAWAY with an error, a lost connection); the connection is then closed. ``recv_window`` is what
-    the server may send ahead, per connection and per stream. ``keepalive_s`` sends a PING that often and ends the
-    call if one is not answered within ``keepalive_timeout_s`` (0: PINGs only when ``ping()`` is called).
+    the server may send ahead, per connection and per stream (at most 2**31 - 1). ``keepalive_s`` sends a PING
+    that often and ends the call if one is not answered within ``keepalive_timeout_s`` (0: PINGs only when
+    ``ping()`` is called).
     """
 
     def __init__(self, headers: bytes, on_message: Callable[[bytes], None], on_end: Callable[[CallEnd], None],
@@ -112,7 +113,8 @@ class H2GrpcCall(asyncio.Protocol):
             self._keepalive = asyncio.get_running_loop().call_later(self.keepalive_s, self._keepalive_tick)
 
     def send(self, message: bytes) -> bool:
-        """Send one serialized message: True if it went out now, False if (some of) it waits for window."""
+        """Send one serialized message: True if it went out now; False if it (or its tail) waits for the server's
+        window or its connection, or the call has ended (then it is dropped)."""
         size = len(message) + 5
         if (size <= self.send_conn and size <= self.send_stream and size <= self.max_frame and not self.pending
                 and self.transport is not None):
@@ -121,7 +123,8 @@ class H2GrpcCall(asyncio.Protocol):
             self.transport.write(size.to_bytes(3, "big") + _DATA_MESSAGE + len(message).to_bytes(4, "big") + message)
             return True
         if not self.ended:
-            self.pending += b"\x00" + len(message).to_bytes(4, "big") + message
+            self.pending += b"\x00" + len(message).to_bytes(4, "big")
+            self.pending += message
             self._flush()
         return False
 
