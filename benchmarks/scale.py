@@ -15,10 +15,10 @@ One run, one case after the other, each measured over the same window length:
 
 The agents are real gRPC streams, one TCP connection per node, from --generators separate load-generator
 processes (many streams per asyncio loop). --client wire (the default) speaks HTTP/2 and gRPC's framing itself on
-asyncio Protocols: the same frames as grpc.aio's client (compared frame by frame through a logging proxy), the
+asyncio Protocols (benchmarks/h2grpc.py, checked against a real grpc.aio server by tests/test_h2grpc.py): the
 agent's keepalive PING every 10 s, each agent sending at its own instant, at a fraction of grpc.aio's CPU per
 message, so one core offers 10,000 agents at 1 Hz. --client grpc uses grpc.aio with the agent's own channel options
-(one channel per node); it needs about a core per 7,000 messages a second here. Each node says Hello with
+(one channel per node), about a core per 7,000 messages a second. Each node says Hello with
 --gpus simulated GPUs (vendor sim, 80 GiB) plus cpu:0, sends one StatusReport, then Telemetry every --interval
 (the first one full, then deltas of a few fields per device, like the real agent), and answers a DesiredState
 with assignments with a StatusReport of READY instances (so the push also exercises the status path).
@@ -31,6 +31,9 @@ delta over the window, as % of one core.
 Unless --server-cpus / --generator-cpus say otherwise, on a machine with 2 or more CPUs (and taskset) the server
 (bare, then the controller) runs on CPU 0 and the generators on the others: the wire client spins between sends
 (it shows ~100 % of its core whatever the load), and must not take the server's.
+
+The bare server role and the orchestrator live here, the load-generator role in scale_agents.py (the same
+script runs every role: --role bare / gen, internal).
 
 Prints one JSON object. Example: python benchmarks/scale.py --agents 2000 --duration 30
 """
@@ -46,28 +49,25 @@ import math
 import os
 import platform
 import queue
-import random
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import grpc
 import psutil
+from scale_agents import emit, gen_main, node_name, raise_nofile, read_commands  # benchmarks/
 
 from xpud.proto import admin_pb2 as apb
 from xpud.proto import admin_pb2_grpc, link_pb2_grpc
 from xpud.proto import link_pb2 as lpb
-from xpud.proto import telemetry_pb2 as tpb
 
-GiB = 1 << 30
 HERE = Path(__file__).resolve()
 # the controller's own server options (controller/server.py), copied so the bare server imports nothing of it
 SERVER_OPTIONS = [
@@ -80,16 +80,6 @@ SERVER_OPTIONS = [
     ("grpc.http2.lookahead_bytes", 8 << 20),
 ]
 ADMIN_OPTIONS = [("grpc.max_receive_message_length", 512 << 20), ("grpc.max_send_message_length", 64 << 20)]
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -145,8 +135,8 @@ async def bare_main(args: argparse.Namespace) -> None:
     await server.start()
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[str] = asyncio.Queue()
-    _stdin_thread(loop, commands)
-    _emit({"port": port})
+    read_commands(loop, commands)
+    emit({"port": port})
     deadline = loop.time() + args.max_seconds
     while True:
         try:
@@ -154,569 +144,11 @@ async def bare_main(args: argparse.Namespace) -> None:
         except TimeoutError:
             line = "stop"
         if line == "stats":
-            _emit({"telemetry": service.telemetry, "other": service.other, "streams": service.streams,
+            emit({"telemetry": service.telemetry, "other": service.other, "streams": service.streams,
                    "welcomed": service.welcomed, "mono": time.monotonic()})
         elif line == "stop":
             break
     await server.stop(1.0)
-
-
-def _stdin_thread(loop: asyncio.AbstractEventLoop, commands: asyncio.Queue[str]) -> None:
-    def read() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(commands.put_nowait, line.strip())
-        loop.call_soon_threadsafe(commands.put_nowait, "stop")
-
-    threading.Thread(target=read, daemon=True).start()
-
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# role: load generator (simulated agents)
-# ---------------------------------------------------------------------------------------------------------------
-
-def node_name(i: int) -> str:
-    return f"sim-{i:05d}"
-
-
-def hello_for(i: int, gpus: int, generation: int = 0, instances: Sequence[lpb.InstanceStatus] = (),
-              incarnation: str = "") -> lpb.AgentMessage:
-    """Node i's Hello; a reconnecting agent says what it applied (`generation`) and runs (`instances`)."""
-    hello = lpb.Hello(node=node_name(i), labels={"rack": f"r{i % 50}"}, zone=f"z{i % 4}",
-                      execution_providers=["CPUExecutionProvider"], agent_version="scale-sim",
-                      inference_endpoint="127.0.0.1:9", generation=generation, instances=instances,
-                      incarnation=incarnation or f"{random.getrandbits(64):016x}")
-    for g in range(gpus):
-        hello.devices.add(id=f"sim:{g}", vendor="sim", kind="gpu", model="Sim A100-SXM4-80GB", plugin="sim",
-                          uuid=f"GPU-5173{g:04x}-0000-4000-8000-{i:012x}", index=g, memory_total=80 * GiB,
-                          driver_version="sim-1.0", compute_capability="8.0", cores=108)
-    hello.devices.add(id="cpu:0", vendor="intel", kind="cpu", model="Sim Xeon", plugin="cpu",
-                      memory_total=64 * GiB, cores=16)
-    return lpb.AgentMessage(hello=hello)
-
-
-def telemetry_for(seq: int, gpus: int, phase: float, full: bool | None = None) -> lpb.AgentMessage:
-    """First message (or `full`: the first on a new connection) full, then deltas: a few fields per device; sim:0's
-    energy is the seq (the cross-check)."""
-    now = time.time()
-    util = 0.5 + 0.4 * math.sin(seq / 7 + phase)
-    batch = lpb.Telemetry(seq=seq)
-    full = seq == 1 if full is None else full
-    for g in range(gpus):
-        s = batch.samples.add(device_id=f"sim:{g}", timestamp=now, utilization=round(util, 4),
-                              power_draw=round(60 + 340 * util, 1), energy=float(seq) if g == 0 else seq * 230.0)
-        if full or seq % 5 == 0:
-            s.temperature = round(32 + 45 * util, 1)
-        if full:
-            used = int(80 * GiB * (0.05 + 0.6 * util))
-            s.full, s.health = True, tpb.HEALTH_OK
-            s.memory_used, s.memory_free, s.memory_utilization = used, 80 * GiB - used, round(0.6 * util, 4)
-            s.power_limit, s.clock_sm, s.clock_memory = 400.0, 1410.0, 1593.0
-            s.ecc_volatile_corrected = s.ecc_volatile_uncorrected = 0
-            s.ecc_aggregate_corrected = s.ecc_aggregate_uncorrected = 0
-            s.pcie_tx, s.pcie_rx = 2e9 * util, 1e9 * util
-            s.throttle_reasons.SetInParent()
-            s.processes.SetInParent()
-    c = batch.samples.add(device_id="cpu:0", timestamp=now, utilization=round(util / 2, 4),
-                          memory_used=int(8 * GiB + seq % 97 * (1 << 20)))
-    if full:
-        c.full, c.health = True, tpb.HEALTH_OK
-        c.memory_free = 64 * GiB - c.memory_used
-    return lpb.AgentMessage(telemetry=batch)
-
-
-class GenState:
-    def __init__(self) -> None:
-        self.connected = 0
-        self.failed = 0
-        self.closed = 0
-        self.sent = 0
-        self.status_sent = 0
-        self.late = 0
-        self.stalled = 0  # --client wire: messages that waited for the server's flow-control window
-        self.pings = 0  # --client wire: keepalive PINGs sent
-        self.rejoined = 0  # --client wire: agents welcomed again after their connection was lost
-        self.rejoin_times: list[float] = []  # monotonic, each of those
-        self.reconnect_failures = 0
-        self.reconnecting: set[asyncio.Task[None]] = set()
-        self.errors: list[str] = []
-        self.receipts: list[tuple[int, float, int, list[str]]] = []  # node index, monotonic, generation, deployments
-
-    def error(self, text: str) -> None:
-        if len(self.errors) < 5:
-            self.errors.append(text[:300])
-
-    def applied(self, i: int, desired: lpb.DesiredState) -> lpb.StatusReport:
-        """Node i received `desired` (now): the StatusReport it answers, every assignment READY."""
-        self.receipts.append((i, time.monotonic(), desired.generation, [a.deployment for a in desired.assignments]))
-        status = lpb.StatusReport(generation=desired.generation)
-        for a in desired.assignments:
-            status.instances.add(deployment=a.deployment, model=a.model, version=a.version, digest=a.digest,
-                                 state="READY", devices=list(a.devices), memory_bytes=64 << 20,
-                                 execution_provider="CPUExecutionProvider")
-        return status
-
-
-async def sim_agent(i: int, args: argparse.Namespace, state: GenState, connect: asyncio.Semaphore,
-                    options: list[tuple[str, Any]]) -> None:
-    loop = asyncio.get_running_loop()
-    channel = grpc.aio.insecure_channel(args.target, options=options)
-    call = None
-    reader: asyncio.Task[None] | None = None
-    try:
-        lock = asyncio.Lock()
-        if args.connect_rate > 0:  # paced joins: agent k of this generator starts k / rate seconds in
-            await asyncio.sleep((i - args.first) / args.connect_rate)
-        async with connect:
-            call = link_pb2_grpc.AgentLinkStub(channel).Connect()
-            try:
-                await call.write(hello_for(i, args.gpus))
-                first = await asyncio.wait_for(call.read(), args.connect_timeout)
-            except (grpc.aio.AioRpcError, TimeoutError) as exc:
-                state.failed += 1
-                state.error(f"{node_name(i)} connect: {exc!r}")
-                return
-            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
-                state.failed += 1
-                state.error(f"{node_name(i)}: no welcome")
-                return
-            state.connected += 1
-        interval = args.interval
-
-        async def read_loop() -> None:
-            while True:
-                message = await call.read()
-                if message is grpc.aio.EOF:
-                    state.closed += 1
-                    return
-                if message.WhichOneof("kind") != "desired":
-                    continue
-                status = state.applied(i, message.desired)
-                async with lock:
-                    await call.write(lpb.AgentMessage(status=status))
-                state.status_sent += 1
-
-        reader = asyncio.create_task(read_loop())
-        async with lock:  # like the real agent: one StatusReport first, then telemetry
-            await call.write(lpb.AgentMessage(status=lpb.StatusReport(generation=0)))
-        state.status_sent += 1
-        phase = random.random()
-        next_tick = loop.time() + phase * interval
-        seq = 0
-        while not reader.done():
-            delay = next_tick - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            seq += 1
-            message = telemetry_for(seq, args.gpus, phase * 6.28)
-            async with lock:
-                await call.write(message)
-            state.sent += 1
-            next_tick += interval
-            if next_tick < loop.time():  # fell more than an interval behind: do not burst to catch up
-                state.late += 1
-                next_tick = loop.time() + interval
-    except asyncio.CancelledError:
-        pass
-    except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
-        state.error(f"{node_name(i)}: {exc!r}")
-    finally:
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        if call is not None:
-            call.cancel()
-        await channel.close(None)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# role: load generator, --client wire: the same agents over a minimal HTTP/2 gRPC client (asyncio Protocols)
-# ---------------------------------------------------------------------------------------------------------------
-# grpc.aio's client costs ~140 us of CPU per message sent here, so one core of generators tops out near 7,000 msg/s
-# and the 2-core VM cannot offer 10,000 agents at 1 Hz to anything (see BENCHMARKS.md). The server cannot tell this
-# client from grpc's: each agent is still its own TCP connection carrying one HTTP/2 stream to
-# /xpud.v1.AgentLink/Connect with gRPC's framing, sending the same messages (Hello, StatusReport, Telemetry) and a
-# keepalive PING every 10 s like the agent's channel. What it leaves out is what a load generator does not need:
-# header decoding (HPACK; only the frame types and END_STREAM are looked at), TLS, compression, retries.
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-H2_DATA, H2_HEADERS, H2_RST, H2_SETTINGS, H2_PING, H2_GOAWAY, H2_WINDOW = 0, 1, 3, 4, 6, 7, 8
-H2_END_STREAM, H2_ACK, H2_END_HEADERS, H2_PADDED = 0x1, 0x1, 0x4, 0x8
-H2_RECV_WINDOW = 1 << 30  # what this client grants the server, per stream and per connection
-BACKOFF_INITIAL, BACKOFF_MAX = 0.25, 10.0  # seconds: the agent's reconnect backoff (agent/link.py)
-
-
-def h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
-
-
-def hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
-    """RFC 7541 5.1: an integer with an N-bit prefix, the byte's high bits taken from ``first``."""
-    top = (1 << prefix_bits) - 1
-    if value < top:
-        return bytes((first | value,))
-    out, value = [first | top], value - top
-    while value >= 128:
-        out.append(value % 128 + 128)
-        value //= 128
-    out.append(value)
-    return bytes(out)
-
-
-def hpack_literal(name: int | str, value: str) -> bytes:
-    """A header field literal without indexing (RFC 7541 6.2.2): a static-table name index or a new name."""
-    if isinstance(name, int):
-        head = hpack_int(name, 4, 0x00)
-    else:
-        head = b"\x00" + hpack_int(len(name), 7, 0x00) + name.encode()
-    return head + hpack_int(len(value), 7, 0x00) + value.encode()
-
-
-def grpc_request_headers(authority: str, path: str) -> bytes:
-    return (b"\x83\x86"  # :method POST, :scheme http (static table 3 and 6)
-            + hpack_literal(4, path) + hpack_literal(1, authority)  # :path, :authority
-            + hpack_literal(31, "application/grpc") + hpack_literal("te", "trailers")
-            + hpack_literal(58, "xpud-scale-wire"))  # user-agent
-
-
-class WireAgent(asyncio.Protocol):
-    """One simulated agent: one TCP connection, one AgentLink.Connect stream (id 1)."""
-
-    STREAM = 1
-
-    def __init__(self, i: int, args: argparse.Namespace, state: GenState, headers: bytes) -> None:
-        self.i, self.args, self.state = i, args, state
-        self.headers = headers
-        self.seq = 0
-        self.phase = random.random()
-        self.incarnation = f"{random.getrandbits(64):016x}"  # one process: the same across reconnects
-        self.generation = 0  # the last DesiredState applied
-        self.instances: list[lpb.InstanceStatus] = []  # what it runs (READY), reported in Hello on reconnect
-        self.joins = 0  # welcomes received
-        self.stopping = False
-        self.backoff = BACKOFF_INITIAL
-        self._connection()
-
-    def _connection(self) -> None:
-        """Per connection state."""
-        self.transport: asyncio.Transport | None = None
-        self.welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.live = False  # welcomed and not closed: the ticker sends its telemetry
-        self.ended = False
-        self.full_next = True  # the first telemetry on a connection is a full sample
-        self.inbuf = bytearray()
-        self.msgbuf = bytearray()
-        self.send_conn = self.send_stream = 65535  # the server's windows for what we send (RFC 9113 6.9.2)
-        self.initial_window = 65535
-        self.pending: list[bytes] = []  # DATA frames waiting for window
-        self.recv_unacked = 0
-
-    async def reconnect(self) -> None:
-        """Like the agent: again after a jittered, doubling pause, saying what it applied and runs."""
-        while not self.stopping:
-            pause = self.backoff * (0.5 + random.random())
-            self.backoff = min(self.backoff * 2, BACKOFF_MAX)
-            await asyncio.sleep(pause)
-            if self.stopping:
-                return
-            self._connection()
-            host, _, port = self.args.target.rpartition(":")
-            try:
-                await asyncio.get_running_loop().create_connection(lambda: self, host, int(port))
-                await asyncio.wait_for(asyncio.shield(self.welcomed), self.args.connect_timeout)
-                return
-            except (OSError, TimeoutError, ConnectionError):
-                self.state.reconnect_failures += 1
-                if self.transport is not None:
-                    self.transport.close()
-
-    # -- sending ------------------------------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        settings = h2_frame(H2_SETTINGS, 0, 0, (2).to_bytes(2, "big") + (0).to_bytes(4, "big")  # no push
-                            + (4).to_bytes(2, "big") + H2_RECV_WINDOW.to_bytes(4, "big"))
-        grow = h2_frame(H2_WINDOW, 0, 0, (H2_RECV_WINDOW - 65535).to_bytes(4, "big"))
-        headers = h2_frame(H2_HEADERS, H2_END_HEADERS, self.STREAM, self.headers)
-        transport.write(H2_PREFACE + settings + grow + headers)
-        self.send(hello_for(self.i, self.args.gpus, self.generation, self.instances, self.incarnation))
-
-    def send(self, message: lpb.AgentMessage) -> None:
-        body = message.SerializeToString()
-        payload = b"\x00" + len(body).to_bytes(4, "big") + body
-        frame = h2_frame(H2_DATA, 0, self.STREAM, payload)
-        if self.pending or len(payload) > min(self.send_conn, self.send_stream):
-            self.pending.append(frame)
-            self.state.stalled += 1
-            return
-        self.send_conn -= len(payload)
-        self.send_stream -= len(payload)
-        assert self.transport is not None
-        self.transport.write(frame)
-
-    def _flush(self) -> None:
-        assert self.transport is not None
-        while self.pending:
-            size = len(self.pending[0]) - 9
-            if size > min(self.send_conn, self.send_stream):
-                return
-            self.send_conn -= size
-            self.send_stream -= size
-            self.transport.write(self.pending.pop(0))
-
-    def tick(self, late: bool) -> None:
-        self.seq += 1
-        self.send(telemetry_for(self.seq, self.args.gpus, self.phase * 6.28, self.full_next))
-        self.full_next = False
-        self.state.sent += 1
-        if late:
-            self.state.late += 1
-        if self.seq % self.args.ping_every == 0:  # the agent's channel: keepalive_time_ms 10,000
-            assert self.transport is not None
-            self.transport.write(h2_frame(H2_PING, 0, 0, self.seq.to_bytes(8, "big")))
-            self.state.pings += 1
-
-    # -- receiving ----------------------------------------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
-        buf = self.inbuf
-        buf += data
-        at = 0
-        while len(buf) - at >= 9:
-            size = int.from_bytes(buf[at:at + 3], "big")
-            if len(buf) - at < 9 + size:
-                break
-            kind, flags = buf[at + 3], buf[at + 4]
-            stream = int.from_bytes(buf[at + 5:at + 9], "big") & 0x7FFFFFFF
-            payload = bytes(buf[at + 9:at + 9 + size])
-            at += 9 + size
-            self._frame(kind, flags, stream, payload)
-            if self.ended:
-                break
-        del buf[:at]
-
-    def _frame(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
-        assert self.transport is not None
-        if kind == H2_DATA:
-            self.recv_unacked += len(payload)
-            if flags & H2_PADDED:
-                payload = payload[1:len(payload) - payload[0]]
-            self.msgbuf += payload
-            self._messages()
-            if self.recv_unacked > H2_RECV_WINDOW // 2:
-                grow = self.recv_unacked.to_bytes(4, "big")
-                self.transport.write(h2_frame(H2_WINDOW, 0, 0, grow) + h2_frame(H2_WINDOW, 0, self.STREAM, grow))
-                self.recv_unacked = 0
-            if flags & H2_END_STREAM:
-                self._end("server ended the stream")
-        elif kind == H2_HEADERS:
-            if flags & H2_END_STREAM:  # trailers (grpc-status): the server finished the call
-                self._end("server sent trailers (call ended)")
-        elif kind == H2_SETTINGS:
-            if not flags & H2_ACK:
-                for k in range(0, len(payload) - 5, 6):
-                    key, value = int.from_bytes(payload[k:k + 2], "big"), int.from_bytes(payload[k + 2:k + 6], "big")
-                    if key == 4:  # SETTINGS_INITIAL_WINDOW_SIZE: applies to open streams as a delta
-                        self.send_stream += value - self.initial_window
-                        self.initial_window = value
-                self.transport.write(h2_frame(H2_SETTINGS, H2_ACK, 0, b""))
-                self._flush()
-        elif kind == H2_PING:
-            if not flags & H2_ACK:
-                self.transport.write(h2_frame(H2_PING, H2_ACK, 0, payload))
-        elif kind == H2_WINDOW:
-            increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-            if stream == 0:
-                self.send_conn += increment
-            else:
-                self.send_stream += increment
-            self._flush()
-        elif kind == H2_RST:
-            self._end(f"server reset the stream (HTTP/2 error {int.from_bytes(payload[:4], 'big')})")
-        elif kind == H2_GOAWAY:
-            self._end(f"server sent GOAWAY (HTTP/2 error {int.from_bytes(payload[4:8], 'big')})")
-
-    def _messages(self) -> None:
-        buf = self.msgbuf
-        while len(buf) >= 5:
-            size = int.from_bytes(buf[1:5], "big")
-            if len(buf) < 5 + size:
-                return
-            message = lpb.ControllerMessage.FromString(bytes(buf[5:5 + size]))
-            del buf[:5 + size]
-            kind = message.WhichOneof("kind")
-            if kind == "welcome" and not self.welcomed.done():
-                self.welcomed.set_result(None)
-                self.joins += 1
-                if self.joins > 1:
-                    self.state.rejoined += 1
-                    self.state.rejoin_times.append(time.monotonic())
-                self.backoff = BACKOFF_INITIAL
-                self.send(lpb.AgentMessage(status=lpb.StatusReport(generation=0)))  # like the agent: status first
-                self.state.status_sent += 1
-                self.live = True
-            elif kind == "desired":
-                status = self.state.applied(self.i, message.desired)
-                self.generation, self.instances = status.generation, list(status.instances)
-                self.send(lpb.AgentMessage(status=status))
-                self.state.status_sent += 1
-
-    def _end(self, why: str) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        if self.live:
-            self.state.closed += 1
-        self.live = False
-        self.state.error(f"{node_name(self.i)}: {why}")
-        if not self.welcomed.done():
-            self.welcomed.set_exception(ConnectionError(why))
-            self.welcomed.exception()  # retrieved: a reconnect waits on its own future
-        assert self.transport is not None
-        self.transport.close()
-        if self.joins and not self.stopping:  # it was in: come back, like the agent (the first join has its own)
-            task = asyncio.ensure_future(self.reconnect())
-            self.state.reconnecting.add(task)
-            task.add_done_callback(self.state.reconnecting.discard)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ended:
-            self._end(f"connection lost: {exc!r}")
-
-    def close(self) -> None:
-        self.stopping = True
-        self.ended = True
-        self.live = False
-        if self.transport is not None:
-            self.transport.close()
-
-
-async def wire_agents(args: argparse.Namespace, state: GenState) -> list[asyncio.Task[None]]:
-    """Connect args.count WireAgents (--connect-concurrency handshakes in flight) and tick them from one task."""
-    loop = asyncio.get_running_loop()
-    host, _, port = args.target.rpartition(":")
-    headers = grpc_request_headers(args.target, "/xpud.v1.AgentLink/Connect")
-    connect = asyncio.Semaphore(args.connect_concurrency)
-    agents: list[WireAgent] = []
-
-    async def join(i: int) -> None:
-        if args.connect_rate > 0:
-            await asyncio.sleep((i - args.first) / args.connect_rate)
-        async with connect:
-            agent = WireAgent(i, args, state, headers)
-            agents.append(agent)
-            try:
-                await loop.create_connection(lambda: agent, host, int(port))
-                await asyncio.wait_for(asyncio.shield(agent.welcomed), args.connect_timeout)
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                state.failed += 1
-                state.error(f"{node_name(i)} connect: {exc!r}")
-                agent.close()
-                return
-            state.connected += 1
-
-    async def spread() -> None:
-        """Each agent sends at its own instant (its phase of the interval), spinning the loop between sends.
-
-        Sending each time slot's agents together (one wake-up per 5 ms or 1 ms slot) would be cheaper here, but
-        it makes the server cheaper too: it reads the bunch in one wake-up. At 2,000 agents the bare server took
-        14.5 % of a core with 5 ms slots, 16.7 % with 1 ms slots, 18.7 % spread like this, and 20.0 % from
-        grpc.aio clients. Real agents on their own machines do not send in bunches. The cost of spreading is a
-        generator that spins: it shows ~100 % of its core whatever the load.
-        """
-        order: list[WireAgent] = []
-        pos = 0
-        cycle = sorted_at = loop.time()
-        try:
-            while True:
-                if len(order) != len(agents) and loop.time() - sorted_at > 0.5:  # agents joined: order them by phase
-                    sorted_at = loop.time()
-                    order = sorted(agents, key=lambda a: a.phase)
-                    offset = (sorted_at - cycle) / args.interval % 1.0  # where in the interval we are
-                    cycle = sorted_at - offset * args.interval
-                    pos = next((n for n, a in enumerate(order) if a.phase >= offset), len(order))
-                if not order:
-                    await asyncio.sleep(0.01)
-                    continue
-                now = loop.time()
-                while True:
-                    if pos == len(order):
-                        pos = 0
-                        cycle += args.interval
-                    due = cycle + order[pos].phase * args.interval
-                    if due > now:
-                        break
-                    late = now - due > args.interval
-                    if order[pos].live:
-                        order[pos].tick(late)
-                    pos += 1
-                    if late:  # more than an interval behind: count it, then do not burst to catch up
-                        cycle += now - due
-                wait = due - loop.time()
-                await asyncio.sleep(wait - 0.0015 if wait > 0.002 else 0)
-        finally:
-            for agent in agents:
-                agent.close()
-
-    joins = [asyncio.create_task(join(i)) for i in range(args.first, args.first + args.count)]
-    return [*joins, asyncio.create_task(spread())]
-
-
-async def gen_main(args: argparse.Namespace) -> None:
-    from xpud.agent.link import CHANNEL_OPTIONS  # the real agent's channel options (keepalive every 10 s)
-
-    raise_nofile()
-    args.ping_every = max(1, round(10.0 / args.interval))  # ticks between keepalive PINGs (--client wire)
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[str] = asyncio.Queue()
-    _stdin_thread(loop, commands)
-    state = GenState()
-    connect = asyncio.Semaphore(args.connect_concurrency)
-    # one TCP connection per node, like real agents (channels with equal args would share one otherwise)
-    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-    t0 = time.monotonic()
-    if args.client == "wire":
-        tasks = await wire_agents(args, state)
-    else:
-        tasks = [asyncio.create_task(sim_agent(i, args, state, connect, options))
-                 for i in range(args.first, args.first + args.count)]
-    deadline = loop.time() + args.max_seconds
-    reported = False
-    while True:
-        if not reported and state.connected + state.failed >= args.count:
-            reported = True
-            # thousands of agents in one process: a full collection of their streams would stall every one of them
-            # for hundreds of ms (one push p99 of 545 ms at 5,000), which real agents, one per process, never see
-            gc.collect()
-            gc.freeze()
-            _emit({"event": "connected", "connected": state.connected, "failed": state.failed,
-                   "seconds": round(time.monotonic() - t0, 3)})
-        try:
-            line = await asyncio.wait_for(commands.get(), 0.2 if not reported else max(deadline - loop.time(), 0.01))
-        except TimeoutError:
-            if loop.time() >= deadline:
-                break
-            continue
-        word, _, rest = line.partition(" ")
-        if word == "stats":
-            _emit({"connected": state.connected, "failed": state.failed, "closed": state.closed, "sent": state.sent,
-                   "status_sent": state.status_sent, "late": state.late, "receipts": len(state.receipts),
-                   "stalled": state.stalled, "pings": state.pings, "rejoined": state.rejoined,
-                   "reconnect_failures": state.reconnect_failures,
-                   "last_rejoin": max(state.rejoin_times, default=None),
-                   "errors": state.errors, "mono": time.monotonic()})
-        elif word == "receipts":
-            start = int(rest or 0)
-            _emit({"receipts": [list(r) for r in state.receipts[start:]], "next": len(state.receipts)})
-        elif word == "stop":
-            break
-    for task in [*tasks, *state.reconnecting]:
-        task.cancel()
-    await asyncio.wait_for(asyncio.gather(*tasks, *state.reconnecting, return_exceptions=True), 30)
-    _emit({"event": "stopped", "sent": state.sent})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -995,9 +427,8 @@ def push_case(args: argparse.Namespace, admin: admin_pb2_grpc.AdminStub, gens: l
     push_model_s = time.monotonic() - t0
     time.sleep(1.0)
     cursors = [g.ask("receipts 0", 60)["next"] for g in gens]
-    # This process and its channel just read ListNodes and GetPool of every node. Its collector must not run inside
-    # a timed call, and one untimed call goes first: at 10,000 nodes the first CreateDeployment after those reads
-    # took 30 ms longer here while the controller's handler took its usual 23 ms (not with this call before it).
+    # This process just read ListNodes and GetPool of every node: its collector must not run inside a timed call,
+    # and one untimed call goes first (the first call after those reads is slower on the client side).
     gc.collect()
     gc.freeze()
     admin.ListDeployments(apb.ListDeploymentsRequest(), timeout=60)
@@ -1283,25 +714,30 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# the numeric options (flag, type, default, help), in --help order
+NUMBER_OPTIONS: tuple[tuple[str, type[int] | type[float], float, str], ...] = (
+    ("--agents", int, 2000, "simulated agents (nodes), one stream each"),
+    ("--duration", float, 30.0, "measurement window per case, seconds"),
+    ("--interval", float, 1.0, "telemetry interval, seconds"),
+    ("--gpus", int, 2, "simulated GPUs per node (plus cpu:0)"),
+    ("--generators", int, 0, "load-generator processes (0: one per 20,000 agents with --client wire, 5,000 with grpc)"),
+    ("--lease", float, 30.0, "controller --lease, seconds"),
+    ("--replicas", int, 200, "replicas per pushed deployment (nodes affected)"),
+    ("--pushes", int, 3, "deployments created one after the other"),
+    ("--push-wait", float, 15.0, "seconds to wait for each push to arrive"),
+    ("--warmup", float, 3.0, "seconds after all connected before measuring"),
+    ("--connect-wait", float, 180.0, "seconds allowed for all to connect"),
+    ("--connect-concurrency", int, 100, "handshakes in flight per generator"),
+    ("--connect-rate", float, 0.0, "joins per second, all generators together (0: as fast as handshakes go)"),
+    ("--connect-timeout", float, 60.0, "seconds for one Hello -> Welcome"),
+    ("--max-seconds", float, 900.0, "children exit after this long regardless"),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", type=int, default=2000, help="simulated agents (nodes), one stream each")
-    parser.add_argument("--duration", type=float, default=30.0, help="measurement window per case, seconds")
-    parser.add_argument("--interval", type=float, default=1.0, help="telemetry interval, seconds")
-    parser.add_argument("--gpus", type=int, default=2, help="simulated GPUs per node (plus cpu:0)")
-    parser.add_argument("--generators", type=int, default=0,
-                        help="load-generator processes (0: one per 20,000 agents with --client wire, 5,000 with grpc)")
-    parser.add_argument("--lease", type=float, default=30.0, help="controller --lease, seconds")
-    parser.add_argument("--replicas", type=int, default=200, help="replicas per pushed deployment (nodes affected)")
-    parser.add_argument("--pushes", type=int, default=3, help="deployments created one after the other")
-    parser.add_argument("--push-wait", type=float, default=15.0, help="seconds to wait for each push to arrive")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after all connected before measuring")
-    parser.add_argument("--connect-wait", type=float, default=180.0, help="seconds allowed for all to connect")
-    parser.add_argument("--connect-concurrency", type=int, default=100, help="handshakes in flight per generator")
-    parser.add_argument("--connect-rate", type=float, default=0.0,
-                        help="joins per second, all generators together (0: as fast as handshakes go)")
-    parser.add_argument("--connect-timeout", type=float, default=60.0, help="seconds for one Hello -> Welcome")
-    parser.add_argument("--max-seconds", type=float, default=900.0, help="children exit after this long regardless")
+    for flag, kind, default, text in NUMBER_OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument("--client", choices=("grpc", "wire"), default="wire",
                         help="the simulated agents' client: grpc.aio (grpc), or a minimal HTTP/2 gRPC client on "
                              "asyncio Protocols (wire: far less CPU per message: one core offers 10,000 agents)")
