@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from xpud.controller.control import MIN_MEMORY, Controller
+from pathlib import Path
+
+from xpud.controller.catalog import MIN_MEMORY
+from xpud.controller.control import Controller
 from xpud.controller.core import NODE_LOST, NODE_READY, NODE_SUSPECT, DeploymentSpec
-from xpud.controller.store import Store
+from xpud.controller.store import ArtifactStore, SqliteStore
 from xpud.proto import link_pb2 as lpb
+
+
+def _core(tmp_path: Path, **kw):  # type: ignore[no-untyped-def]
+    """A store and a controller on it (artifacts beside), with no process tuning."""
+    store = SqliteStore(tmp_path)
+    return store, Controller(store, ArtifactStore(tmp_path / "artifacts"), **kw)
 
 
 def _with_model(tmp_path):  # type: ignore[no-untyped-def]
     """A store holding one small model "m", and a controller on it."""
-    store = Store(tmp_path)
-    digest, size = store.put_artifact([b"\x08" + b"\0" * 100])
+    store, controller = _core(tmp_path)
+    digest, size = controller.artifacts.put([b"\x08" + b"\0" * 100])
     store.add_model("m", None, digest, size, "model.onnx")
-    return store, Controller(store)
+    return store, controller
 
 
 class Clock:
@@ -25,9 +34,8 @@ class Clock:
 
 
 async def test_memory_estimate_prefers_the_user_then_the_measurement_then_the_file(tmp_path):
-    store = Store(tmp_path)
-    controller = Controller(store)
-    digest, size = store.put_artifact([b"\x08" + b"\0" * (100 << 20)])
+    store, controller = _core(tmp_path)
+    digest, size = controller.artifacts.put([b"\x08" + b"\0" * (100 << 20)])
     store.add_model("big", None, digest, size, "model.onnx")
     spec = DeploymentSpec("web", "big", "", 2, 0)
     assert await controller.memory_estimate(spec) == 3 * size  # the file x the factor
@@ -65,8 +73,7 @@ def test_failure_detection_suspect_then_lost():
 async def test_a_suspect_node_that_speaks_again_is_ready(tmp_path):
     from xpud.controller.linkservice import AgentLinkService, Session
 
-    store = Store(tmp_path)
-    controller = Controller(store)
+    store, controller = _core(tmp_path)
     node = controller.pool.node("n1")
     session = Session("n1")
     node.session, node.state = session, NODE_SUSPECT
@@ -127,8 +134,7 @@ async def _joined(controller: Controller, name: str, generation: int = 0):  # ty
 
 async def test_generations_resume_above_what_an_agent_reports(tmp_path):
     """A state dir older than what the agents applied (restored from a backup): the next push still counts up."""
-    store = Store(tmp_path)
-    controller = Controller(store)
+    store, controller = _core(tmp_path)
     await controller.start()
     node = await _joined(controller, "n1", generation=41)  # the store knows no generation for it
     await controller.reconcile_now()
@@ -166,9 +172,9 @@ async def test_a_pass_runs_to_its_end_when_the_call_that_asked_for_it_is_cancell
     release.set()
     with pytest.raises(asyncio.CancelledError):  # the caller still learns it was cancelled, once the pass is whole
         await call
-    async with controller._reconciling:
+    async with controller.scheduling.lock:
         assert controller.specs == {"web": spec} and store.deployments() == [spec]
-        assert [r.node for r in controller.placement["web"]] == ["n1"]
+        assert [r.node for r in controller.state.placement["web"]] == ["n1"]
         assert [a.deployment for a in node.session.outbox.get_nowait().desired.assignments] == ["web"]
     await controller.close()
     store.close()
@@ -178,14 +184,13 @@ async def test_a_storm_of_events_is_logged_in_one_line_per_kind_and_each_reaches
     import asyncio
     import logging
 
-    from xpud.controller import control
+    from xpud.controller import events
 
-    store = Store(tmp_path)
-    controller = Controller(store)
+    store, controller = _core(tmp_path)
     watcher: asyncio.Queue[object] = asyncio.Queue()
-    controller.event_listeners.add(watcher)
-    joined = [("NodeJoined", f"n{i}", "3 device(s)") for i in range(control.LOG_EACH + 5)]
-    with caplog.at_level(logging.INFO, logger="xpud.controller.control"):
+    controller.events.listeners.add(watcher)
+    joined = [("NodeJoined", f"n{i}", "3 device(s)") for i in range(events.LOG_EACH + 5)]
+    with caplog.at_level(logging.INFO, logger="xpud.controller.events"):
         await controller.emit([*joined, ("NodeLost", "m1", "no message for 3 s")])
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [f"event NodeJoined x {len(joined)}: n0, n1, n2, ... (3 device(s); each one in `xpud events`)",
@@ -203,10 +208,9 @@ async def test_after_a_restart_known_nodes_are_not_lost_while_agents_are_still_c
 
     from xpud.controller.store import NodeRecord
 
-    store = Store(tmp_path)
-    store.commit(nodes=[NodeRecord(f"n{i}", {}, "", info={}) for i in range(3)])
     clock = Clock()
-    controller = Controller(store, clock=clock, lease=3.0)
+    store, controller = _core(tmp_path, clock=clock, lease=3.0)
+    store.commit(nodes=[NodeRecord(f"n{i}", {}, "", info={}) for i in range(3)])
     await controller.start()
     pool = controller.pool
     assert {n.state for n in pool.nodes.values()} == {NODE_SUSPECT} and pool.returning == {"n0", "n1", "n2"}
