@@ -19,7 +19,7 @@ from pathlib import Path
 from xpud.proto import link_pb2 as lpb
 from xpud.proto.status import InvalidArgument, NotFound
 
-from .catalog import Catalog, Measured, Models, estimate
+from .catalog import Measured, Models, estimate
 from .core import Decision, DeploymentSpec
 from .events import EventLog
 from .nodes import Nodes
@@ -129,9 +129,6 @@ class Controller:
 
     async def memory_estimate(self, spec: DeploymentSpec) -> int:
         return estimate(spec, self.measured(), await self.models.catalog())
-
-    async def catalog(self) -> Catalog:
-        return await self.models.catalog()
 
     # -- nodes ------------------------------------------------------------------------------------
     async def set_cordon(self, name: str, cordoned: bool, drain: bool = False) -> NodeState:

@@ -134,7 +134,7 @@ class Pool:
         self._added: list[str] = []  # nodes created since the last views()
         self._changed: set[str] = set()  # nodes touched since the last views()
         # nodes known from before a controller restart that have not spoken since, and the clock time until which
-        # they are not declared Lost (see `Controller.node_joined`)
+        # they are not declared Lost (see `nodes.Nodes.joined`)
         self.returning: set[str] = set()
         self.returning_until = 0.0
 

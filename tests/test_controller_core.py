@@ -201,9 +201,9 @@ async def test_a_storm_of_events_is_logged_in_one_line_per_kind_and_each_reaches
 
 
 async def test_after_a_restart_known_nodes_are_not_lost_while_agents_are_still_coming_back(tmp_path):
-    """A restarted controller with many agents takes a while to hear them all (10,000 took 23-45 s on the 2-core
-    VM): a node known from before is Lost only once a lease has passed with no agent coming back, so nothing moves
-    because the controller was slow to take the joins."""
+    """A restarted controller with many agents takes a while to hear them all: a node known from before is Lost only
+    once a lease has passed with no agent coming back, so nothing moves because the controller was slow to take the
+    joins."""
     import time
 
     from xpud.controller.store import NodeRecord
@@ -225,3 +225,156 @@ async def test_after_a_restart_known_nodes_are_not_lost_while_agents_are_still_c
     assert sorted((n.name, state) for n, state in pool.age(1.0, 3.0)) == [("n1", NODE_LOST), ("n2", NODE_LOST)]
     await controller.close()
     store.close()
+
+
+async def test_delete_and_cordon_are_written_in_their_pass_and_undone_when_it_fails(tmp_path, monkeypatch):
+    import pytest
+
+    from xpud.controller.store import StoreError
+    from xpud.proto.status import NotFound
+
+    store, controller = _with_model(tmp_path)
+    node = await _joined(controller, "n1")
+    spec = DeploymentSpec("web", "m", "", 1, 0)
+    await controller.apply_deployment(spec, create=True)
+
+    def broken(**kw):  # type: ignore[no-untyped-def]
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "commit", broken)
+    with pytest.raises(StoreError):
+        await controller.delete_deployment("web")
+    with pytest.raises(StoreError):
+        await controller.set_cordon("n1", True, drain=True)
+    assert controller.specs == {"web": spec} and not node.cordoned and not controller.state.draining
+    monkeypatch.undo()
+    with pytest.raises(NotFound, match="unknown deployment 'api'; deployments: web"):
+        await controller.delete_deployment("api")
+    with pytest.raises(NotFound, match="unknown node 'n2'; nodes: n1"):
+        await controller.set_cordon("n2", True)
+    await controller.set_cordon("n1", True, drain=True)
+    assert [n.cordoned for n in store.nodes()] == [True] and controller.state.draining == {"n1"}
+    assert "web" not in controller.state.placement  # drained: nowhere else to go
+    await controller.delete_deployment("web")
+    assert store.deployments() == [] and controller.specs == {}
+    kinds = [e.kind for e in store.events()]
+    assert kinds.index("Drained") < kinds.index("DeploymentDeleted") and "DeploymentApplied" not in kinds
+    await controller.close()
+    store.close()
+
+
+async def test_routes_changed_hears_the_nodes_concerned(tmp_path):
+    store, controller = _with_model(tmp_path)
+    heard: list[set[str]] = []
+    controller.routes_changed.append(heard.append)
+    node = await _joined(controller, "n1")
+    assert heard == [{"n1"}]
+    await controller.apply_deployment(DeploymentSpec("web", "m", "", 1, 0), create=True)
+    assert heard[-1] == set()  # the deployments changed: everything
+    heard.clear()
+    controller.heard(node, lpb.AgentMessage(status=lpb.StatusReport(instances=[
+        lpb.InstanceStatus(deployment="web", state="READY", devices=["cpu:0"])])))
+    assert heard == [{"n1"}]
+    controller.heard(node, lpb.AgentMessage(status=lpb.StatusReport(instances=[
+        lpb.InstanceStatus(deployment="web", state="READY", devices=["cpu:0"])])))
+    assert heard == [{"n1"}]  # the same states: nothing to tell
+    await controller.node_left(node)
+    assert heard[-1] == {"n1"}
+    await controller.close()
+    store.close()
+
+
+async def test_a_controller_built_without_tuning_leaves_the_collector_alone(tmp_path, monkeypatch):
+    import gc
+    import sys
+
+    from xpud.controller import heap
+
+    monkeypatch.setattr(heap, "SCALE_NODES", 1)
+    threshold, interval = gc.get_threshold(), sys.getswitchinterval()
+    store, controller = _with_model(tmp_path)
+    await _joined(controller, "n1")
+    await controller.reconcile_now()
+    assert gc.get_threshold() == threshold and gc.get_freeze_count() == 0 and heap.GC_TIME not in gc.callbacks
+    assert sys.getswitchinterval() == interval and gc.isenabled()
+    await controller.close()
+    store.close()
+
+
+async def test_admin_errors_map_to_grpc_status_codes(tmp_path):
+    """Over real gRPC: each wrong call ends with the status its error maps to, and a message saying what to do."""
+    import grpc
+    import pytest
+
+    from xpud.controller.server import start_controller
+    from xpud.proto import admin_pb2 as apb
+    from xpud.proto import admin_pb2_grpc, link_pb2_grpc
+
+    running = await start_controller("127.0.0.1:0", 0, tmp_path / "state")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    admin = admin_pb2_grpc.AdminStub(channel)
+    Code = grpc.StatusCode
+
+    def push(*chunks: apb.PushModelChunk):  # type: ignore[no-untyped-def]
+        return admin.PushModel(iter(chunks))
+
+    async def fetch(digest: str) -> list[lpb.ArtifactChunk]:
+        return [c async for c in link_pb2_grpc.AgentLinkStub(channel).FetchArtifact(
+            lpb.FetchArtifactRequest(digest=digest))]
+
+    try:
+        await push(apb.PushModelChunk(name="m", data=b"\x08model"))
+        cases = [
+            (push(), Code.INVALID_ARGUMENT, "no model bytes were sent"),
+            (push(apb.PushModelChunk(name="Bad Name", data=b"\x08")), Code.INVALID_ARGUMENT, "model name 'Bad Name'"),
+            (push(apb.PushModelChunk(name="m", version="v2", data=b"\x08")), Code.INVALID_ARGUMENT,
+             "must be a whole number"),
+            (push(apb.PushModelChunk(name="m", filename="x.txt", data=b"text")), Code.INVALID_ARGUMENT,
+             "x.txt is not an ONNX model"),
+            (push(apb.PushModelChunk(name="m", version="1", data=b"\x08other")), Code.ALREADY_EXISTS,
+             "exists with other content"),
+            (admin.CreateDeployment(apb.Deployment(name="web", model="nope")), Code.NOT_FOUND,
+             "unknown model 'nope'; push it first"),
+            (admin.CreateDeployment(apb.Deployment(name="web", model="m", device="tpu")), Code.INVALID_ARGUMENT,
+             "device 'tpu' must be one of"),
+            (admin.CreateDeployment(apb.Deployment(name="-web", model="m")), Code.INVALID_ARGUMENT,
+             "deployment name '-web'"),
+            (admin.DeleteDeployment(apb.DeleteDeploymentRequest(name="web")), Code.NOT_FOUND,
+             "unknown deployment 'web'"),
+            (admin.SetCordon(apb.SetCordonRequest(node="n9", cordoned=True)), Code.NOT_FOUND, "unknown node 'n9'"),
+            (fetch("0" * 64), Code.NOT_FOUND, "no artifact with digest"),
+        ]
+        for call, code, message in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == code and message in (info.value.details() or ""), info.value
+        await admin.CreateDeployment(apb.Deployment(name="web", model="m"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await admin.CreateDeployment(apb.Deployment(name="web", model="m"))
+        assert info.value.code() == Code.ALREADY_EXISTS and "already exists" in (info.value.details() or "")
+    finally:
+        await channel.close()
+        await running.stop(0)
+
+
+async def test_a_store_url_holds_the_state_and_the_state_dir_the_artifacts(tmp_path):
+    import grpc
+
+    from xpud.controller.server import start_controller
+    from xpud.controller.store import SqliteStore
+    from xpud.proto import admin_pb2 as apb
+    from xpud.proto import admin_pb2_grpc
+
+    db = tmp_path / "db" / "custom.db"
+    running = await start_controller("127.0.0.1:0", 0, tmp_path / "state", store_url=f"sqlite://{db}")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            model = await admin.PushModel(iter([apb.PushModelChunk(name="m", data=b"\x08model")]))
+            await admin.CreateDeployment(apb.Deployment(name="web", model="m"))
+    finally:
+        await running.stop(0)
+    assert (tmp_path / "state" / "artifacts" / model.digest).is_file()
+    assert not (tmp_path / "state" / "state.db").exists()
+    with SqliteStore(db.parent, db.name) as store:
+        assert [d.name for d in store.deployments()] == ["web"] and [m.name for m in store.models()] == ["m"]
