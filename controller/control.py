@@ -149,12 +149,7 @@ class Controller:
 
     def heard(self, node: NodeState, message: lpb.AgentMessage) -> None:
         """A message on a node's link: telemetry or its instances' status."""
-        self.nodes.heard(node, time.time())
-        kind = message.WhichOneof("kind")
-        if kind == "telemetry":
-            self.nodes.telemetry(node, message.telemetry)
-        elif kind == "status":
-            self.nodes.instances(node, message.status)
+        self.nodes.heard(node, message, time.time())
 
     def node_back(self, node: NodeState) -> None:
         self.nodes.back(node)

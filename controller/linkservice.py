@@ -69,11 +69,12 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
                 await controller.node_left(node)
 
     async def _read(self, iterator: AsyncIterator[lpb.AgentMessage], node: NodeState, session: Session) -> None:
+        heard = self.controller.heard
         try:
             async for message in iterator:
                 if node.session is not session:
                     break
-                self.controller.heard(node, message)
+                heard(node, message)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:

@@ -89,22 +89,23 @@ class Nodes:
         self.state.routes({node.name})
         self.changed()
 
-    def heard(self, node: NodeState, wall: float) -> None:
-        """Any message from a node: seen now; a Suspect (or Lost) node that speaks again is back."""
-        self.pool.seen(node, wall)
+    def heard(self, node: NodeState, message: lpb.AgentMessage, wall: float) -> None:
+        """A message on a node's link: seen now (a Suspect or Lost node that speaks again is back), then its
+        telemetry or its instances' status."""
+        pool = self.pool
+        pool.seen(node, wall)
         if node.state != NODE_READY:
             self.back(node)
-
-    def telemetry(self, node: NodeState, batch: lpb.Telemetry) -> None:
-        if self.pool.telemetry(node, batch):  # a device's health changed
-            self.changed()
-
-    def instances(self, node: NodeState, report: lpb.StatusReport) -> None:
-        before = {k: v.state for k, v in node.instances.items()}
-        self.pool.status(node, report)
-        if before != {k: v.state for k, v in node.instances.items()}:
-            self.state.routes({node.name})
-            self.changed()
+        kind = message.WhichOneof("kind")
+        if kind == "telemetry":
+            if pool.telemetry(node, message.telemetry):  # a device's health changed
+                self.changed()
+        elif kind == "status":
+            before = {k: v.state for k, v in node.instances.items()}
+            pool.status(node, message.status)
+            if before != {k: v.state for k, v in node.instances.items()}:
+                self.state.routes({node.name})
+                self.changed()
 
     def back(self, node: NodeState) -> None:
         """Ready at once, its event written with the failure detector's next batch: the reader does not wait for

@@ -177,9 +177,9 @@ class Scheduling:
         push(pool, state.shares, pushes, generations, state.generations)
         pushed = time.perf_counter()
         self.events.notify(records)
-        if "deployments" in writes or "deleted" in writes:
+        if state.routes_changed and ("deployments" in writes or "deleted" in writes):
             state.routes(set())  # the deployments themselves changed
-        elif pushes or moved:
+        elif state.routes_changed and (pushes or moved):
             state.routes({*pushes, *(r.node for name in moved
                                      for r in (*placement.get(name, ()), *stored.get(name, ())))})
         self.tuning.grown(len(pool.nodes), joined=joined)
