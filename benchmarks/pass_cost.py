@@ -8,8 +8,7 @@ second of telemetry for every node before each. Each pass's breakdown is the con
 the line `--controller-debug` logs for it, taken from the log record (so older commits can be measured too).
 
 Prints JSON: for the first, the middle and the last deployments, the call's time and the pass's steps
-(schedule, shares, commit, pushes). Shares and commit are the steps that used to grow with every deployment
-already placed.
+(schedule, shares, commit, pushes).
 """
 
 from __future__ import annotations
@@ -32,7 +31,8 @@ from scale import hello_for, telemetry_for
 from xpud.controller.admin import AdminService
 from xpud.controller.control import Controller
 from xpud.controller.linkservice import Session
-from xpud.controller.store import Store
+from xpud.controller.store import ArtifactStore, SqliteStore
+from xpud.controller.tuning import ProcessTuning
 from xpud.proto import admin_pb2 as apb
 
 
@@ -55,8 +55,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     logger.addHandler(passes)
     logger.setLevel(logging.DEBUG)
     with tempfile.TemporaryDirectory(prefix="xpud-pass-") as tmp:
-        store = Store(Path(tmp))
-        controller = Controller(store, lease=1e9)  # no node is lost while the pool is built
+        store, artifacts = SqliteStore(Path(tmp)), ArtifactStore(Path(tmp) / "artifacts")
+        # the tuning `xpud controller` installs; no node is lost while the pool is built
+        controller = Controller(store, artifacts, lease=1e9, tuning=ProcessTuning(time.monotonic))
         await controller.start()
         started = time.perf_counter()
         for i in range(args.nodes):
@@ -70,7 +71,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         while controller.planner.warm():  # what the controller does between passes once the pool settles
             pass
         joined = time.perf_counter() - started
-        digest, size = store.put_artifact([b"\x08" + b"\0" * 100])
+        digest, size = artifacts.put([b"\x08" + b"\0" * 100])
         store.add_model("bench", None, digest, size, "model.onnx")
         admin = AdminService(controller)
         steps = []

@@ -1,1 +1,2 @@
-"""The control plane: global pool, scheduler, router, store (arrives with the control-plane issue)."""
+"""The control plane: the pool, the scheduler, the store, the core that keeps them (`control.Controller`), its
+servicers (admin, agent link) and the inference router."""

@@ -1,28 +1,21 @@
 """Python's cyclic garbage collector at the controller's scale: collections on the controller's schedule.
 
-With thousands of agent streams, each waiting read keeps a few young objects alive (its coroutine, future,
-iterator), and a new set with every message. A collection of the youngest generation walks all of them:
-20 ms at 2,000 streams and 100 ms at 10,000 (measured, Python 3.12). The automatic collector starts one whenever
-700 more objects were allocated than freed, inside whatever code runs then: an admin call's scheduling pass more
-often than not, as that is what allocates. Full collections walk every live object as well.
+With thousands of agent streams, each waiting read keeps a few young objects alive, and a collection of the
+youngest generation walks all of them (tens of ms at thousands of streams). The automatic collector starts one
+every 700 net allocations, inside whatever runs then: a scheduling pass, more often than not.
 
 So from SCALE_NODES nodes on, `Heap` takes the collector over:
   - automatic collections start only after YOUNG_THRESHOLD net allocations (a safety net, not the rule);
   - the young generations are collected every YOUNG_PERIOD seconds, between scheduling passes;
-  - what is alive after a pass in which nodes joined, once the pool has settled, or after a young collection, is frozen
-    (`gc.freeze`, which costs nothing): no collection walks it again, and every HEAP_PERIOD one full collection of
-    everything frees cycles among objects frozen while alive (the streams that have ended since, the garbage of
-    joins frozen with them), then freezes again. During a join storm of 10,000 agents, freezing only when the pool
-    had grown by a quarter let the collector start collections of the young generation itself every 2-10 s, each
-    freeing ~5,000 objects in 130-340 ms;
+  - what is alive after a pass in which nodes joined, once the pool has settled, or after a young collection, is
+    frozen (`gc.freeze`): no collection walks it again, and every HEAP_PERIOD one full collection of everything
+    frees cycles among objects frozen while alive (ended streams, the garbage of joins), then freezes again;
   - a collection is skipped when it could not free much: a young one when fewer than YOUNG_SKIP objects were
-    allocated (net) since the last collection or freeze, a full one when no stream has ended and no node joined
-    since the last (`stream_ended`). Each period doubles after a collection that freed fewer than FEW_FREED
-    objects (up to MAX_PERIOD), and is back to its start after one that freed more.
-A settled pool makes next to no cyclic garbage, and each collection stalls the event loop (streams, admin calls,
-the router): at 10,000 agents on the 2-core VM, young collections freed 0-200 objects in 20-300 ms, a full one
-10 objects in 0.9 s.
-Below SCALE_NODES nothing changes. `GC_TIME` measures the time spent collecting, for the controller's debug log.
+    allocated (net) since the last, a full one when no stream has ended and no node joined since the last. Each
+    period doubles after a collection that freed fewer than FEW_FREED objects (up to MAX_PERIOD), and is back to
+    its start after one that freed more.
+Below SCALE_NODES nothing changes. `GC_TIME` (installed by `tuning.ProcessTuning`) measures the time spent
+collecting, for the controller's debug log.
 """
 
 from __future__ import annotations
@@ -36,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SCALE_NODES = 1000
 YOUNG_THRESHOLD = 100_000  # automatic collections only after this many more allocations than frees (default 700)
-YOUNG_PERIOD = 60.0  # seconds between collections of the two young generations at scale (100 ms each at 10,000)
+YOUNG_PERIOD = 60.0  # seconds between collections of the two young generations at scale
 HEAP_PERIOD = 600.0  # seconds between full collections of everything (the frozen objects too) at scale
 MAX_PERIOD = 6 * 3600.0  # the most either period grows to
 LOG_SLOW = 0.01  # seconds: an automatic collection that took longer is logged (debug)
@@ -55,6 +48,18 @@ class GcTime:
         self.scheduled = False  # Heap is collecting
         self.watch = False  # Heap runs the collector (scale)
         self._start = 0.0
+        self._installs = 0
+
+    def install(self) -> None:
+        """Count collections from now on (`gc.callbacks`); one `uninstall` per `install`."""
+        self._installs += 1
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        self._installs = max(self._installs - 1, 0)
+        if not self._installs and self in gc.callbacks:
+            gc.callbacks.remove(self)
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -69,7 +74,6 @@ class GcTime:
 
 
 GC_TIME = GcTime()
-gc.callbacks.append(GC_TIME)
 
 
 class Heap:

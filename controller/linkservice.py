@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
 from xpud import __version__
 from xpud.proto import link_pb2 as lpb
 from xpud.proto import link_pb2_grpc
+from xpud.proto.status import NotFound
 
-from .control import Controller
-from .core import NODE_READY
+from .control import CHUNK, Controller
+from .pool import NodeState
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 
 
 class Session:
@@ -51,16 +49,11 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the link must be a Hello "
                                 "naming the node")
         hello = first.hello
-        node = controller.pool.node(hello.node)
-        if node.session is not None:
-            node.session.close()  # a newer stream of the same node replaces the old one
         session = Session(hello.node)
-        node.session = session
-        controller.pool.hello(node, hello, time.time())
+        node = controller.connect(hello, session)
         yield lpb.ControllerMessage(welcome=lpb.Welcome(
             telemetry_interval_s=controller.interval, lease_s=controller.lease, controller_version=__version__))
-        # read (and so hear the heartbeat) before the join is written: a slow store must not make it look silent
-        node.state = NODE_READY
+        controller.welcomed(node)
         reader = asyncio.create_task(self._read(iterator, node, session))
         try:
             await controller.node_joined(node, hello)
@@ -75,24 +68,13 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
             if node.session is session:
                 await controller.node_left(node)
 
-    async def _read(self, iterator: AsyncIterator[lpb.AgentMessage], node: Any, session: Session) -> None:
-        pool = self.controller.pool
+    async def _read(self, iterator: AsyncIterator[lpb.AgentMessage], node: NodeState, session: Session) -> None:
+        heard = self.controller.heard
         try:
             async for message in iterator:
                 if node.session is not session:
                     break
-                pool.seen(node, time.time())
-                if node.state != NODE_READY:  # a Suspect (or Lost) node that speaks again is back
-                    self.controller.node_back(node)
-                kind = message.WhichOneof("kind")
-                if kind == "telemetry":
-                    if pool.telemetry(node, message.telemetry):  # a device's health changed
-                        self.controller.changed()
-                elif kind == "status":
-                    before = {k: v.state for k, v in node.instances.items()}
-                    pool.status(node, message.status)
-                    if before != {k: v.state for k, v in node.instances.items()}:
-                        self.controller.changed()
+                heard(node, message)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:
@@ -100,10 +82,11 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
 
     async def FetchArtifact(self, request: lpb.FetchArtifactRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[lpb.ArtifactChunk]:
-        path = await self.controller.db(self.controller.store.artifact_path, request.digest)
-        if path is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no artifact with digest {request.digest[:16]}")
-        assert path is not None
+        try:
+            path = await self.controller.artifact(request.digest)
+        except NotFound as exc:
+            await context.abort(exc.code, str(exc))
+            raise
         size = path.stat().st_size
         if request.offset > size:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is past the artifact's "

@@ -18,16 +18,13 @@ from typing import Any
 
 from xpud.proto import link_pb2 as lpb
 from xpud.proto import telemetry_pb2 as tpb
+from xpud.proto.devices import gpu_providers
 from xpud.proto.samples import apply_delta
 
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, DeviceView, NodeView
 
 HEALTH = {tpb.HEALTH_OK: "ok", tpb.HEALTH_DEGRADED: "degraded", tpb.HEALTH_FAILED: "failed",
           tpb.HEALTH_UNKNOWN: "unknown", tpb.HEALTH_UNSPECIFIED: "unknown"}
-GPU_PROVIDERS = {
-    "nvidia": ("CUDAExecutionProvider", "TensorrtExecutionProvider"),
-    "amd": ("ROCMExecutionProvider", "MIGraphXExecutionProvider"),
-}
 
 
 @dataclass
@@ -123,8 +120,7 @@ def runnable(device: tpb.DeviceInfo, providers: list[str]) -> bool:
     """Can ONNX Runtime run on this device here? A GPU needs its vendor's EP; CPUs and simulated GPUs always can."""
     if device.kind != "gpu" or device.vendor == "sim":
         return True
-    wanted = GPU_PROVIDERS.get(device.vendor, ("CUDAExecutionProvider",))
-    return any(p in providers for p in wanted)
+    return any(p in providers for p in gpu_providers(device.vendor))
 
 
 class Pool:
@@ -138,7 +134,7 @@ class Pool:
         self._added: list[str] = []  # nodes created since the last views()
         self._changed: set[str] = set()  # nodes touched since the last views()
         # nodes known from before a controller restart that have not spoken since, and the clock time until which
-        # they are not declared Lost (see `Controller.node_joined`)
+        # they are not declared Lost (see `nodes.Nodes.joined`)
         self.returning: set[str] = set()
         self.returning_until = 0.0
 

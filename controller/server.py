@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +21,21 @@ from .admin import AdminService
 from .control import Controller
 from .linkservice import AgentLinkService
 from .router import Router, add_router
-from .store import Store
+from .store import ArtifactStore, SqliteStore, StateStore, open_store
+from .tuning import ProcessTuning
+from .views import deployment_status
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 64 << 20
+ARTIFACTS_DIR = "artifacts"  # in the state directory: model files by sha256
 OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.so_reuseport", 0),
-    # No BDP probing: it answered each burst of 1 Hz telemetry with a PING, a third of the link's CPU
-    # (benchmarks/scale.py, BENCHMARKS.md). The receive window is fixed instead, at 8 MiB: an upload
-    # (`xpud models push`, or an inference request to the router, which shares these options) over a 20 ms
-    # round trip runs as fast as it did with probing (benchmarks/link_window.py).
+    # No BDP probing (it answers each burst of telemetry with a PING); a fixed 8 MiB receive window instead keeps
+    # uploads over a long round trip fast (benchmarks/link_window.py).
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 8 << 20),
 ]
@@ -59,7 +61,8 @@ class PoolReplicas:
         out = []
         for name in sorted(self.c.specs):
             ready = bool(self.c.pool.endpoints(name))
-            out.append((name, "READY" if ready else "UNAVAILABLE", "" if ready else self.c.status(name).reason))
+            reason = "" if ready else deployment_status(self.c.state, name).reason
+            out.append((name, "READY" if ready else "UNAVAILABLE", reason))
         return out
 
 
@@ -91,10 +94,20 @@ def _bind(server: grpc.aio.Server, address: str, what: str, creds: grpc.ServerCr
 
 
 async def start_controller(listen: str, inference_port: int, state_dir: Path, *, inference_host: str | None = None,
-                           interval: float = 1.0, lease: float = 3.0, tls: TlsFiles | None = None) -> RunningController:
+                           interval: float = 1.0, lease: float = 3.0, tls: TlsFiles | None = None,
+                           store_url: str | None = None) -> RunningController:
+    """Serve a controller whose state is in `store_url` (None: SQLite in `state_dir`), model files in `state_dir`'s
+    artifacts/ folder either way; with this process's tuning installed (`tuning.ProcessTuning`)."""
     creds = server_credentials(tls) if tls is not None and tls.enabled else None  # CredentialsError: bad files
-    store = Store(state_dir)  # raises StoreError (in use, corrupt) before anything listens
-    controller = Controller(store, interval=interval, lease=lease)
+    # StoreError (in use, corrupt), StoreURLError before anything listens
+    store: StateStore = open_store(store_url) if store_url else SqliteStore(state_dir)
+    try:
+        artifacts = ArtifactStore(state_dir / ARTIFACTS_DIR)
+    except BaseException:
+        store.close()
+        raise
+    controller = Controller(store, artifacts, interval=interval, lease=lease,
+                            tuning=ProcessTuning(time.monotonic))
     server = grpc.aio.server(options=OPTIONS)
     link_pb2_grpc.add_AgentLinkServicer_to_server(AgentLinkService(controller), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(controller), server)
@@ -108,6 +121,7 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         port = _bind(server, listen, "the agent link and admin API", creds)
         inference = _bind(router_server, f"{host}:{inference_port}", "inference")
     except StartupError:
+        controller.tuning.close()
         store.close()
         raise
     await controller.start()
@@ -117,7 +131,7 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     security = "mTLS" if tls is not None and tls.ca and creds is not None else "TLS" if creds is not None else \
         "plaintext"
     log.info("xpud controller: agents and admin at %s:%d (%s), inference at %s:%d, state in %s",
-             listen.rpartition(":")[0], port, security, host, inference, state_dir)
+             listen.rpartition(":")[0], port, security, host, inference, store_url or state_dir)
     return RunningController(controller, server, router_server, router, port, inference)
 
 

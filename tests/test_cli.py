@@ -63,6 +63,9 @@ def test_devices_scenario_file(tmp_path):
         (["deploy", "x"], "the following arguments are required: --model"),
         (["deploy", "x", "--model", "m", "--memory", "lots"], "expected a size like 512MiB or 2GiB"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["controller", "--store", "etcd://127.0.0.1:2379"], "--store: unknown store 'etcd://127.0.0.1:2379'"),
+        (["controller", "--store", "sqlite://state.db"], "--store: expected sqlite:///PATH/TO/FILE.db"),
+        (["up", "--store", "/var/lib/xpud"], "--store: unknown store '/var/lib/xpud'"),
         ([], "the following arguments are required: COMMAND"),
     ],
 )

@@ -10,11 +10,13 @@ from typing import Any
 
 import grpc
 
-from xpud.controller.control import Catalog, Controller
+from xpud.controller.catalog import Catalog
+from xpud.controller.control import Controller
 from xpud.controller.core import NODE_READY
 from xpud.controller.pool import Pool, merge_delta
 from xpud.controller.server import start_controller
-from xpud.controller.store import Store
+from xpud.controller.store import ArtifactStore, SqliteStore
+from xpud.controller.tuning import ProcessTuning, Tuning
 from xpud.proto import admin_pb2 as apb
 from xpud.proto import admin_pb2_grpc, link_pb2_grpc
 from xpud.proto import link_pb2 as lpb
@@ -30,6 +32,12 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+def core(tmp_path: Path, tuning: Tuning | None = None, **kw: Any) -> tuple[SqliteStore, Controller]:
+    """A store and a controller on it (artifacts beside); `tuning`: none unless given."""
+    store = SqliteStore(tmp_path)
+    return store, Controller(store, ArtifactStore(tmp_path / "artifacts"), tuning=tuning, **kw)
 
 
 def hello(node: str) -> lpb.Hello:
@@ -84,7 +92,7 @@ def test_measured_memory_follows_what_nodes_report(tmp_path: Path) -> None:
     """The most memory per device a READY instance of each deployment uses, kept from the nodes that reported
     since the last pass: equal to a walk over every node's instances, through random reports."""
     rng = random.Random(7)
-    controller = Controller(Store(tmp_path))
+    _, controller = core(tmp_path)
     pool = controller.pool
     for step in range(300):
         name = f"n{rng.randrange(12)}"
@@ -106,8 +114,8 @@ def test_measured_memory_follows_what_nodes_report(tmp_path: Path) -> None:
                 if inst.state == "READY" and inst.memory_bytes:
                     per = inst.memory_bytes // len(inst.devices)
                     walked[deployment] = max(walked.get(deployment, 0), per)
-        assert controller._measured() == walked, step
-    controller._executor.shutdown()
+        assert controller.measured() == walked, step
+    controller.thread.close()
 
 
 def test_merge_delta_matches_apply_delta():
@@ -128,8 +136,8 @@ def test_merge_delta_matches_apply_delta():
 
 
 def test_catalog_resolves_models_like_the_store(tmp_path):
-    with Store(tmp_path) as store:
-        digest, size = store.put_artifact([b"\x08model"])
+    with SqliteStore(tmp_path) as store:
+        digest, size = ArtifactStore(tmp_path / "artifacts").put([b"\x08model"])
         for version in ("2", "10", "3"):
             store.add_model("m", version, digest, size, "model.onnx")
         catalog = Catalog(store.models())
@@ -141,7 +149,7 @@ def test_catalog_resolves_models_like_the_store(tmp_path):
 def test_store_commit_writes_placement_generations_and_events_at_once(tmp_path):
     from xpud.controller.core import Replica
 
-    with Store(tmp_path) as store:
+    with SqliteStore(tmp_path) as store:
         store.set_generations({"n1": 5})
         records = store.commit(placement={"web": [Replica("web", 0, "n1", "sim:0", GiB)]},
                                generations={"n1": 4, "n2": 1}, events=[("Placed", "web", "on n1/sim:0"),
@@ -155,9 +163,8 @@ def test_store_commit_writes_placement_generations_and_events_at_once(tmp_path):
 
 
 async def test_the_failure_detector_writes_one_transaction_per_pass(tmp_path, monkeypatch):
-    store = Store(tmp_path)
     clock = Clock()
-    controller = Controller(store, interval=0.01, lease=0.02, clock=clock)
+    store, controller = core(tmp_path, interval=0.01, lease=0.02, clock=clock)
     commits: list[int] = []
     commit = store.commit
 
@@ -172,7 +179,7 @@ async def test_the_failure_detector_writes_one_transaction_per_pass(tmp_path, mo
         controller.pool.seen(node, 0.0)
         node.state = NODE_READY
     clock.t += 1.0  # every node past its lease at the detector's next pass
-    detector = asyncio.create_task(controller._detect_loop())
+    detector = asyncio.create_task(controller.nodes.detect_loop(controller.scheduling.busy))
     while not commits:
         await asyncio.sleep(0.005)
     detector.cancel()
@@ -216,13 +223,14 @@ async def test_create_deployment_answers_with_placement_events_and_push_persiste
 async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_frozen(tmp_path, monkeypatch):
     import gc
 
-    from xpud.controller import control, heap
+    from xpud.controller import heap, passes
 
-    monkeypatch.setattr(control, "WARM_DELAY", 0.01)
+    monkeypatch.setattr(passes, "WARM_DELAY", 0.01)
     monkeypatch.setattr(heap, "SCALE_NODES", 3)
     clock = Clock()
-    store = Store(tmp_path)
-    controller = Controller(store, clock=clock)
+    store, controller = core(tmp_path, tuning=ProcessTuning(clock), clock=clock)
+    tuned = controller.tuning
+    assert isinstance(tuned, ProcessTuning)
     for i in range(3):
         node = controller.pool.node(f"n{i}")
         controller.pool.hello(node, hello(f"n{i}"), 0.0)
@@ -240,33 +248,33 @@ async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_froz
             await asyncio.sleep(0.01)
         assert sorted(sig[0] for sig in kept.pools) == ["any", "cpu", "gpu"]
         collected = heap.GC_TIME.oldest = -1
-        controller.heap.tick(busy=True)  # a pass runs: later
+        tuned.heap.tick(busy=True)  # a pass runs: later
         assert heap.GC_TIME.oldest == collected
         monkeypatch.setattr(heap, "YOUNG_SKIP", 1 << 40)
         clock.t += heap.YOUNG_PERIOD
-        controller.heap.tick(busy=False)  # too few objects allocated since the freeze to be worth a walk
-        assert heap.GC_TIME.oldest == -1 and controller.heap.skipped == 1
+        tuned.heap.tick(busy=False)  # too few objects allocated since the freeze to be worth a walk
+        assert heap.GC_TIME.oldest == -1 and tuned.heap.skipped == 1
         monkeypatch.setattr(heap, "YOUNG_SKIP", 0)
         clock.t += heap.YOUNG_PERIOD
-        controller.heap.tick(busy=False)
+        tuned.heap.tick(busy=False)
         assert heap.GC_TIME.oldest == 1  # the young generations
-        assert controller.heap.young_period == 2 * heap.YOUNG_PERIOD  # next to nothing freed: twice as long
+        assert tuned.heap.young_period == 2 * heap.YOUNG_PERIOD  # next to nothing freed: twice as long
         clock.t += heap.YOUNG_PERIOD
         heap.GC_TIME.oldest = -1
-        controller.heap.tick(busy=False)
+        tuned.heap.tick(busy=False)
         assert heap.GC_TIME.oldest == -1  # not yet
         clock.t += heap.HEAP_PERIOD
-        controller.heap.tick(busy=False)  # the pool grew (joins' garbage frozen): everything, then frozen again
+        tuned.heap.tick(busy=False)  # the pool grew (joins' garbage frozen): everything, then frozen again
         assert heap.GC_TIME.oldest == 2 and gc.get_freeze_count() > 0
-        assert controller.heap.heap_period == 2 * heap.HEAP_PERIOD and not controller.heap.grew
+        assert tuned.heap.heap_period == 2 * heap.HEAP_PERIOD and not tuned.heap.grew
         heap.GC_TIME.oldest = -1
-        clock.t += controller.heap.heap_period
-        controller.heap.tick(busy=False)  # no stream ended, no growth since: nothing frozen can be garbage
-        assert heap.GC_TIME.oldest == -1 and controller.heap.skipped == 2
+        clock.t += tuned.heap.heap_period
+        tuned.heap.tick(busy=False)  # no stream ended, no growth since: nothing frozen can be garbage
+        assert heap.GC_TIME.oldest == -1 and tuned.heap.skipped == 2
         await controller.node_left(controller.pool.nodes["n0"])
-        clock.t += controller.heap.heap_period
-        controller.heap.tick(busy=False)
-        assert heap.GC_TIME.oldest == 2 and controller.heap.ended == 0
+        clock.t += tuned.heap.heap_period
+        tuned.heap.tick(busy=False)
+        assert heap.GC_TIME.oldest == 2 and tuned.heap.ended == 0
     finally:
         await controller.close()
         store.close()
@@ -285,15 +293,17 @@ async def test_nodes_that_join_a_settled_pool_are_frozen_once_it_settles_again(t
     """Joins take no full pass (the Planner refreshes its state), yet the heap is still frozen once they stop."""
     import gc
 
-    from xpud.controller import control, heap
+    from xpud.controller import heap, passes
 
-    monkeypatch.setattr(control, "WARM_DELAY", 0.01)
+    monkeypatch.setattr(passes, "WARM_DELAY", 0.01)
     monkeypatch.setattr(heap, "SCALE_NODES", 3)
-    store = Store(tmp_path)
-    controller = Controller(store, clock=Clock())
+    clock = Clock()
+    store, controller = core(tmp_path, tuning=ProcessTuning(clock), clock=clock)
+    tuned = controller.tuning
+    assert isinstance(tuned, ProcessTuning)
     try:
         await controller.reconcile_now()  # the first pass: full, no nodes
-        while controller._warming is not None:
+        while controller.scheduling.warming:
             await asyncio.sleep(0.01)
         for i in range(4):
             node = controller.pool.node(f"n{i}")
@@ -301,11 +311,11 @@ async def test_nodes_that_join_a_settled_pool_are_frozen_once_it_settles_again(t
             node.state = NODE_READY
         await controller.reconcile_now()
         assert controller.planner.last == "same" and controller.planner.refreshed == 4
-        assert controller._warming is not None
+        assert controller.scheduling.warming
         gc.unfreeze()  # (the pass froze the grown heap too): the settled pool is frozen on its own
-        while controller._warming is not None:
+        while controller.scheduling.warming:
             await asyncio.sleep(0.01)
-        assert gc.get_freeze_count() > 0 and controller.heap.frozen_nodes == 4
+        assert gc.get_freeze_count() > 0 and tuned.heap.frozen_nodes == 4
     finally:
         await controller.close()
         store.close()
@@ -347,8 +357,7 @@ async def test_a_device_that_fails_in_telemetry_has_its_replica_moved(tmp_path):
 
 
 async def test_a_join_storm_shares_transactions_and_records_every_node(tmp_path, monkeypatch):
-    store = Store(tmp_path)
-    controller = Controller(store)
+    store, controller = core(tmp_path)
     commits: list[int] = []
     commit = store.commit
 
@@ -380,6 +389,7 @@ def test_a_collection_the_collector_starts_itself_at_scale_is_logged(monkeypatch
     monkeypatch.setattr(heap, "SCALE_NODES", 1)
     monkeypatch.setattr(heap, "LOG_SLOW", 0.0)
     h = heap.Heap(Clock())
+    heap.GC_TIME.install()  # what `tuning.ProcessTuning` does
     try:
         with caplog.at_level(logging.DEBUG, logger="xpud.controller.heap"):
             h.grown(1)  # scale: the collector runs on the controller's schedule
@@ -391,4 +401,5 @@ def test_a_collection_the_collector_starts_itself_at_scale_is_logged(monkeypatch
         assert len(automatic) == 1 and "generation 0" in automatic[0].getMessage()
     finally:
         h.close()
-    assert not heap.GC_TIME.watch
+        heap.GC_TIME.uninstall()
+    assert not heap.GC_TIME.watch and heap.GC_TIME not in gc.callbacks

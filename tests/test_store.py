@@ -1,9 +1,10 @@
-"""The controller's store over real SQLite files: round trips, durability, locking, artifacts, corruption."""
+"""The controller's store over real SQLite files: round trips, durability, locking, artifacts, corruption, URLs."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -15,7 +16,18 @@ from pathlib import Path
 import pytest
 
 from xpud.controller.core import DeploymentSpec, Replica
-from xpud.controller.store import MIGRATIONS, Conflict, EventRecord, NodeRecord, Store, StoreError
+from xpud.controller.store import (
+    MIGRATIONS,
+    ArtifactStore,
+    Conflict,
+    EventRecord,
+    NodeRecord,
+    SqliteStore,
+    StoreError,
+    StoreURLError,
+    check_url,
+    open_store,
+)
 
 
 @pytest.fixture
@@ -24,8 +36,8 @@ def state(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(state: Path) -> Iterator[Store]:
-    s = Store(state)
+def store(state: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(state)
     yield s
     s.close()
 
@@ -35,13 +47,19 @@ def spec(name: str, **kw: object) -> DeploymentSpec:
     return DeploymentSpec(name=name, **args)
 
 
-def artifact(store: Store, data: bytes) -> tuple[str, int]:
-    return store.put_artifact([data[: len(data) // 2], data[len(data) // 2 :]])
+@pytest.fixture
+def artifacts(state: Path) -> ArtifactStore:
+    return ArtifactStore(state / "artifacts")
 
 
-def test_layout_and_pragmas(store: Store, state: Path) -> None:
+def artifact(store: SqliteStore, data: bytes) -> tuple[str, int]:
+    """A digest and size for `data`, as the artifact store gives them (the state store records, never checks)."""
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def test_layout_and_pragmas(store: SqliteStore, state: Path) -> None:
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    assert (state / "state.db").is_file() and (state / "artifacts").is_dir()
+    assert (state / "state.db").is_file()
     assert (state / "lock").read_text().strip() == str(os.getpid())
     with sqlite3.connect(state / "state.db") as other:  # journal_mode is a property of the file
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -52,7 +70,7 @@ def test_layout_and_pragmas(store: Store, state: Path) -> None:
     assert store.schema_version() == len(MIGRATIONS)
 
 
-def test_deployments_round_trip(store: Store) -> None:
+def test_deployments_round_trip(store: SqliteStore) -> None:
     a = spec("a", labels={"tier": "gold", "rack": "r1"}, zone="eu-1", device="gpu", priority=5, strategy="spread")
     b = spec("b", max_batch_size=8)
     store.create_deployment(a)
@@ -71,7 +89,7 @@ def test_deployments_round_trip(store: Store) -> None:
     assert [d.name for d in store.deployments()] == ["a", "c"]
 
 
-def test_placement_round_trip(store: Store) -> None:
+def test_placement_round_trip(store: SqliteStore) -> None:
     store.create_deployment(spec("a"))
     placed = {
         "a": [Replica("a", 0, "n1", "nvidia:0", 100), Replica("a", 1, "n2", "nvidia:1", 100)],
@@ -89,7 +107,7 @@ def test_placement_round_trip(store: Store) -> None:
     assert store.placement() == {}
 
 
-def test_nodes_and_generations(store: Store) -> None:
+def test_nodes_and_generations(store: SqliteStore) -> None:
     info = {"devices": [{"id": "nvidia:0", "memory_total": 80 << 30}], "agent": "0.1.0"}
     store.upsert_node("n1", {"gpu": "h100"}, "eu-1", info)
     store.upsert_node("n0", {}, "", {})
@@ -113,7 +131,7 @@ def test_nodes_and_generations(store: Store) -> None:
     assert store.generations()["n1"] == 4
 
 
-def test_events(store: Store) -> None:
+def test_events(store: SqliteStore) -> None:
     recs = [store.add_event("placed", f"d{i}", f"message {i}", 100.0 + i) for i in range(5)]
     assert [r.seq for r in recs] == sorted({r.seq for r in recs})
     assert recs[0] == EventRecord(recs[0].seq, "placed", "d0", "message 0", 100.0)
@@ -124,7 +142,7 @@ def test_events(store: Store) -> None:
 
 
 def test_reopen_keeps_everything(state: Path) -> None:
-    s = Store(state)
+    s = SqliteStore(state)
     digest, size = artifact(s, b"onnx bytes")
     model = s.add_model("resnet", None, digest, size, "model.onnx")
     s.create_deployment(spec("a", labels={"x": "y"}))
@@ -138,22 +156,21 @@ def test_reopen_keeps_everything(state: Path) -> None:
     s.close()
     s.close()  # idempotent
 
-    with Store(state) as again:
+    with SqliteStore(state) as again:
         assert (again.models(), again.deployments(), again.placement()) == snapshot[:3]
         assert (again.nodes(), again.generations(), again.events()) == snapshot[3:]
         assert again.model("resnet") == model
-        assert again.artifact_path(digest) is not None
         assert again.add_event("k", "s", "m", 2.0).seq > ev.seq
     with pytest.raises(StoreError, match="closed"):
         again.deployments()
 
 
-def test_second_store_on_same_dir_refused(store: Store, state: Path) -> None:
+def test_second_store_on_same_dir_refused(store: SqliteStore, state: Path) -> None:
     with pytest.raises(StoreError, match=rf"in use by another controller \(pid {os.getpid()}\)") as info:
-        Store(state)
+        SqliteStore(state)
     assert str(state) in str(info.value)
     store.close()
-    Store(state).close()  # free again once the first is closed
+    SqliteStore(state).close()  # free again once the first is closed
 
 
 def test_writes_survive_sigkill(state: Path) -> None:
@@ -161,53 +178,55 @@ def test_writes_survive_sigkill(state: Path) -> None:
 import os, signal
 from pathlib import Path
 from xpud.controller.core import DeploymentSpec
-from xpud.controller.store import Store
-s = Store(Path({str(state)!r}))
+from xpud.controller.store import SqliteStore
+s = SqliteStore(Path({str(state)!r}))
 s.create_deployment(DeploymentSpec("d", "m", "1", 3, 1024, labels={{"a": "b"}}))
 s.add_event("created", "d", "deployment created", 12.5)
 os.kill(os.getpid(), signal.SIGKILL)
 """
     proc = subprocess.run([sys.executable, "-c", code], timeout=30, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    with Store(state) as s:  # the dead process's lock is gone with it
+    with SqliteStore(state) as s:  # the dead process's lock is gone with it
         assert s.deployments() == [DeploymentSpec("d", "m", "1", 3, 1024, labels={"a": "b"})]
         assert [(e.kind, e.subject, e.message, e.when) for e in s.events()] == [
             ("created", "d", "deployment created", 12.5)
         ]
 
 
-def test_artifacts(store: Store, state: Path) -> None:
+def test_artifacts(artifacts: ArtifactStore, state: Path) -> None:
+    assert stat.S_IMODE((state / "artifacts").stat().st_mode) == 0o700
     data = os.urandom(300_000)
-    digest, size = store.put_artifact(data[i : i + 65536] for i in range(0, len(data), 65536))
+    digest, size = artifacts.put(data[i : i + 65536] for i in range(0, len(data), 65536))
     assert (digest, size) == (hashlib.sha256(data).hexdigest(), len(data))
-    path = store.artifact_path(digest)
+    path = artifacts.path(digest)
     assert path == state / "artifacts" / digest and path.read_bytes() == data
-    assert store.put_artifact([data]) == (digest, size)  # the same bytes are stored once
+    assert artifacts.put([data]) == (digest, size)  # the same bytes are stored once
     assert sorted(p.name for p in (state / "artifacts").iterdir()) == [digest]
-    assert store.put_artifact([]) == (hashlib.sha256(b"").hexdigest(), 0)
-    assert store.artifact_path("0" * 64) is None
-    assert store.artifact_path("../state.db") is None
+    assert artifacts.put([]) == (hashlib.sha256(b"").hexdigest(), 0)
+    assert artifacts.path("0" * 64) is None
+    assert artifacts.path("../state.db") is None
 
 
-def test_failed_artifact_write_leaves_no_temp_file(store: Store, state: Path) -> None:
+def test_failed_artifact_write_leaves_no_temp_file(artifacts: ArtifactStore, state: Path) -> None:
     def chunks() -> Iterator[bytes]:
         yield b"a" * 1000
         yield b"b" * 1000
         raise ConnectionError("client went away")
 
     with pytest.raises(ConnectionError):
-        store.put_artifact(chunks())
+        artifacts.put(chunks())
     assert list((state / "artifacts").iterdir()) == []
 
 
 def test_stale_temp_files_removed_on_open(state: Path) -> None:
-    Store(state).close()
+    ArtifactStore(state / "artifacts")
     (state / "artifacts" / ".tmp-crashed").write_bytes(b"half")
-    with Store(state):
-        assert list((state / "artifacts").iterdir()) == []
+    (state / "artifacts" / ".tmp-push-x").write_bytes(b"half")
+    ArtifactStore(state / "artifacts")
+    assert list((state / "artifacts").iterdir()) == []
 
 
-def test_model_versions(store: Store) -> None:
+def test_model_versions(store: SqliteStore) -> None:
     d1, s1 = artifact(store, b"first")
     d2, s2 = artifact(store, b"second")
     v1 = store.add_model("resnet", None, d1, s1, "model.onnx")
@@ -234,31 +253,29 @@ def test_model_versions(store: Store) -> None:
         ("resnet", "10"),
         ("resnet", "11"),
     ]
-    with pytest.raises(StoreError, match="put it first"):
-        store.add_model("x", None, "f" * 64, 3, "x.onnx")
 
 
 def test_corrupt_database(state: Path) -> None:
     state.mkdir()
     (state / "state.db").write_bytes(b"this is not a database at all; " * 512)
     with pytest.raises(StoreError, match="corrupt") as info:
-        Store(state)
+        SqliteStore(state)
     message = str(info.value)
     assert str(state / "state.db") in message and "backup" in message
     (state / "state.db").unlink()  # moved aside: a fresh state opens (the lock was released)
-    Store(state).close()
+    SqliteStore(state).close()
 
 
 def test_newer_schema_refused(state: Path) -> None:
-    Store(state).close()
+    SqliteStore(state).close()
     with sqlite3.connect(state / "state.db") as conn:
         conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) + 1,))
     conn.close()
     with pytest.raises(StoreError, match="newer"):
-        Store(state)
+        SqliteStore(state)
 
 
-def test_commit_writes_only_the_placement_rows_that_differ_and_numbers_events_in_order(store: Store) -> None:
+def test_commit_writes_only_the_placement_rows_that_differ_and_numbers_events_in_order(store: SqliteStore) -> None:
     before = {"a": [Replica("a", 0, "n1", "gpu:0", 10), Replica("a", 1, "n2", "gpu:0", 10)],
               "b": [Replica("b", 0, "n3", "cpu:0", 5)]}
     store.set_placement(before)
@@ -278,3 +295,44 @@ def test_commit_writes_only_the_placement_rows_that_differ_and_numbers_events_in
     assert store.generations() == many
     seqs = [e.seq for e in store.events(records[1].seq, 10_000)]
     assert len(seqs) == 9_000 and seqs == list(range(seqs[0], seqs[0] + 9_000))
+
+
+def test_commit_deletes_deployments_and_sets_cordons_in_its_transaction(store: SqliteStore) -> None:
+    store.create_deployment(spec("a"))
+    store.create_deployment(spec("b"))
+    store.set_placement({"a": [Replica("a", 0, "n1", "cpu:0", 1)], "b": [Replica("b", 0, "n1", "cpu:0", 1)]})
+    store.upsert_node("n1", {}, "", {})
+    records = store.commit(deleted=["a"], cordons={"n1": True, "ghost": True},
+                           events=[("DeploymentDeleted", "a", "")], when=1.0)
+    assert [d.name for d in store.deployments()] == ["b"] and list(store.placement()) == ["b"]
+    assert [n.cordoned for n in store.nodes()] == [True] and [e.kind for e in records] == ["DeploymentDeleted"]
+    with pytest.raises(Conflict):  # nothing of a failed transaction is written
+        store.commit(deleted=["b"], placement={"c": [Replica("c", 0, "n1", "cpu:0", 1)] * 2})
+    assert [d.name for d in store.deployments()] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("sqlite:///{tmp}/state.db", None),
+        ("sqlite:///{tmp}/other/custom.db", None),
+        ("etcd://127.0.0.1:2379", "unknown store 'etcd://127.0.0.1:2379': expected a URL starting with sqlite://"),
+        ("/var/lib/xpud", "unknown store '/var/lib/xpud'"),
+        ("sqlite://host/state.db", "expected sqlite:///PATH/TO/FILE.db"),
+        ("sqlite:///{tmp}/", "expected sqlite:///PATH/TO/FILE.db"),
+        ("sqlite:///{tmp}/s.db?mode=ro", "expected sqlite:///PATH/TO/FILE.db"),
+        ("sqlite:", "expected sqlite:///PATH/TO/FILE.db"),
+    ],
+)
+def test_store_urls(tmp_path: Path, url: str, error: str | None) -> None:
+    text = url.format(tmp=tmp_path)
+    if error is not None:
+        with pytest.raises(StoreURLError, match=re.escape(error)):
+            check_url(text)
+        return
+    opened = open_store(text)
+    try:
+        opened.commit(events=[("E", "s", "m")])
+        assert Path(check_url(text).path).is_file() and [e.kind for e in opened.events()] == ["E"]
+    finally:
+        opened.close()

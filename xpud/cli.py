@@ -70,6 +70,20 @@ def _address(text: str) -> str:
     return text
 
 
+def _store_url(text: str) -> str:
+    from xpud.controller.store import StoreURLError, check_url
+
+    try:
+        check_url(text)
+    except StoreURLError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+STORE_HELP = ("where the controller keeps its state, as a URL (sqlite:///PATH/state.db); default: SQLite in --state. "
+              "Model files stay in --state's artifacts/ folder either way")
+
+
 def _existing_file(text: str) -> str:
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"file {text!r} does not exist")
@@ -127,6 +141,7 @@ def build_parser() -> Parser:
     controller.add_argument("--inference-port", type=_port, default=8000, metavar="P",
                             help="inference router port (default 8000)")
     controller.add_argument("--state", metavar="DIR", help="state directory (default: a per-user data dir)")
+    controller.add_argument("--store", type=_store_url, metavar="URL", help=STORE_HELP)
     controller.add_argument("--lease", type=_positive, default=3.0, metavar="SECONDS",
                             help="a node silent this long is Lost and its replicas move (default 3)")
     _tls_flags(controller, "require agents and admin clients to present a certificate signed by this CA (mTLS)",
@@ -134,6 +149,7 @@ def build_parser() -> Parser:
 
     up = sub.add_parser("up", help="all in one: a controller, a local agent and the demo model deployed")
     up.add_argument("--state", metavar="DIR", help="controller state directory")
+    up.add_argument("--store", type=_store_url, metavar="URL", help=STORE_HELP)
     up.add_argument("--sim", type=_count, metavar="N", help=sim_help)
     up.add_argument("--listen", type=_address, default="127.0.0.1:7070", metavar="HOST:PORT")
     up.add_argument("--inference-port", type=_port, default=8000, metavar="P")
@@ -253,7 +269,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(run_controller(args.listen, args.inference_port, state, lease=args.lease, tls=tls,
-                                          notify=SystemdNotifier().notify))
+                                          store_url=args.store, notify=SystemdNotifier().notify))
     except (StartupError, StoreError, CredentialsError) as exc:
         sys.stderr.write(f"xpud controller: error: {exc}\n")
         return 1

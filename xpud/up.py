@@ -47,7 +47,7 @@ async def run_up(args: argparse.Namespace, state: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        controller = await start_controller(args.listen, args.inference_port, state)
+        controller = await start_controller(args.listen, args.inference_port, state, store_url=args.store)
     except (StartupError, StoreError) as exc:
         sys.stderr.write(f"xpud up: error: {exc}\n")
         return 1

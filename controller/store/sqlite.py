@@ -1,34 +1,28 @@
-"""The controller's persistent state, in a state directory (0700): ``lock`` (an exclusive flock, holding the pid of
-the controller that runs on it), ``state.db`` (SQLite in WAL mode) and ``artifacts/`` (model files named by their
-sha256). Every write is committed (``synchronous=FULL``) before its method returns. One connection, meant to be
-used from one thread (the controller's single-thread executor).
+"""The SQLite `StateStore`: ``state.db`` (WAL mode) in a directory (0700) beside ``lock`` (an exclusive flock
+holding the pid of the controller that runs on it). Every write is committed (``synchronous=FULL``) before its
+method returns. One connection, meant to be used from one thread (the controller's store thread).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import hashlib
 import json
-import os
-import re
 import sqlite3
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from xpud.controller.core import DeploymentSpec, Replica
 
-__all__ = ["Conflict", "EventRecord", "ModelRecord", "NodeRecord", "Store", "StoreError"]
+from .base import Conflict, Event, EventRecord, ModelRecord, NodeRecord, StoreError
+from .lock import StateLock
 
-DB_NAME, LOCK_NAME, ARTIFACTS_DIR = "state.db", "lock", "artifacts"
+__all__ = ["MIGRATIONS", "SqliteStore"]
+
+DB_NAME, LOCK_NAME = "state.db", "lock"
 BUSY_TIMEOUT_MS = 5000
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_TMP_PREFIX = ".tmp-"
 # Multi-row statements: "{rows}" becomes one "(?, ...)" per row (see _write_rows).
 _PLACE_SQL = "INSERT INTO placement (deployment, idx, node, device, memory) VALUES {rows}"
 _UNPLACE_SQL = "DELETE FROM placement WHERE (deployment, idx) IN (VALUES {rows})"
@@ -52,9 +46,7 @@ def _placement_rows(placement: Mapping[str, Sequence[Replica]]) -> dict[tuple[st
 def _write_rows(c: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
     """Run `sql` over `rows` with as many rows per statement as SQLite takes; returns the last rowid.
 
-    Not `executemany` (a step per row): every step gives the GIL up and waits to take it back, which is one switch
-    interval (5 ms) each when the event loop is busy. 600 placement rows took 2-4 s that way beside a busy loop,
-    against 1.5 ms beside an idle one."""
+    Not `executemany`: each of its steps gives the GIL up and waits for a busy event loop to hand it back."""
     last = 0
     if rows:
         width = len(rows[0])
@@ -86,43 +78,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
-class StoreError(Exception):
-    """The state cannot be read or written (corrupt or locked database, I/O error, ...)."""
-
-
-class Conflict(StoreError):
-    """The write contradicts what is stored (an existing name, different bytes for a pushed version)."""
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    name: str
-    version: str
-    digest: str  # sha256 hex of the artifact
-    size: int  # bytes
-    filename: str  # the name the file was pushed with ("model.onnx")
-    created: float  # unix time
-
-
-@dataclass(frozen=True)
-class NodeRecord:
-    name: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    zone: str = ""
-    cordoned: bool = False
-    info: Mapping[str, Any] = field(default_factory=dict)
-    last_seen: float | None = None  # unix time of the last touch_node, None if never
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    seq: int
-    kind: str
-    subject: str
-    message: str
-    when: float
-
-
 def _spec_to_json(spec: DeploymentSpec) -> str:
     data = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     data["labels"] = dict(spec.labels)
@@ -139,53 +94,23 @@ def _int_version(version: str) -> int | None:
     return int(version) if version.isascii() and version.isdigit() else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class SqliteStore:
+    """A `StateStore` in `directory` (created 0700): the database `db_name` and the lock."""
 
-
-class Store:
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = Path(state_dir)
-        self.db_path = self.state_dir / DB_NAME
-        self.artifacts_dir = self.state_dir / ARTIFACTS_DIR
+    def __init__(self, directory: Path, db_name: str = DB_NAME) -> None:
+        self.state_dir = Path(directory)
+        self.db_path = self.state_dir / db_name
         self._conn: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.artifacts_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create state directory {self.state_dir}: {e}") from e
-        self._lock()
+        self._lock: StateLock | None = StateLock(self.state_dir / LOCK_NAME, f"state directory {self.state_dir}")
         try:
-            for tmp in self.artifacts_dir.glob(_TMP_PREFIX + "*"):  # left by a controller killed in put_artifact
-                tmp.unlink(missing_ok=True)
             self._open_db()
         except BaseException:
             self.close()
             raise
-
-    def _lock(self) -> None:
-        path = self.state_dir / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(
-                f"state directory {self.state_dir} is in use by another controller (pid {holder}); "
-                "stop it or give this controller another state directory"
-            ) from None
-        except OSError as e:
-            os.close(fd)
-            raise StoreError(f"cannot lock {path}: {e}") from e
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
 
     def _open_db(self) -> None:
         try:
@@ -233,13 +158,11 @@ class Store:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
             self._conn = None
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SqliteStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -270,42 +193,10 @@ class Store:
                 raise
             raise (Conflict if isinstance(e, sqlite3.IntegrityError) else StoreError)(f"{self.db_path}: {e}") from e
 
-    # ---- models and artifacts
-    def put_artifact(self, chunks: Iterable[bytes]) -> tuple[str, int]:
-        """Stream bytes into the artifact folder; returns (sha256 hex, size). The same bytes are stored once."""
-        fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.artifacts_dir)
-        tmp = Path(tmp_name)
-        try:
-            sha, size = hashlib.sha256(), 0
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    sha.update(chunk)
-                    f.write(chunk)
-                    size += len(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            digest = sha.hexdigest()
-            final = self.artifacts_dir / digest
-            if final.exists() and final.stat().st_size == size:
-                tmp.unlink()
-            else:
-                os.replace(tmp, final)
-                _fsync_dir(self.artifacts_dir)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        return digest, size
-
-    def artifact_path(self, digest: str) -> Path | None:
-        path = self.artifacts_dir / digest
-        return path if _DIGEST.match(digest) and path.is_file() else None
-
+    # ---- models
     def add_model(self, name: str, version: str | None, digest: str, size: int, filename: str) -> ModelRecord:
-        """Record a pushed model version (None: the next integer version). Idempotent for the same bytes."""
-        path = self.artifact_path(digest)
-        if path is None or path.stat().st_size != size:
-            raise StoreError(f"artifact {digest} ({size} bytes) is not in {self.artifacts_dir}; put it first")
+        """Record a pushed model version (None: the next integer version). Idempotent for the same bytes; the
+        artifact is the caller's to have stored first."""
         if version is not None and not version:
             raise StoreError("a model version must not be empty")
         with self._tx() as c:
@@ -371,24 +262,27 @@ class Store:
         """Replace the whole placement table in one transaction."""
         self.commit(placement=replicas)
 
-    def commit(self, *, deployments: Sequence[DeploymentSpec] = (),
+    def commit(self, *, deployments: Sequence[DeploymentSpec] = (), deleted: Sequence[str] = (),
                placement: Mapping[str, Sequence[Replica]] | None = None,
                replacing: Mapping[str, Sequence[Replica]] | None = None,
                generations: Mapping[str, int] | None = None, nodes: Sequence[NodeRecord] = (),
-               events: Sequence[tuple[str, str, str]] = (), when: float = 0.0) -> list[EventRecord]:
-        """Several writes in one transaction (one fsync): deployments created or replaced (`put_deployment`), the
-        whole placement (None: unchanged; with `replacing`, what the table holds now for the deployments given:
-        only the rows that differ are written, and other deployments' rows stay as they are), nodes' generations
-        (never backwards), what nodes reported (their cordon and last_seen are kept) and events (kind, subject,
-        message) at `when`; returns the events written."""
+               cordons: Mapping[str, bool] | None = None,
+               events: Sequence[Event] = (), when: float = 0.0) -> list[EventRecord]:
+        """`StateStore.commit`: one transaction, one fsync. Only the placement rows that differ from `replacing`
+        are written."""
         rows, held = _placement_rows(placement or {}), _placement_rows(replacing or {})
         if len(rows) != sum(len(reps) for reps in (placement or {}).values()):
             raise Conflict("a placement with the same replica index twice")
         reported = [(n.name, json.dumps(dict(n.labels), sort_keys=True), n.zone,
                      json.dumps(dict(n.info), sort_keys=True)) for n in nodes]
         with self._tx() as c:
+            for name in deleted:
+                c.execute("DELETE FROM deployments WHERE name = ?", (name,))
+                c.execute("DELETE FROM placement WHERE deployment = ?", (name,))
             _write_rows(c, _DEPLOYMENT_SQL, [(spec.name, _spec_to_json(spec)) for spec in deployments])
             _write_rows(c, _NODE_SQL, reported)
+            for name, cordoned in (cordons or {}).items():
+                c.execute("UPDATE nodes SET cordoned = ? WHERE name = ?", (int(cordoned), name))
             if placement is not None:
                 if replacing is None:
                     c.execute("DELETE FROM placement")

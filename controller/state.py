@@ -1,0 +1,30 @@
+"""The controller's state in memory: what the scheduling pass reads and writes, and the nodes feed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .core import DeploymentSpec, Replica
+from .pool import Pool
+from .shares import Shares
+
+RoutesChanged = Callable[[set[str]], None]  # the nodes whose routable state changed (empty: everything)
+
+
+@dataclass
+class State:
+    pool: Pool
+    specs: dict[str, DeploymentSpec] = field(default_factory=dict)  # the deployments in force
+    placement: dict[str, list[Replica]] = field(default_factory=dict)  # as last committed (plus adoptions)
+    pending: dict[str, str] = field(default_factory=dict)  # deployment -> why (some) replicas have no device
+    generations: dict[str, int] = field(default_factory=dict)  # node -> last desired-state generation
+    shares: Shares = field(default_factory=Shares)  # each node's share of the placement, and what it was sent
+    draining: set[str] = field(default_factory=set)  # nodes whose replicas move off
+    joined: set[str] = field(default_factory=set)  # nodes whose running instances the next pass adopts
+    routes_changed: list[RoutesChanged] = field(default_factory=list)
+
+    def routes(self, nodes: set[str]) -> None:
+        """Tell the hooks which nodes' routable state changed (an empty set: everything)."""
+        for hook in self.routes_changed:
+            hook(nodes)

@@ -1,0 +1,104 @@
+"""What the controller persists, as an interface: the records, the errors, and `StateStore`.
+
+The core calls a `StateStore` from one thread only (its store thread, `storethread.StoreThread`), and every
+write is durable before the method returns. Model bytes are not in it: they live in an `ArtifactStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from xpud.controller.core import DeploymentSpec, Replica
+
+Event = tuple[str, str, str]  # kind, subject, message
+
+
+class StoreError(Exception):
+    """The state cannot be read or written (corrupt or locked database, I/O error, ...)."""
+
+
+class Conflict(StoreError):
+    """The write contradicts what is stored (an existing name, different bytes for a pushed version)."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    version: str
+    digest: str  # sha256 hex of the artifact
+    size: int  # bytes
+    filename: str  # the name the file was pushed with ("model.onnx")
+    created: float  # unix time
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    zone: str = ""
+    cordoned: bool = False
+    info: Mapping[str, Any] = field(default_factory=dict)
+    last_seen: float | None = None  # unix time of the last touch, None if never
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    kind: str
+    subject: str
+    message: str
+    when: float
+
+
+class StateStore(Protocol):
+    """The controller's durable state: deployments, placement, nodes, generations, models, events.
+
+    A second implementation (etcd, say) is one module with a class like this and one entry in
+    `xpud.controller.store.OPENERS`."""
+
+    def deployments(self) -> list[DeploymentSpec]:
+        """Every deployment, in creation order (a replaced one keeps its place)."""
+        ...
+
+    def placement(self) -> dict[str, list[Replica]]:
+        """Placed replicas per deployment, by replica index (deployments without replicas are absent)."""
+        ...
+
+    def generations(self) -> dict[str, int]:
+        """Each node's last desired-state generation."""
+        ...
+
+    def nodes(self) -> list[NodeRecord]:
+        """Every node ever recorded, by name."""
+        ...
+
+    def models(self) -> list[ModelRecord]:
+        """Every model version, by name then creation order."""
+        ...
+
+    def add_model(self, name: str, version: str | None, digest: str, size: int, filename: str) -> ModelRecord:
+        """Record a pushed model version (None: the next whole-number version). The same bytes again: the record
+        held; other bytes under a version held: `Conflict`."""
+        ...
+
+    def events(self, after_seq: int = 0, limit: int = 1000) -> list[EventRecord]:
+        """Events with a sequence number above `after_seq`, oldest first, at most `limit`."""
+        ...
+
+    def commit(self, *, deployments: Sequence[DeploymentSpec] = (), deleted: Sequence[str] = (),
+               placement: Mapping[str, Sequence[Replica]] | None = None,
+               replacing: Mapping[str, Sequence[Replica]] | None = None,
+               generations: Mapping[str, int] | None = None, nodes: Sequence[NodeRecord] = (),
+               cordons: Mapping[str, bool] | None = None,
+               events: Sequence[Event] = (), when: float = 0.0) -> list[EventRecord]:
+        """Several writes in one transaction: deployments created or replaced, deployments `deleted` (with their
+        placement), the placement (None: unchanged; with `replacing`, what is held now for the deployments given:
+        other deployments' rows stay), generations (never backwards), what nodes reported (their cordon and
+        last_seen are kept), nodes' `cordons`, and events at `when`; returns the events written, numbered."""
+        ...
+
+    def close(self) -> None:
+        """Release the store (idempotent)."""
+        ...

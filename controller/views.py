@@ -1,0 +1,77 @@
+"""What the admin API shows of the controller's state: deployment status, nodes, the pool, events (protos)."""
+
+from __future__ import annotations
+
+from xpud.proto import admin_pb2 as apb
+
+from .core import NODE_LOST, DeploymentSpec
+from .pool import NodeState
+from .state import State
+from .store import EventRecord, ModelRecord
+
+
+def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
+    spec = state.specs[name]
+    out = apb.DeploymentStatus(spec=deployment_proto(spec))
+    failed = 0
+    for r in sorted(state.placement.get(name, []), key=lambda r: r.index):
+        node = state.pool.nodes.get(r.node)
+        inst = node.instances.get(name) if node is not None else None
+        replica_state, reason = "PENDING", "waiting for the node to load it"
+        if node is not None and node.state == NODE_LOST:
+            replica_state, reason = "PENDING", f"node {r.node} is lost"
+        elif inst is not None and r.device in inst.devices:
+            replica_state, reason = inst.state, inst.reason
+        out.replicas.add(node=r.node, device=r.device, state=replica_state, reason=reason)
+        out.ready += replica_state == "READY"
+        failed += replica_state == "FAILED"
+    pending = state.pending.get(name, "")
+    if not out.replicas:
+        out.phase, out.reason = "Pending", pending or "not scheduled yet"
+    elif failed:
+        out.phase = "Degraded"
+        out.reason = next(r.reason for r in out.replicas if r.state == "FAILED")
+    elif out.ready >= spec.replicas:
+        out.phase, out.reason = "Running", ""
+    else:
+        out.phase, out.reason = "Progressing", pending
+    return out
+
+
+def deployment_proto(spec: DeploymentSpec) -> apb.Deployment:
+    return apb.Deployment(name=spec.name, model=spec.model, version=spec.version, replicas=spec.replicas,
+                          device=spec.device, memory_bytes=spec.memory_bytes, priority=spec.priority,
+                          labels=dict(spec.labels), zone=spec.zone, max_batch_size=spec.max_batch_size,
+                          strategy=spec.strategy)
+
+
+def node_info(state: State, n: NodeState) -> apb.NodeInfo:
+    return apb.NodeInfo(name=n.name, state=n.state, cordoned=n.cordoned, labels=n.labels, zone=n.zone,
+                        agent_version=n.agent_version, inference_endpoint=n.endpoint,
+                        generation_desired=state.generations.get(n.name, 0),
+                        generation_observed=n.generation_observed, last_seen=n.last_seen_wall,
+                        devices=len(n.devices), execution_providers=n.providers)
+
+
+def pool_view(state: State) -> apb.GetPoolResponse:
+    out = apb.GetPoolResponse()
+    placed: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    for name, replicas in state.placement.items():
+        for r in replicas:
+            placed.setdefault((r.node, r.device), []).append((name, r.memory))
+    for n in sorted(state.pool.nodes.values(), key=lambda n: n.name):
+        for d in n.devices.values():
+            here = placed.get((n.name, d.id), [])
+            item = out.devices.add(node=n.name, device=d, memory_allocated=sum(m for _, m in here),
+                                   replicas=sorted(name for name, _ in here), node_state=n.state)
+            if d.id in n.samples:
+                item.sample.CopyFrom(n.samples[d.id])
+    return out
+
+
+def model_info(m: ModelRecord) -> apb.ModelInfo:
+    return apb.ModelInfo(name=m.name, version=m.version, digest=m.digest, size_bytes=m.size, created=m.created)
+
+
+def event_proto(e: EventRecord) -> apb.Event:
+    return apb.Event(seq=e.seq, time=e.when, kind=e.kind, subject=e.subject, message=e.message)
