@@ -41,6 +41,7 @@ from xpud.proto import telemetry_pb2 as tpb
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, Decision, DeploymentSpec, Replica
 from .heap import GC_TIME, Heap
 from .pool import NodeState, Pool
+from .routes import RouteTable
 from .scheduler import Planner
 from .shares import Share, Shares
 from .store import Conflict, EventRecord, ModelRecord, NodeRecord, Store
@@ -87,6 +88,8 @@ class Controller:
         self.pending: dict[str, str] = {}
         self.generations: dict[str, int] = {}
         self.shares = Shares()  # each node's share of the placement, and what it was last sent
+        # the router's endpoint table; a deployment's reason is asked only while it has no ready replica
+        self.routes = RouteTable(lambda name: self.status(name).reason if name in self.specs else None)
         self._catalog: Catalog | None = None  # the models as stored (None: read them again)
         self._measured_by: dict[str, dict[str, int]] = {}  # node -> deployment -> memory per device, READY ones
         self._measured_max: dict[str, int] = {}  # deployment -> the most of those (`_measured`)
@@ -142,6 +145,7 @@ class Controller:
         self.pool.returning = set(self.pool.nodes)
         self.pool.returning_until = now + self.lease
         self._started = now
+        self.routes.deployments(self.specs)  # routable as soon as their agents say hello again
         log.info("controller state: %d deployment(s), %d node(s) known", len(self.specs), len(self.pool.nodes))
         self._tasks = [asyncio.create_task(self._schedule_loop()), asyncio.create_task(self._detect_loop())]
         self._dirty.set()
@@ -291,6 +295,7 @@ class Controller:
         and commits multiplied."""
         was = node.state
         node.state = NODE_READY
+        self.routes.node(node)  # a Lost node's replicas are routable again
         self._node_events.append(("NodeReady", node.name, f"heard from again (was {was})"))
         self.changed()
 
@@ -303,9 +308,13 @@ class Controller:
     async def _detect_loop(self) -> None:
         while True:
             await asyncio.sleep(min(self.interval, self.lease) / 4)
+            aged = self.pool.age(self.interval, self.lease)
             events = [("NodeLost", node.name, f"no message for {self.lease:g} s: its replicas move")
                       if state == NODE_LOST else ("NodeSuspect", node.name, "missed 2 telemetry intervals")
-                      for node, state in self.pool.age(self.interval, self.lease)]
+                      for node, state in aged]
+            for node, state in aged:
+                if state == NODE_LOST:
+                    self.routes.node(node)  # no longer routed to
             try:
                 await self.record_node_states(events)  # one transaction per pass, however many nodes changed
             except Exception:
@@ -433,6 +442,7 @@ class Controller:
         self._committed = True
         committed = time.perf_counter()
         self.placement, self.pending = placement, dict(decision.pending)
+        self.routes.deployments(self.specs)  # deployments added or deleted, why one has no ready replica
         self._push(pushes, generations)
         pushed = time.perf_counter()
         self._notify(records)

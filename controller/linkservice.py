@@ -61,6 +61,7 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
             telemetry_interval_s=controller.interval, lease_s=controller.lease, controller_version=__version__))
         # read (and so hear the heartbeat) before the join is written: a slow store must not make it look silent
         node.state = NODE_READY
+        controller.routes.node(node)  # what it serves (its Hello's instances) is routable now
         reader = asyncio.create_task(self._read(iterator, node, session))
         try:
             await controller.node_joined(node, hello)
@@ -91,6 +92,7 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
                 elif kind == "status":
                     before = {k: v.state for k, v in node.instances.items()}
                     pool.status(node, message.status)
+                    self.controller.routes.node(node)  # a replica READY is routed to at once
                     if before != {k: v.state for k, v in node.instances.items()}:
                         self.controller.changed()
         except (grpc.aio.AioRpcError, asyncio.CancelledError):

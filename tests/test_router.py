@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 from helpers import AgentProcess, expect_status
 from models import save, scale
 from xpud.controller.router import Router, add_router
+from xpud.controller.routes import DeploymentRoutes, ReplicaEndpoint
 from xpud.proto.oip import pb, pb_grpc
 
 T = TypeVar("T")
@@ -33,19 +34,12 @@ output [{ name: "y", data_type: TYPE_FP32, dims: [16] }]
 PENDING_REASON = "no device with 8 GiB free"
 
 
-class StaticReplicas:
-    def __init__(self, table: dict[str, list[str]], reasons: dict[str, str] | None = None) -> None:
-        self.table = table
-        self.reasons = reasons or {}
-
-    def endpoints(self, deployment: str) -> list[str]:
-        return list(self.table.get(deployment, []))
-
-    def deployments(self) -> list[tuple[str, str, str]]:
-        return [(n, "READY" if eps else "UNAVAILABLE", self.reasons.get(n, "")) for n, eps in self.table.items()]
-
-    def exists(self, deployment: str) -> bool:
-        return deployment in self.table
+def table(endpoints: dict[str, list[str]], reasons: dict[str, str] | None = None) -> dict[str, DeploymentRoutes]:
+    """An endpoint table as the controller pushes it: per deployment its ready agents, in this order."""
+    reasons = reasons or {}
+    return {name: DeploymentRoutes(name, tuple(ReplicaEndpoint(a, f"n{i}", ("cpu:0",), "1", "") for i, a in
+                                               enumerate(addresses)), "" if addresses else reasons.get(name, ""))
+            for name, addresses in endpoints.items()}
 
 
 class LoopThread:
@@ -74,9 +68,10 @@ class LoopThread:
     def serve(self, servicer: pb_grpc.GRPCInferenceServiceServicer) -> str:
         return self.run(self._serve(servicer))
 
-    def router(self, replicas: StaticReplicas, **kwargs: Any) -> tuple[Router, str]:
+    def router(self, routes: dict[str, DeploymentRoutes], **kwargs: Any) -> tuple[Router, str]:
         async def start() -> tuple[Router, str]:
-            router = Router(replicas, **kwargs)
+            router = Router(**kwargs)
+            router.update(routes)
             server = grpc.aio.server(options=router.channel_options)
             add_router(server, router)
             port = server.add_insecure_port("127.0.0.1:0")
@@ -145,10 +140,9 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 @pytest.fixture
-def routed(agents: list[AgentProcess], loop_thread: LoopThread) -> Iterator[tuple[Router, str, StaticReplicas]]:
-    replicas = StaticReplicas({"scale": [a.grpc_url for a in agents], "pending": []}, {"pending": PENDING_REASON})
-    router, url = loop_thread.router(replicas)
-    yield router, url, replicas
+def routed(agents: list[AgentProcess], loop_thread: LoopThread) -> Iterator[tuple[Router, str]]:
+    routes = table({"scale": [a.grpc_url for a in agents], "pending": []}, {"pending": PENDING_REASON})
+    yield loop_thread.router(routes)
 
 
 def x_input(x: np.ndarray) -> grpcclient.InferInput:
@@ -183,7 +177,7 @@ def summed(*replies: Any) -> dict[str, Any]:
 
 
 def test_infer_is_correct_and_spread_over_both_agents(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     before = [stats(a.grpc_url).model_stats[0].inference_count for a in agents]
     with grpcclient.InferenceServerClient(url) as c:
         for i in range(8):
@@ -196,7 +190,7 @@ def test_infer_is_correct_and_spread_over_both_agents(agents, routed):
 
 
 def test_statistics_are_the_sum_of_the_agents(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     with grpcclient.InferenceServerClient(url) as c:
         for rows in (1, 3, 1, 3):
             c.infer("scale", [x_input(np.ones((rows, 16), np.float32))])
@@ -210,7 +204,7 @@ def test_statistics_are_the_sum_of_the_agents(agents, routed):
 
 
 async def test_aio_client_and_deadline(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     async with aioclient.InferenceServerClient(url) as c:
         x = np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 16)
         results = await asyncio.gather(*(c.infer("scale", [x_input(x * k)], client_timeout=10) for k in range(6)))
@@ -220,7 +214,7 @@ async def test_aio_client_and_deadline(agents, routed):
 
 
 def test_stream_infer(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     responses: list[Any] = []
     with grpcclient.InferenceServerClient(url) as c:
         c.start_stream(callback=lambda result, error: responses.append((result, error)))
@@ -241,7 +235,7 @@ def test_stream_infer(agents, routed):
 
 
 def test_errors(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     with grpcclient.InferenceServerClient(url) as c:
         with expect_status("NOT_FOUND", "unknown deployment 'nope'; deployments: pending, scale"):
             c.infer("nope", [x_input(np.ones((1, 16), np.float32))])
@@ -266,7 +260,7 @@ def test_errors(agents, routed):
 
 
 def test_server_index_metadata_and_config(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     with grpcclient.InferenceServerClient(url) as c, grpcclient.InferenceServerClient(agents[1].grpc_url) as direct:
         assert c.is_server_live() and c.is_server_ready()
         assert c.get_server_metadata().name == "xpud-router"
@@ -281,8 +275,7 @@ def test_server_index_metadata_and_config(agents, routed):
 def test_killed_agent_is_retried_on_the_other(repo, agents, start_agent, loop_thread):
     victim = start_agent(*agent_args(repo))
     wait_ready(victim.grpc_url)
-    replicas = StaticReplicas({"scale": [victim.grpc_url, agents[0].grpc_url]})
-    router, url = loop_thread.router(replicas)
+    router, url = loop_thread.router(table({"scale": [victim.grpc_url, agents[0].grpc_url]}))
     x = np.ones((1, 16), np.float32)
     with grpcclient.InferenceServerClient(url) as c:
         for _ in range(2):  # one each: the router holds a connected channel to the victim
@@ -293,8 +286,12 @@ def test_killed_agent_is_retried_on_the_other(repo, agents, start_agent, loop_th
         for _ in range(6):  # half of them go to the dead agent first
             np.testing.assert_array_equal(c.infer("scale", [x_input(x)]).as_numpy("y"), x * 2)
         assert c.get_inference_statistics("scale", as_json=False).model_stats[0].name == "scale"  # skips the dead
-    replicas.table["scale"] = [agents[0].grpc_url]
-    loop_thread.run(router.prune())
+
+    async def victim_gone() -> None:  # the controller's push once the victim is Lost
+        router.update(table({"scale": [agents[0].grpc_url]}))
+        await router.prune()
+
+    loop_thread.run(victim_gone())
     assert victim.grpc_url not in router._channels and agents[0].grpc_url in router._channels
 
 
@@ -316,8 +313,8 @@ class FakeAgent(pb_grpc.GRPCInferenceServiceServicer):
 def test_deadline_retry_and_pass_through_reach_the_agent(loop_thread):
     down, up, picky = FakeAgent(grpc.StatusCode.UNAVAILABLE), FakeAgent(), FakeAgent(grpc.StatusCode.INVALID_ARGUMENT)
     urls = {name: loop_thread.serve(fake) for name, fake in (("down", down), ("up", up), ("picky", picky))}
-    replicas = StaticReplicas({"m": [urls["down"], urls["up"]], "p": [urls["picky"], urls["up"]]})
-    _, url = loop_thread.router(replicas, forward_timeout_s=7.0)
+    routes = table({"m": [urls["down"], urls["up"]], "p": [urls["picky"], urls["up"]]})
+    _, url = loop_thread.router(routes, forward_timeout_s=7.0)
     x = np.ones((1, 16), np.float32)
     with grpcclient.InferenceServerClient(url) as c:
         for _ in range(4):
