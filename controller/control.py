@@ -238,6 +238,7 @@ class Controller:
         await self._record_join(NodeRecord(node.name, dict(node.labels), node.zone, info=info),
                                 ("NodeJoined", node.name, joined))
         node.state = NODE_READY
+        self.routes.node(node)  # in case it was found Lost while the join was written
         self._joined.add(node.name)
         if self.pool.returning:  # agents are still coming back after a restart: the others get another lease
             self.pool.returning_until = max(self.pool.returning_until,

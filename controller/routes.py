@@ -73,14 +73,15 @@ class RouteTable:
     """Every known deployment's `DeploymentRoutes`, updated one node or one pass at a time and pushed to listeners.
 
     Replicas of a deployment the table does not know yet (a node reports it before the pass that creates it, or
-    still runs a deleted one) are kept aside and published once a pass lists the deployment."""
+    still runs a deleted one) are kept aside and published once a pass lists the deployment. Why a deployment has
+    no ready replica is asked when it loses its last one and at each pass (which every change of an instance's
+    state triggers), never per report of a deployment that has none."""
 
     def __init__(self, reason: Reason) -> None:
         self.reason = reason
         self.routes: dict[str, DeploymentRoutes] = {}  # what the listeners hold
         self._served: dict[str, tuple[ReplicaEndpoint, ...]] = {}  # per deployment, known or not: ready replicas
         self._on_node: dict[str, dict[str, ReplicaEndpoint]] = {}  # per node, what it serves (`node_replicas`)
-        self._reported: dict[str, frozenset[str]] = {}  # per node, the deployments it reported instances of
         self._listeners: list[Listener] = []
 
     def subscribe(self, listener: Listener) -> None:
@@ -89,15 +90,12 @@ class RouteTable:
         listener(dict(self.routes))
 
     def node(self, node: NodeState) -> RouteUpdate:
-        """The node's routable state may have changed: re-read what it serves, push the deployments that changed
-        (its ready replicas, or why a deployment it reports has none)."""
+        """The node's routable state may have changed: re-read what it serves, push the deployments whose ready
+        replicas changed."""
         before, now = self._on_node.pop(node.name, {}), node_replicas(node)
         if now:
             self._on_node[node.name] = now
-        touched = set(self._reported.pop(node.name, ()))
-        if node.instances:
-            self._reported[node.name] = frozenset(node.instances)
-            touched.update(node.instances)
+        update: dict[str, DeploymentRoutes | None] = {}
         for name in before.keys() | now.keys():
             old, new = before.get(name), now.get(name)
             if old == new:
@@ -111,9 +109,6 @@ class RouteTable:
                 self._served[name] = served
             else:
                 self._served.pop(name, None)
-            touched.add(name)
-        update: dict[str, DeploymentRoutes | None] = {}
-        for name in touched:
             if name in self.routes:
                 self._refresh(name, update)
         return self._push(update)

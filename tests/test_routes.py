@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
 
 from helpers import AgentProcess
 from xpud.controller.core import NODE_LOST, NODE_READY, NODE_SUSPECT
@@ -101,17 +102,20 @@ def test_only_the_deployments_that_changed_are_pushed() -> None:
                       "api": DeploymentRoutes("api", (), "api is waiting")}]
     pushed = recorder(table)
     n1 = nodes.hello("n1", instance("web", "LOADING"))
-    assert table.node(n1) == {} and pushed == []  # a new LOADING instance: the reason asked again, the same
+    assert table.node(n1) == {} and pushed == []
     table.node(nodes.report("n1", instance("web")))
     replica = ReplicaEndpoint(n1.endpoint, "n1", ("cpu:0",), "1", "z1")
     assert pushed == [{"web": DeploymentRoutes("web", (replica,), "")}]
     assert table.node(nodes.report("n1", instance("web"))) == {}  # the same report again: nothing to push
     reasons.why["api"] = "api failed: bad model"
     table.node(nodes.report("n1", instance("web"), instance("api", "FAILED", reason="bad model")))
+    assert len(pushed) == 1  # api has no ready replica either way: its reason is asked by the pass that follows
+    table.deployments(["web", "api"])
     assert pushed[-1] == {"api": DeploymentRoutes("api", (), "api failed: bad model")}
-    table.node(nodes.report("n1", instance("api", "FAILED", reason="bad model")))  # web unloaded
+    table.node(nodes.report("n1", instance("api", "FAILED", reason="bad model")))  # web unloaded: asked at once
     assert pushed[-1] == {"web": DeploymentRoutes("web", (), "web is waiting")}
     assert table.routes["web"].state == "UNAVAILABLE" and len(pushed) == 3
+    assert table.deployments(["web", "api"]) == {}
 
 
 def test_a_lost_node_leaves_the_table_and_comes_back_with_its_replicas() -> None:
@@ -147,7 +151,7 @@ def test_deployments_come_and_go_with_the_passes() -> None:
     table.deployments(["new"])  # web deleted
     assert pushed[-1] == {"web": None} and set(table.routes) == {"new"}
     del reasons.why["new"]  # deleted before its pass, while the node unloads it: the reason says it is gone
-    table.node(nodes.report("n1", instance("new", "UNLOADING")))
+    table.node(nodes.report("n1", instance("new", "UNLOADING")))  # its last replica: the reason asked
     assert pushed[-1] == {"new": None} and table.routes == {}
 
 
@@ -220,9 +224,13 @@ async def test_the_version_and_zone_of_a_replica_reach_the_router(tmp_path: Path
                 x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))
                 result = await client.infer("iris", [x])
                 assert result.get_response().model_version == "7" and int(result.as_numpy("label")[0]) == 0
-            agent.kill()
-            lost = await eventually(lambda: running.router.routes["iris"].reason, "iris without its replica")
-            assert running.router.routes["iris"].replicas == () and lost
+                agent.kill()
+                reason = await eventually(lambda: running.router.routes["iris"].reason, "iris without its replica")
+                assert running.router.routes["iris"].replicas == ()  # n1 is lost, and no other node can take it
+                with pytest.raises(InferenceServerException) as unavailable:
+                    await client.infer("iris", [x])
+                assert unavailable.value.status() == "StatusCode.UNAVAILABLE"
+                assert unavailable.value.message() == f"deployment 'iris' has no ready replica ({reason})"
     finally:
         if agent is not None:
             agent.kill()
