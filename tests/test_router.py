@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -21,8 +21,9 @@ from tritonclient.utils import InferenceServerException
 
 from helpers import AgentProcess, expect_status
 from models import save, scale
+from xpud.controller.policy import RouteRequest
 from xpud.controller.router import Router, add_router
-from xpud.controller.routes import DeploymentRoutes, ReplicaEndpoint
+from xpud.controller.routes import DeploymentRoutes, ReplicaEndpoint, RouteUpdate
 from xpud.proto.oip import pb, pb_grpc
 
 T = TypeVar("T")
@@ -326,3 +327,42 @@ def test_deadline_retry_and_pass_through_reach_the_agent(loop_thread):
         with expect_status("INVALID_ARGUMENT", "fake says INVALID_ARGUMENT"):
             c.infer("p", [x_input(x)])
     assert len(picky.calls) == 1 and len(up.calls) == 5  # not retried
+
+
+class ByZone:
+    """A policy of the test's own: the replica in the request's ``xpud-zone`` (any other on a retry); it keeps
+    each call's outcome."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[str, str, grpc.StatusCode]] = []  # (zone asked, zone of the replica, code)
+        self.updates: list[set[str]] = []
+
+    def choose(self, request: RouteRequest, routes: DeploymentRoutes,
+               tried: Sequence[ReplicaEndpoint] = ()) -> ReplicaEndpoint | None:
+        zone = request.message.parameters["xpud-zone"].string_param
+        left = [r for r in routes.replicas if r not in tried]
+        return next((r for r in left if r.zone == zone), left[0] if left else None)
+
+    def done(self, request: RouteRequest, replica: ReplicaEndpoint, code: grpc.StatusCode, seconds: float) -> None:
+        assert seconds >= 0
+        self.outcomes.append((request.message.parameters["xpud-zone"].string_param, replica.zone, code))
+
+    def update(self, changed: RouteUpdate) -> None:
+        self.updates.append(set(changed))
+
+
+def test_a_policy_sees_the_request_the_replicas_and_each_outcome(loop_thread):
+    agents = {zone: FakeAgent(grpc.StatusCode.UNAVAILABLE if zone == "z3" else None) for zone in ("z1", "z2", "z3")}
+    replicas = tuple(ReplicaEndpoint(loop_thread.serve(fake), f"n-{zone}", ("cpu:0",), "1", zone)
+                     for zone, fake in agents.items())
+    policy = ByZone()
+    _, url = loop_thread.router({"m": DeploymentRoutes("m", replicas)}, policy=policy)
+    x = np.ones((1, 16), np.float32)
+    with grpcclient.InferenceServerClient(url) as c:
+        for zone in ("z2", "z2", "z1", "z3"):
+            c.infer("m", [x_input(x)], parameters={"xpud-zone": zone})
+    assert [len(agents[z].calls) for z in ("z1", "z2", "z3")] == [2, 2, 1]  # z3 failed: retried on another
+    assert policy.outcomes == [("z2", "z2", grpc.StatusCode.OK), ("z2", "z2", grpc.StatusCode.OK),
+                               ("z1", "z1", grpc.StatusCode.OK), ("z3", "z3", grpc.StatusCode.UNAVAILABLE),
+                               ("z3", "z1", grpc.StatusCode.OK)]
+    assert policy.updates == [{"m"}]
