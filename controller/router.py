@@ -174,9 +174,11 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
     async def _attempt(self, route: RouteRequest, replica: ReplicaEndpoint, context: grpc.aio.ServicerContext) -> Any:
         """One forward to ``replica``, its outcome told to the policy."""
-        started, code = time.perf_counter(), grpc.StatusCode.OK
+        started, code = time.perf_counter(), grpc.StatusCode.CANCELLED  # unless it ends with an answer
         try:
-            return await self._call(replica.address, route.method, route.message, self._timeout(context))
+            reply = await self._call(replica.address, route.method, route.message, self._timeout(context))
+            code = grpc.StatusCode.OK
+            return reply
         except StatusError as exc:
             code = exc.code
             raise
