@@ -61,12 +61,17 @@ def _order(replica: ReplicaEndpoint) -> tuple[str, str]:
 
 def _without(replicas: tuple[ReplicaEndpoint, ...], gone: ReplicaEndpoint) -> tuple[ReplicaEndpoint, ...]:
     at = bisect_left(replicas, _order(gone), key=_order)
-    return replicas[:at] + replicas[at + 1:] if at < len(replicas) and replicas[at] == gone else replicas
+    if at == len(replicas) or replicas[at] != gone:
+        return replicas
+    held = list(replicas)
+    del held[at]
+    return tuple(held)
 
 
 def _with(replicas: tuple[ReplicaEndpoint, ...], new: ReplicaEndpoint) -> tuple[ReplicaEndpoint, ...]:
-    at = bisect_left(replicas, _order(new), key=_order)
-    return (*replicas[:at], new, *replicas[at:])
+    held = list(replicas)
+    held.insert(bisect_left(replicas, _order(new), key=_order), new)
+    return tuple(held)
 
 
 class RouteTable:
@@ -132,9 +137,9 @@ class RouteTable:
             if self.routes.pop(name, None) is not None:
                 update[name] = None
             return
-        routes = DeploymentRoutes(name, served, reason)
-        if routes != self.routes.get(name):
-            self.routes[name] = update[name] = routes
+        held = self.routes.get(name)  # a deployment's tuple is new exactly when its replicas changed
+        if held is None or held.replicas is not served or held.reason != reason:
+            self.routes[name] = update[name] = DeploymentRoutes(name, served, reason)
 
     def _push(self, update: dict[str, DeploymentRoutes | None]) -> RouteUpdate:
         if update:
