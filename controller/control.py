@@ -25,12 +25,14 @@ from .events import EventLog
 from .nodes import Nodes
 from .passes import COALESCE, Change, Scheduling
 from .pool import NodeState, Pool
+from .routes import RouteTable
 from .scheduler import Planner
 from .state import RoutesChanged, State
 from .store import ArtifactStore, Event, EventRecord, ModelRecord, StateStore
 from .storethread import StoreThread
 from .tuning import Tuning
 from .validation import ONNX_HEAD, check_model, check_placement, check_spec
+from .views import deployment_status
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -51,7 +53,21 @@ class Controller:
                                      coalesce=coalesce)
         self.nodes = Nodes(self.state, store, self.thread, self.events, self.tuning, self.scheduling.changed,
                            interval=interval, lease=lease)
+        self.routes = RouteTable(self._unrouted)  # the router's endpoint table, kept by the routes hook
+        self.state.routes_changed.append(self._route)
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _unrouted(self, name: str) -> str | None:
+        """Why a deployment has no ready replica (None: no such deployment)."""
+        return deployment_status(self.state, name).reason if name in self.state.specs else None
+
+    def _route(self, nodes: set[str]) -> None:
+        """Bring the endpoint table up to date: the nodes named, or the deployments after a pass."""
+        if not nodes:
+            self.routes.deployments(self.state.specs)
+        for name in nodes:
+            if (node := self.pool.nodes.get(name)) is not None:
+                self.routes.node(node)
 
     # -- what the other parts read ----------------------------------------------------------------
     @property
@@ -68,9 +84,9 @@ class Controller:
 
     @property
     def routes_changed(self) -> list[RoutesChanged]:
-        """Called with the names of the nodes whose routable state changed (empty: everything): after a pass that
-        moved replicas, pushed or changed the deployments; when a node joins, leaves, comes back, goes Suspect or
-        Lost, or reports a change of its instances' states."""
+        """Called with the names of the nodes whose routable state changed, or an empty set after each scheduling
+        pass (deployments added or deleted, why one has no ready replica): when a node is welcomed, joins, leaves,
+        comes back, goes Suspect or Lost, or reports a change of its instances' states."""
         return self.state.routes_changed
 
     @property
@@ -84,6 +100,7 @@ class Controller:
         state.placement = await run(self.store.placement)
         state.generations = await run(self.store.generations)
         self.nodes.restore(await run(self.store.nodes))
+        self.routes.deployments(state.specs)  # routable as soon as their agents say Hello again
         log.info("controller state: %d deployment(s), %d node(s) known", len(state.specs), len(self.pool.nodes))
         self._tasks = [asyncio.create_task(self.scheduling.loop()),
                        asyncio.create_task(self.nodes.detect_loop(self.scheduling.busy))]

@@ -67,8 +67,9 @@ class Nodes:
 
     def welcomed(self, node: NodeState) -> None:
         """The node was welcomed: Ready, and its messages are read from now on, before the join is written (a slow
-        store must not make it look silent)."""
+        store must not make it look silent). What its Hello says it serves is routable now."""
         node.state = NODE_READY
+        self.state.routes({node.name})
 
     async def joined(self, node: NodeState, hello: lpb.Hello) -> None:
         info = {"devices": [MessageToDict(d, preserving_proto_field_name=True) for d in node.devices.values()],

@@ -177,11 +177,7 @@ class Scheduling:
         push(pool, state.shares, pushes, generations, state.generations)
         pushed = time.perf_counter()
         self.events.notify(records)
-        if state.routes_changed and ("deployments" in writes or "deleted" in writes):
-            state.routes(set())  # the deployments themselves changed
-        elif state.routes_changed and (pushes or moved):
-            state.routes({*pushes, *(r.node for name in moved
-                                     for r in (*placement.get(name, ()), *stored.get(name, ())))})
+        state.routes(set())  # deployments added or deleted, why one has no ready replica: after every pass
         self.tuning.grown(len(pool.nodes), joined=joined)
         if self.planner.last == "full" or refreshed != self.planner.refreshed:
             self._warm_later()  # new pools, or nodes joined: once the pool settles, build what is missing, freeze

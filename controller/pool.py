@@ -1,7 +1,8 @@
 """The controller's live view of the nodes: devices, latest samples, what runs where, link state.
 
 Plain Python and an injectable clock: the link servicer feeds it, the failure
-detector ages it, the scheduler reads ``views()``, the router reads ``endpoints()``.
+detector ages it, the scheduler reads ``views()``, the router's endpoint table (`routes`) reads each node's
+instances when the controller says the node changed.
 
 ``views()`` runs on every reconcile, so each node's view is cached and rebuilt only when something the
 scheduler's filters read changed: a Hello (devices, labels, providers), the node's state or cordon, a device's
@@ -218,13 +219,6 @@ class Pool:
             devices.append(DeviceView(node=node.name, id=d.id, kind=d.kind, memory_total=d.memory_total,
                                       runnable=runnable(d, node.providers), health=now))  # no live readings
         return NodeView(node.name, node.state, node.cordoned, dict(node.labels), node.zone, tuple(devices))
-
-    def endpoints(self, deployment: str) -> list[str]:
-        return sorted(
-            n.endpoint for n in self.nodes.values()
-            if n.state != NODE_LOST and n.endpoint and deployment in n.instances
-            and n.instances[deployment].state == "READY"
-        )
 
     def age(self, interval: float, lease: float) -> list[tuple[NodeState, str]]:
         """Suspect after 2 missed intervals, Lost after the lease (a node still `returning` only after

@@ -1,72 +1,39 @@
 """The controller's inference router: Triton's GRPCInferenceService in front of every deployment's replicas.
 
 A client's OIP ``model_name`` is a deployment's name, and every agent serves that deployment under the same name,
-so requests are forwarded unchanged to one agent picked by round robin. An agent that answers UNAVAILABLE (or
-cannot be reached) gets its request retried once on another replica; any other error is passed through with the
-agent's status code and message. The router only reads the pool through ``Replicas``; it never blocks the loop.
+so requests are forwarded unchanged to one replica that the routing policy picks (`policy.RoundRobin` unless
+told otherwise). An agent that answers UNAVAILABLE (or cannot be reached) gets its request retried once on another
+replica; any other error is passed through with the agent's status code and message. The controller pushes the
+endpoint table (`routes.RouteTable`) through `Router.update`: a request costs a dict lookup and the policy's pick.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib.metadata
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from xpud.proto.oip import pb, pb_grpc
 from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
+from xpud.proto.status import NotFound, StatusError, grpc_status
+
+from .policy import RoundRobin, RouteRequest, RoutingPolicy
+from .routes import READY, DeploymentRoutes, ReplicaEndpoint, RouteUpdate
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 SERVER_NAME = "xpud-router"
 try:
     VERSION = importlib.metadata.version("xpud")
 except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
     VERSION = "0"
 _DURATION = pb.StatisticDuration.DESCRIPTOR
-
-
-class Replicas(Protocol):
-    """What the router needs from the controller's pool."""
-
-    def endpoints(self, deployment: str) -> list[str]:
-        """host:port of the agents with a READY replica of ``deployment``, in a stable order."""
-        ...
-
-    def deployments(self) -> list[tuple[str, str, str]]:
-        """(name, state "READY"/"UNAVAILABLE", reason) of every deployment."""
-        ...
-
-    def exists(self, deployment: str) -> bool: ...
-
-
-class RouteError(Exception):
-    """An RPC outcome to hand back to the client: a gRPC status code and its message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _aborts(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Turn a RouteError of a unary RPC into the client's status."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Router, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except RouteError as exc:
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
-
-    return wrapper
+_aborts = grpc_status(logger=log)  # StatusError (the router's own, or an agent's passed through) -> the client
 
 
 def _add_durations(dst: Any, src: Any) -> None:
@@ -107,20 +74,28 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
     SWEEP_INTERVAL_S = 10.0  # how often channels of endpoints no deployment lists any more are looked for
 
-    def __init__(
-        self, replicas: Replicas, *, max_message_bytes: int = 64 << 20, forward_timeout_s: float = 30.0
-    ) -> None:
-        self.replicas = replicas
+    def __init__(self, *, policy: RoutingPolicy | None = None, max_message_bytes: int = 64 << 20,
+                 forward_timeout_s: float = 30.0) -> None:
+        self.policy: RoutingPolicy = policy if policy is not None else RoundRobin()
         self.forward_timeout_s = forward_timeout_s
         self.channel_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        self.routes: dict[str, DeploymentRoutes] = {}  # per deployment, as pushed through `update`
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
-        self._rr: dict[str, int] = {}
         self._missing: set[str] = set()  # endpoints unlisted at the last sweep: closed if still unlisted at the next
         self._next_sweep = time.monotonic() + self.SWEEP_INTERVAL_S
         self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # dropped channels, closing with grace
+
+    def update(self, changed: RouteUpdate) -> None:
+        """Take the controller's changes to the endpoint table (None: the deployment is gone)."""
+        for name, routes in changed.items():
+            if routes is None:
+                self.routes.pop(name, None)
+            else:
+                self.routes[name] = routes
+        self.policy.update(changed)
 
     # -- channels ---------------------------------------------------------------------------
     def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
@@ -131,10 +106,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         return entry[1]
 
     def _listed(self) -> set[str]:
-        listed: set[str] = set()
-        for name, _, _ in self.replicas.deployments():
-            listed.update(self.replicas.endpoints(name))
-        return listed
+        return {r.address for routes in self.routes.values() for r in routes.replicas}
 
     def _drop(self, endpoint: str) -> None:
         entry = self._channels.pop(endpoint, None)
@@ -153,9 +125,6 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             if endpoint in self._missing:  # gone for two sweeps in a row: gone for good
                 self._drop(endpoint)
         self._missing = {e for e in self._channels if e not in listed}
-        names = {name for name, _, _ in self.replicas.deployments()}
-        for name in [n for n in self._rr if n not in names]:
-            del self._rr[name]
 
     async def prune(self) -> None:
         """Close the channels of endpoints no deployment lists now (the periodic sweep waits for two sweeps)."""
@@ -176,18 +145,17 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         await asyncio.gather(*(channel.close() for channel in channels), return_exceptions=True)
 
     # -- routing ----------------------------------------------------------------------------
-    def _endpoints(self, deployment: str) -> list[str]:
-        """The ready endpoints of ``deployment``; RouteError when it is unknown or has none."""
+    def _ready(self, deployment: str) -> DeploymentRoutes:
+        """The routes of ``deployment``, with a ready replica; NOT_FOUND when it is unknown, else UNAVAILABLE."""
         self._maybe_sweep()
-        endpoints = self.replicas.endpoints(deployment)
-        if endpoints:
-            return endpoints
-        listed = self.replicas.deployments()
-        if not self.replicas.exists(deployment):
-            names = ", ".join(sorted(name for name, _, _ in listed)) or "none"
-            raise RouteError(grpc.StatusCode.NOT_FOUND, f"unknown deployment {deployment!r}; deployments: {names}")
-        reason = next((r for name, _, r in listed if name == deployment and r), "no replica is ready yet")
-        raise RouteError(grpc.StatusCode.UNAVAILABLE, f"deployment {deployment!r} has no ready replica ({reason})")
+        routes = self.routes.get(deployment)
+        if routes is not None and routes.replicas:
+            return routes
+        if routes is None:
+            names = ", ".join(sorted(self.routes)) or "none"
+            raise NotFound(f"unknown deployment {deployment!r}; deployments: {names}")
+        reason = routes.reason or "no replica is ready yet"
+        raise StatusError(grpc.StatusCode.UNAVAILABLE, f"deployment {deployment!r} has no ready replica ({reason})")
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -200,43 +168,57 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await getattr(self._stub(endpoint), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise RouteError(exc.code(), exc.details() or exc.code().name) from None
+            raise StatusError(exc.code(), exc.details() or exc.code().name) from None
         except grpc.aio.UsageError as exc:
-            raise RouteError(grpc.StatusCode.UNAVAILABLE, f"agent {endpoint}: {exc}") from None
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, f"agent {endpoint}: {exc}") from None
+
+    async def _attempt(self, route: RouteRequest, replica: ReplicaEndpoint, context: grpc.aio.ServicerContext) -> Any:
+        """One forward to ``replica``, its outcome told to the policy."""
+        started, code = time.perf_counter(), grpc.StatusCode.CANCELLED  # unless it ends with an answer
+        try:
+            reply = await self._call(replica.address, route.method, route.message, self._timeout(context))
+            code = grpc.StatusCode.OK
+            return reply
+        except StatusError as exc:
+            code = exc.code
+            raise
+        finally:
+            self.policy.done(route, replica, code, time.perf_counter() - started)
 
     async def _forward(self, deployment: str, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Forward to one replica by round robin; on UNAVAILABLE retry once on the next one, if there is one."""
-        endpoints = self._endpoints(deployment)
-        turn = self._rr.get(deployment, 0)
-        self._rr[deployment] = turn + 1
-        first = endpoints[turn % len(endpoints)]
+        """Forward to the replica the policy picks; on UNAVAILABLE retry once on the one it picks next, if any."""
+        routes = self._ready(deployment)
+        route = RouteRequest(deployment, method, request)
+        first = self.policy.choose(route, routes)
+        if first is None:  # a policy that found none fit among the ready ones
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, f"deployment {deployment!r} has no replica to take "
+                              f"this request ({len(routes.replicas)} ready)")
         try:
-            return await self._call(first, method, request, self._timeout(context))
-        except RouteError as exc:
+            return await self._attempt(route, first, context)
+        except StatusError as exc:
             if exc.code is not grpc.StatusCode.UNAVAILABLE:
                 raise
-            others = [e for e in endpoints if e != first]
-            if not others:
+            second = self.policy.choose(route, routes, (first,))
+            if second is None:
                 raise
             log.info("%s of %r: agent %s unavailable (%s); retrying on another replica",
-                     method, deployment, first, exc.message)
-            second = others[turn % len(others)]
-        return await self._call(second, method, request, self._timeout(context))
+                     method, deployment, first.address, exc.message)
+        return await self._attempt(route, second, context)
 
     async def _statistics(
         self, deployment: str, version: str, context: grpc.aio.ServicerContext
     ) -> list[pb.ModelStatistics]:
         """Every ready replica's statistics of ``deployment``, summed per version; unreachable replicas skipped."""
-        endpoints = self._endpoints(deployment)
+        endpoints = [r.address for r in self._ready(deployment).replicas]
         request = pb.ModelStatisticsRequest(name=deployment, version=version)
         timeout = self._timeout(context)
         results = await asyncio.gather(
             *(self._call(e, "ModelStatistics", request, timeout) for e in endpoints), return_exceptions=True
         )
         merged: dict[tuple[str, str], pb.ModelStatistics] = {}
-        failures: list[RouteError] = []
+        failures: list[StatusError] = []
         for endpoint, result in zip(endpoints, results, strict=True):
-            if isinstance(result, RouteError):
+            if isinstance(result, StatusError):
                 if result.code is not grpc.StatusCode.UNAVAILABLE:
                     raise result
                 log.info("statistics of %r: agent %s unavailable (%s)", deployment, endpoint, result.message)
@@ -267,7 +249,8 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
     # -- models ---------------------------------------------------------------------------
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ModelReadyResponse(ready=bool(self.replicas.endpoints(request.name)))
+        routes = self.routes.get(request.name)
+        return pb.ModelReadyResponse(ready=routes is not None and bool(routes.replicas))
 
     @_aborts
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -282,7 +265,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         if request.name:
             stats = await self._statistics(request.name, request.version, context)
             return pb.ModelStatisticsResponse(model_stats=stats)
-        names = sorted(name for name, _, _ in self.replicas.deployments() if self.replicas.endpoints(name))
+        names = sorted(name for name, routes in self.routes.items() if routes.replicas)
         per = await asyncio.gather(*(self._statistics(name, "", context) for name in names), return_exceptions=True)
         out = pb.ModelStatisticsResponse()
         for name, result in zip(names, per, strict=True):
@@ -295,9 +278,10 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     @_aborts
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext) -> Any:
         out = pb.RepositoryIndexResponse()
-        for name, state, reason in sorted(self.replicas.deployments()):
-            if not request.ready or state == "READY":
-                out.models.add(name=name, state=state, reason=reason)
+        for name in sorted(self.routes):
+            routes = self.routes[name]
+            if not request.ready or routes.state == READY:
+                out.models.add(name=name, state=routes.state, reason=routes.reason)
         return out
 
     async def RepositoryModelLoad(
@@ -326,7 +310,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             try:
                 reply = await self._forward(req.model_name, "ModelInfer", req, context)
                 return pb.ModelStreamInferResponse(infer_response=reply)
-            except RouteError as exc:
+            except StatusError as exc:
                 return stream_error(req, exc.code.name, exc.message)
             except asyncio.CancelledError:
                 raise

@@ -23,7 +23,6 @@ from .linkservice import AgentLinkService
 from .router import Router, add_router
 from .store import ArtifactStore, SqliteStore, StateStore, open_store
 from .tuning import ProcessTuning
-from .views import deployment_status
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 64 << 20
@@ -43,27 +42,6 @@ OPTIONS = [
 
 class StartupError(RuntimeError):
     """The controller cannot start; the message says why."""
-
-
-class PoolReplicas:
-    """What the router asks of the controller: where each deployment has ready replicas."""
-
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
-
-    def endpoints(self, deployment: str) -> list[str]:
-        return self.c.pool.endpoints(deployment)
-
-    def exists(self, deployment: str) -> bool:
-        return deployment in self.c.specs
-
-    def deployments(self) -> list[tuple[str, str, str]]:
-        out = []
-        for name in sorted(self.c.specs):
-            ready = bool(self.c.pool.endpoints(name))
-            reason = "" if ready else deployment_status(self.c.state, name).reason
-            out.append((name, "READY" if ready else "UNAVAILABLE", reason))
-        return out
 
 
 @dataclass
@@ -113,7 +91,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(controller), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    router = Router(PoolReplicas(controller), max_message_bytes=MAX_MESSAGE)
+    router = Router(max_message_bytes=MAX_MESSAGE)
+    controller.routes.subscribe(router.update)  # the endpoint table, pushed as it changes
     router_server = grpc.aio.server(options=OPTIONS)
     add_router(router_server, router)
     host = inference_host or listen.rpartition(":")[0] or "0.0.0.0"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -21,7 +21,9 @@ from tritonclient.utils import InferenceServerException
 
 from helpers import AgentProcess, expect_status
 from models import save, scale
+from xpud.controller.policy import RouteRequest
 from xpud.controller.router import Router, add_router
+from xpud.controller.routes import DeploymentRoutes, ReplicaEndpoint, RouteUpdate
 from xpud.proto.oip import pb, pb_grpc
 
 T = TypeVar("T")
@@ -33,19 +35,12 @@ output [{ name: "y", data_type: TYPE_FP32, dims: [16] }]
 PENDING_REASON = "no device with 8 GiB free"
 
 
-class StaticReplicas:
-    def __init__(self, table: dict[str, list[str]], reasons: dict[str, str] | None = None) -> None:
-        self.table = table
-        self.reasons = reasons or {}
-
-    def endpoints(self, deployment: str) -> list[str]:
-        return list(self.table.get(deployment, []))
-
-    def deployments(self) -> list[tuple[str, str, str]]:
-        return [(n, "READY" if eps else "UNAVAILABLE", self.reasons.get(n, "")) for n, eps in self.table.items()]
-
-    def exists(self, deployment: str) -> bool:
-        return deployment in self.table
+def table(endpoints: dict[str, list[str]], reasons: dict[str, str] | None = None) -> dict[str, DeploymentRoutes]:
+    """An endpoint table as the controller pushes it: per deployment its ready agents, in this order."""
+    reasons = reasons or {}
+    return {name: DeploymentRoutes(name, tuple(ReplicaEndpoint(a, f"n{i}", ("cpu:0",), "1", "") for i, a in
+                                               enumerate(addresses)), "" if addresses else reasons.get(name, ""))
+            for name, addresses in endpoints.items()}
 
 
 class LoopThread:
@@ -74,9 +69,10 @@ class LoopThread:
     def serve(self, servicer: pb_grpc.GRPCInferenceServiceServicer) -> str:
         return self.run(self._serve(servicer))
 
-    def router(self, replicas: StaticReplicas, **kwargs: Any) -> tuple[Router, str]:
+    def router(self, routes: dict[str, DeploymentRoutes], **kwargs: Any) -> tuple[Router, str]:
         async def start() -> tuple[Router, str]:
-            router = Router(replicas, **kwargs)
+            router = Router(**kwargs)
+            router.update(routes)
             server = grpc.aio.server(options=router.channel_options)
             add_router(server, router)
             port = server.add_insecure_port("127.0.0.1:0")
@@ -145,10 +141,9 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 @pytest.fixture
-def routed(agents: list[AgentProcess], loop_thread: LoopThread) -> Iterator[tuple[Router, str, StaticReplicas]]:
-    replicas = StaticReplicas({"scale": [a.grpc_url for a in agents], "pending": []}, {"pending": PENDING_REASON})
-    router, url = loop_thread.router(replicas)
-    yield router, url, replicas
+def routed(agents: list[AgentProcess], loop_thread: LoopThread) -> Iterator[tuple[Router, str]]:
+    routes = table({"scale": [a.grpc_url for a in agents], "pending": []}, {"pending": PENDING_REASON})
+    yield loop_thread.router(routes)
 
 
 def x_input(x: np.ndarray) -> grpcclient.InferInput:
@@ -183,7 +178,7 @@ def summed(*replies: Any) -> dict[str, Any]:
 
 
 def test_infer_is_correct_and_spread_over_both_agents(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     before = [stats(a.grpc_url).model_stats[0].inference_count for a in agents]
     with grpcclient.InferenceServerClient(url) as c:
         for i in range(8):
@@ -196,7 +191,7 @@ def test_infer_is_correct_and_spread_over_both_agents(agents, routed):
 
 
 def test_statistics_are_the_sum_of_the_agents(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     with grpcclient.InferenceServerClient(url) as c:
         for rows in (1, 3, 1, 3):
             c.infer("scale", [x_input(np.ones((rows, 16), np.float32))])
@@ -210,7 +205,7 @@ def test_statistics_are_the_sum_of_the_agents(agents, routed):
 
 
 async def test_aio_client_and_deadline(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     async with aioclient.InferenceServerClient(url) as c:
         x = np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 16)
         results = await asyncio.gather(*(c.infer("scale", [x_input(x * k)], client_timeout=10) for k in range(6)))
@@ -220,7 +215,7 @@ async def test_aio_client_and_deadline(agents, routed):
 
 
 def test_stream_infer(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     responses: list[Any] = []
     with grpcclient.InferenceServerClient(url) as c:
         c.start_stream(callback=lambda result, error: responses.append((result, error)))
@@ -241,7 +236,7 @@ def test_stream_infer(agents, routed):
 
 
 def test_errors(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     with grpcclient.InferenceServerClient(url) as c:
         with expect_status("NOT_FOUND", "unknown deployment 'nope'; deployments: pending, scale"):
             c.infer("nope", [x_input(np.ones((1, 16), np.float32))])
@@ -266,7 +261,7 @@ def test_errors(agents, routed):
 
 
 def test_server_index_metadata_and_config(agents, routed):
-    _, url, _ = routed
+    _, url = routed
     with grpcclient.InferenceServerClient(url) as c, grpcclient.InferenceServerClient(agents[1].grpc_url) as direct:
         assert c.is_server_live() and c.is_server_ready()
         assert c.get_server_metadata().name == "xpud-router"
@@ -281,8 +276,7 @@ def test_server_index_metadata_and_config(agents, routed):
 def test_killed_agent_is_retried_on_the_other(repo, agents, start_agent, loop_thread):
     victim = start_agent(*agent_args(repo))
     wait_ready(victim.grpc_url)
-    replicas = StaticReplicas({"scale": [victim.grpc_url, agents[0].grpc_url]})
-    router, url = loop_thread.router(replicas)
+    router, url = loop_thread.router(table({"scale": [victim.grpc_url, agents[0].grpc_url]}))
     x = np.ones((1, 16), np.float32)
     with grpcclient.InferenceServerClient(url) as c:
         for _ in range(2):  # one each: the router holds a connected channel to the victim
@@ -293,8 +287,12 @@ def test_killed_agent_is_retried_on_the_other(repo, agents, start_agent, loop_th
         for _ in range(6):  # half of them go to the dead agent first
             np.testing.assert_array_equal(c.infer("scale", [x_input(x)]).as_numpy("y"), x * 2)
         assert c.get_inference_statistics("scale", as_json=False).model_stats[0].name == "scale"  # skips the dead
-    replicas.table["scale"] = [agents[0].grpc_url]
-    loop_thread.run(router.prune())
+
+    async def victim_gone() -> None:  # the controller's push once the victim is Lost
+        router.update(table({"scale": [agents[0].grpc_url]}))
+        await router.prune()
+
+    loop_thread.run(victim_gone())
     assert victim.grpc_url not in router._channels and agents[0].grpc_url in router._channels
 
 
@@ -316,8 +314,8 @@ class FakeAgent(pb_grpc.GRPCInferenceServiceServicer):
 def test_deadline_retry_and_pass_through_reach_the_agent(loop_thread):
     down, up, picky = FakeAgent(grpc.StatusCode.UNAVAILABLE), FakeAgent(), FakeAgent(grpc.StatusCode.INVALID_ARGUMENT)
     urls = {name: loop_thread.serve(fake) for name, fake in (("down", down), ("up", up), ("picky", picky))}
-    replicas = StaticReplicas({"m": [urls["down"], urls["up"]], "p": [urls["picky"], urls["up"]]})
-    _, url = loop_thread.router(replicas, forward_timeout_s=7.0)
+    routes = table({"m": [urls["down"], urls["up"]], "p": [urls["picky"], urls["up"]]})
+    _, url = loop_thread.router(routes, forward_timeout_s=7.0)
     x = np.ones((1, 16), np.float32)
     with grpcclient.InferenceServerClient(url) as c:
         for _ in range(4):
@@ -329,3 +327,42 @@ def test_deadline_retry_and_pass_through_reach_the_agent(loop_thread):
         with expect_status("INVALID_ARGUMENT", "fake says INVALID_ARGUMENT"):
             c.infer("p", [x_input(x)])
     assert len(picky.calls) == 1 and len(up.calls) == 5  # not retried
+
+
+class ByZone:
+    """A policy of the test's own: the replica in the request's ``xpud-zone`` (any other on a retry); it keeps
+    each call's outcome."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[str, str, grpc.StatusCode]] = []  # (zone asked, zone of the replica, code)
+        self.updates: list[set[str]] = []
+
+    def choose(self, request: RouteRequest, routes: DeploymentRoutes,
+               tried: Sequence[ReplicaEndpoint] = ()) -> ReplicaEndpoint | None:
+        zone = request.message.parameters["xpud-zone"].string_param
+        left = [r for r in routes.replicas if r not in tried]
+        return next((r for r in left if r.zone == zone), left[0] if left else None)
+
+    def done(self, request: RouteRequest, replica: ReplicaEndpoint, code: grpc.StatusCode, seconds: float) -> None:
+        assert seconds >= 0
+        self.outcomes.append((request.message.parameters["xpud-zone"].string_param, replica.zone, code))
+
+    def update(self, changed: RouteUpdate) -> None:
+        self.updates.append(set(changed))
+
+
+def test_a_policy_sees_the_request_the_replicas_and_each_outcome(loop_thread):
+    agents = {zone: FakeAgent(grpc.StatusCode.UNAVAILABLE if zone == "z3" else None) for zone in ("z1", "z2", "z3")}
+    replicas = tuple(ReplicaEndpoint(loop_thread.serve(fake), f"n-{zone}", ("cpu:0",), "1", zone)
+                     for zone, fake in agents.items())
+    policy = ByZone()
+    _, url = loop_thread.router({"m": DeploymentRoutes("m", replicas)}, policy=policy)
+    x = np.ones((1, 16), np.float32)
+    with grpcclient.InferenceServerClient(url) as c:
+        for zone in ("z2", "z2", "z1", "z3"):
+            c.infer("m", [x_input(x)], parameters={"xpud-zone": zone})
+    assert [len(agents[z].calls) for z in ("z1", "z2", "z3")] == [2, 2, 1]  # z3 failed: retried on another
+    assert policy.outcomes == [("z2", "z2", grpc.StatusCode.OK), ("z2", "z2", grpc.StatusCode.OK),
+                               ("z1", "z1", grpc.StatusCode.OK), ("z3", "z3", grpc.StatusCode.UNAVAILABLE),
+                               ("z3", "z1", grpc.StatusCode.OK)]
+    assert policy.updates == [{"m"}]

@@ -1,0 +1,148 @@
+"""The router's endpoint table: every deployment's ready replicas, kept up to date by the controller.
+
+The controller tells the table when a node's routable state may have changed (its Hello, a StatusReport, Lost,
+heard from again) and after each scheduling pass (deployments added or deleted, why one has no ready replica).
+The table works out which deployments' routes changed and pushes only those to its listeners (the router): one
+node's update costs that node's instances and the deployments they touch, never a walk over the pool.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from .core import NODE_LOST
+from .pool import NodeState
+
+READY, UNAVAILABLE = "READY", "UNAVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaEndpoint:
+    """One ready replica of a deployment: where the router sends its requests, and what a policy may weigh."""
+
+    address: str  # host:port of the agent's OIP endpoint
+    node: str
+    devices: tuple[str, ...]  # the device ids the instance runs on
+    version: str  # the model version the agent loaded (the deployment's, as resolved when it was pushed)
+    zone: str  # the node's zone, from its Hello
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRoutes:
+    """One deployment as the router serves it: its ready replicas by address, and why there are none."""
+
+    name: str
+    replicas: tuple[ReplicaEndpoint, ...] = ()
+    reason: str = ""  # why no replica is ready; "" while one is
+
+    @property
+    def state(self) -> str:
+        return READY if self.replicas else UNAVAILABLE
+
+
+RouteUpdate = Mapping[str, DeploymentRoutes | None]  # the deployments whose routes changed; None: deleted
+Listener = Callable[[RouteUpdate], None]
+Reason = Callable[[str], str | None]  # why a deployment has no ready replica; None: it does not exist (any more)
+
+
+def node_replicas(node: NodeState) -> dict[str, ReplicaEndpoint]:
+    """What a node serves now, by deployment: its READY instances, while it has an endpoint and is not Lost."""
+    if node.state == NODE_LOST or not node.endpoint:
+        return {}
+    return {name: ReplicaEndpoint(node.endpoint, node.name, tuple(inst.devices), inst.version, node.zone)
+            for name, inst in node.instances.items() if inst.state == READY}
+
+
+def _order(replica: ReplicaEndpoint) -> tuple[str, str]:
+    return replica.address, replica.node
+
+
+def _without(replicas: tuple[ReplicaEndpoint, ...], gone: ReplicaEndpoint) -> tuple[ReplicaEndpoint, ...]:
+    at = bisect_left(replicas, _order(gone), key=_order)
+    if at == len(replicas) or replicas[at] != gone:
+        return replicas
+    held = list(replicas)
+    del held[at]
+    return tuple(held)
+
+
+def _with(replicas: tuple[ReplicaEndpoint, ...], new: ReplicaEndpoint) -> tuple[ReplicaEndpoint, ...]:
+    held = list(replicas)
+    held.insert(bisect_left(replicas, _order(new), key=_order), new)
+    return tuple(held)
+
+
+class RouteTable:
+    """Every known deployment's `DeploymentRoutes`, updated one node or one pass at a time and pushed to listeners.
+
+    Replicas of a deployment the table does not know yet (a node reports it before the pass that creates it, or
+    still runs a deleted one) are kept aside and published once a pass lists the deployment. Why a deployment has
+    no ready replica is asked when it loses its last one and at each pass (which every change of an instance's
+    state triggers), never per report of a deployment that has none."""
+
+    def __init__(self, reason: Reason) -> None:
+        self.reason = reason
+        self.routes: dict[str, DeploymentRoutes] = {}  # what the listeners hold
+        self._served: dict[str, tuple[ReplicaEndpoint, ...]] = {}  # per deployment, known or not: ready replicas
+        self._on_node: dict[str, dict[str, ReplicaEndpoint]] = {}  # per node, what it serves (`node_replicas`)
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener`` gets the whole table now, then each change."""
+        self._listeners.append(listener)
+        listener(dict(self.routes))
+
+    def node(self, node: NodeState) -> RouteUpdate:
+        """The node's routable state may have changed: re-read what it serves, push the deployments whose ready
+        replicas changed."""
+        before, now = self._on_node.pop(node.name, {}), node_replicas(node)
+        if now:
+            self._on_node[node.name] = now
+        update: dict[str, DeploymentRoutes | None] = {}
+        for name in before.keys() | now.keys():
+            old, new = before.get(name), now.get(name)
+            if old == new:
+                continue
+            served = self._served.get(name, ())
+            if old is not None:
+                served = _without(served, old)
+            if new is not None:
+                served = _with(served, new)
+            if served:
+                self._served[name] = served
+            else:
+                self._served.pop(name, None)
+            if name in self.routes:
+                self._refresh(name, update)
+        return self._push(update)
+
+    def deployments(self, names: Collection[str]) -> RouteUpdate:
+        """After a scheduling pass, ``names`` being every deployment: add the new ones, drop the deleted ones, and
+        refresh why those with no ready replica have none."""
+        update: dict[str, DeploymentRoutes | None] = {name: None for name in self.routes if name not in names}
+        for name in update:
+            del self.routes[name]
+        for name in names:
+            held = self.routes.get(name)
+            if held is None or not held.replicas:
+                self._refresh(name, update)
+        return self._push(update)
+
+    def _refresh(self, name: str, update: dict[str, DeploymentRoutes | None]) -> None:
+        served = self._served.get(name, ())
+        reason = "" if served else self.reason(name)
+        if reason is None:  # deleted before its pass: gone from the router now
+            if self.routes.pop(name, None) is not None:
+                update[name] = None
+            return
+        held = self.routes.get(name)  # a deployment's tuple is new exactly when its replicas changed
+        if held is None or held.replicas is not served or held.reason != reason:
+            self.routes[name] = update[name] = DeploymentRoutes(name, served, reason)
+
+    def _push(self, update: dict[str, DeploymentRoutes | None]) -> RouteUpdate:
+        if update:
+            for listener in self._listeners:
+                listener(update)
+        return update
