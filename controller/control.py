@@ -40,8 +40,8 @@ from xpud.proto import telemetry_pb2 as tpb
 
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, Decision, DeploymentSpec, Replica
 from .heap import GC_TIME, Heap
+from .planner import Planner
 from .pool import NodeState, Pool
-from .scheduler import Planner
 from .shares import Share, Shares
 from .store import Conflict, EventRecord, ModelRecord, NodeRecord, Store
 

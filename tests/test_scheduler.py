@@ -1,54 +1,19 @@
-"""The placement function: filters, scorers and whole schedule() calls, table-driven over small hardware shapes."""
+"""The placement function: filters and whole schedule() calls, table-driven over small hardware shapes."""
 
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from pool_shapes import SHAPES, GiB, dep, node, rep, where
 
-from xpud.controller import filters, scoring
+from xpud.controller import filters
 from xpud.controller.core import NODE_LOST, NODE_SUSPECT, Decision, DeploymentSpec, DeviceView, NodeView
 from xpud.controller.core import Replica as R
-from xpud.controller.scheduler import LOAD_CANDIDATES, FilterMemo, Planner, schedule
-
-GiB = 1 << 30
-
-# One JSON-like fixture per hardware shape: (device id, kind, memory in GiB).
-SHAPES: dict[str, list[dict[str, Any]]] = {
-    "dgx-a100": [{"id": f"nvidia:{i}", "kind": "gpu", "memory": 80} for i in range(8)],
-    "cpu-only": [{"id": "cpu:0", "kind": "cpu", "memory": 64}],
-    "jetson-orin": [{"id": "jetson:0", "kind": "gpu", "memory": 32}, {"id": "cpu:0", "kind": "cpu", "memory": 8}],
-    "one-gpu": [{"id": "nvidia:0", "kind": "gpu", "memory": 80}],
-    "two-gpu": [{"id": f"nvidia:{i}", "kind": "gpu", "memory": 80} for i in range(2)],
-    "gpu-and-cpu": [{"id": "nvidia:0", "kind": "gpu", "memory": 24}, {"id": "cpu:0", "kind": "cpu", "memory": 64}],
-}
-
-
-def node(name: str, shape: str = "one-gpu", devices: dict[str, dict[str, Any]] | None = None, **kw: Any) -> NodeView:
-    """A node of one shape; `devices` overrides fields of single devices by id (utilization, health, ...)."""
-    devs = []
-    for d in SHAPES[shape]:
-        extra = dict((devices or {}).get(d["id"], {}))
-        memory = extra.pop("memory", d["memory"])
-        devs.append(DeviceView(name, d["id"], d["kind"], int(memory * GiB), **extra))
-    return NodeView(name, devices=tuple(devs), **kw)
-
-
-def dep(name: str = "m", replicas: int = 1, gib: float = 10, **kw: Any) -> DeploymentSpec:
-    return DeploymentSpec(name, model=name, version="1", replicas=replicas, memory_bytes=int(gib * GiB), **kw)
-
-
-def where(decision: Decision, name: str) -> list[tuple[int, str]]:
-    return [(r.index, f"{r.node}/{r.device}") for r in decision.replicas[name]]
-
-
-def rep(d: DeploymentSpec, index: int, at: str) -> R:
-    n, dev = at.split("/")
-    return R(d.name, index, n, dev, d.memory_bytes)
-
+from xpud.controller.memo import FilterMemo
+from xpud.controller.scheduler import schedule
 
 # --- filters, one at a time -------------------------------------------------------------------------------------
 
@@ -170,55 +135,6 @@ def test_displacement_of_what_is_gone(present: tuple[bool, bool], expect: str) -
     assert got == expect
 
 
-# --- scorers ----------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("a", "b"),  # a ranks before b
-    [
-        (scoring.binpack_key(10, 0.9, "z", "z"), scoring.binpack_key(20, 0.0, "a", "a")),  # least free first
-        (scoring.binpack_key(10, 0.1, "z", "z"), scoring.binpack_key(10, 0.5, "a", "a")),  # then least busy
-        (scoring.binpack_key(10, 0.0, "a", "b"), scoring.binpack_key(10, 0.0, "b", "a")),  # then node name
-        (scoring.binpack_key(10, 0.0, "a", "a"), scoring.binpack_key(10, 0.0, "a", "b")),  # then device id
-        (scoring.spread_key(0, 10, 0.9, "z", "z"), scoring.spread_key(1, 80, 0.0, "a", "a")),  # fewest on node
-        (scoring.spread_key(1, 80, 0.9, "z", "z"), scoring.spread_key(1, 10, 0.0, "a", "a")),  # then most free
-        (scoring.spread_key(1, 80, 0.1, "z", "z"), scoring.spread_key(1, 80, 0.2, "a", "a")),  # then least busy
-        (scoring.victim_key(0, 0, "x"), scoring.victim_key(1, 9, "a")),  # lowest priority evicted first
-        (scoring.victim_key(0, 3, "x"), scoring.victim_key(0, 1, "a")),  # then the most recent (highest index)
-        (scoring.preemption_key([0, 0], 90, 0.0, "a", "a"), scoring.preemption_key([5], 10, 0.0, "a", "a")),
-        (scoring.preemption_key([0], 90, 0.0, "a", "a"), scoring.preemption_key([0, 0], 10, 0.0, "a", "a")),
-        (scoring.preemption_key([0], 10, 0.0, "z", "z"), scoring.preemption_key([0], 90, 0.0, "a", "a")),
-    ],
-)
-def test_score_order(a: tuple, b: tuple) -> None:
-    assert a < b
-
-
-@pytest.mark.parametrize(("device", "expect"), [({}, 0.0), ({"utilization": 0.25}, 0.25)])
-def test_utilization_unknown_counts_as_idle(device: dict, expect: float) -> None:
-    assert scoring.utilization(DeviceView("n", "d", "gpu", 1, **device)) == expect
-
-
-def _victims(*gib: int) -> list[R]:
-    return [R(f"v{i}", 0, "n", "d", g * GiB) for i, g in enumerate(gib)]
-
-
-@pytest.mark.parametrize(
-    ("free", "need", "victims", "expect"),
-    [
-        (0, 10, (10, 10), ["v0"]),
-        (5, 10, (5, 10), ["v0"]),
-        (0, 10, (4, 4), None),  # even all are too few
-        (0, 10, (4, 20), ["v1"]),  # v0 is given back: v1 alone frees enough
-        (0, 10, (4, 4, 4), ["v0", "v1", "v2"]),
-        (10, 10, (4,), []),
-    ],
-)
-def test_pick_victims(free: int, need: int, victims: tuple[int, ...], expect: list[str] | None) -> None:
-    got = scoring.pick_victims(free * GiB, need * GiB, _victims(*victims))
-    assert (None if got is None else [v.deployment for v in got]) == expect
-
-
 # --- schedule(): strategies -------------------------------------------------------------------------------------
 
 STRATEGY_CASES = [
@@ -308,78 +224,6 @@ def test_placement(nodes: list[NodeView], spec: DeploymentSpec, expect: list[tup
 def test_different_deployments_share_a_device() -> None:
     d = schedule([node("a"), node("b")], [dep("x", gib=30), dep("y", gib=30), dep("z", gib=30)], {})
     assert [r.node for name in "xyz" for r in d.replicas[name]] == ["a", "a", "b"]
-
-
-def _reference_pick(options: list[tuple[tuple[Any, ...], tuple[str, str]]]) -> tuple[str, str]:
-    """The pick by definition: among the options with the best score key up to utilization (key minus its last
-    three fields: util, node, device), the first LOAD_CANDIDATES by names, the least busy of those."""
-    best = min(key[:-3] for key, _ in options)
-    group = sorted((key[-2:], key[-3]) for key, _ in options if key[:-3] == best)[:LOAD_CANDIDATES]
-    return min(group, key=lambda g: (g[1], g[0]))[0]
-
-
-@pytest.mark.parametrize("size", [5, 40])
-def test_fast_path_matches_the_score_keys_by_definition(size: int) -> None:
-    """Random device states: the sorted-list pick equals `_reference_pick` over every feasible device's score
-    key (with up to 5 nodes, a plain min(); with 40, ties larger than LOAD_CANDIDATES)."""
-    rng = random.Random(7)
-    for _ in range(60 if size == 5 else 15):
-        nodes = [
-            node(f"n{i:02d}", "two-gpu",
-                 {f"nvidia:{j}": {"utilization": rng.choice([None, 0.1, 0.5])} for j in range(2)})
-            for i in range(rng.randint(1, size))
-        ]
-        filler = dep("a-filler", replicas=rng.randint(0, size + 1), gib=rng.choice([10, 30]), strategy="spread")
-        spec = dep("b-new", replicas=rng.randint(1, 3 if size == 5 else 50), gib=rng.choice([5, 20, 50]),
-                   strategy=rng.choice(["binpack", "spread"]))
-        base = schedule(nodes, [filler], {})
-        used: dict[tuple[str, str], int] = {}
-        for r in base.replicas["a-filler"]:
-            used[(r.node, r.device)] = used.get((r.node, r.device), 0) + r.memory
-        out = schedule(nodes, [filler, spec], base.replicas)
-        on_node: dict[str, int] = {}
-        for r in out.replicas["b-new"]:  # replay b-new's choices one at a time against the reference
-            options = []
-            for n in nodes:
-                for dv in n.devices:
-                    free = dv.memory_total - used.get((n.name, dv.id), 0)
-                    if free >= spec.memory_bytes:
-                        u = scoring.utilization(dv)
-                        key = (
-                            scoring.spread_key(on_node.get(n.name, 0), free, u, n.name, dv.id)
-                            if spec.strategy == "spread"
-                            else scoring.binpack_key(free, u, n.name, dv.id)
-                        )
-                        options.append((key, (n.name, dv.id)))
-            assert (r.node, r.device) == _reference_pick(options)
-            used[(r.node, r.device)] = used.get((r.node, r.device), 0) + r.memory
-            on_node[r.node] = on_node.get(r.node, 0) + 1
-
-
-def test_live_load_ranks_the_first_candidates_of_a_large_tie() -> None:
-    """In a pool larger than LOAD_CANDIDATES, load ranks the first candidates (by names) of those that fit
-    equally: the least busy of n000..n063, not the idlest of all."""
-    k = LOAD_CANDIDATES
-    nodes = [node(f"n{i:03d}", devices={"nvidia:0": {"utilization": 1 - i / 200}}) for i in range(k + 20)]
-    for strategy in ("binpack", "spread"):
-        d = schedule(nodes, [dep("a", 1, 10, strategy=strategy)], {})
-        assert where(d, "a") == [(0, f"n{k - 1:03d}/nvidia:0")], strategy
-    small = nodes[:10]  # within the window, every device is ranked
-    assert where(schedule(small, [dep("a", 1, 10)], {}), "a") == [(0, "n009/nvidia:0")]
-
-
-def test_a_load_mapping_ranks_over_the_views_readings() -> None:
-    nodes = [node("a", devices={"nvidia:0": {"utilization": 0.1}}),
-             node("b", devices={"nvidia:0": {"utilization": 0.5}})]
-    assert where(schedule(nodes, [dep()], {}), "m") == [(0, "a/nvidia:0")]
-    load = {("a", "nvidia:0"): 0.9}  # b is not in it: its view's reading counts
-    assert where(schedule(nodes, [dep()], {}, load=load), "m") == [(0, "b/nvidia:0")]
-    planner = Planner()  # the Planner reads the load it is given at each pass, with nothing re-sorted
-    nodes.append(node("c", devices={"nvidia:0": {"utilization": 0.0}}))
-    first = planner.schedule(nodes, [dep("x", 1, 80)], {})  # fills c
-    added = planner.schedule(nodes, [dep("x", 1, 80), dep()], first.replicas, load=load)
-    assert planner.last == "added" and where(added, "m") == [(0, "b/nvidia:0")]
-    assert where(first, "x") == [(0, "c/nvidia:0")]
 
 
 # --- schedule(): stability, moves, scale ------------------------------------------------------------------------
@@ -790,111 +634,3 @@ def test_a_filter_memo_gives_the_same_decisions_and_follows_changed_views() -> N
         assert schedule(nodes, specs, current, memo=memo) == plain
         current = plain.replicas
     assert len(memo.answers) == 1
-
-
-def _planner_sequence(seed: int) -> Counter[str]:
-    """Random sequences of controller passes: deployments added (alone or several), scaled, removed, unchanged
-    passes, nodes changing, joining (a join storm's passes), going Suspect and back, cordoned or relabelled, devices'
-    health changing; each
-    pass the Planner's decision equals a plain schedule() of the same input."""
-    rng = random.Random(seed)
-    nodes = [node(f"n{i}", rng.choice(["dgx-a100", "two-gpu", "gpu-and-cpu", "cpu-only"]),
-                  labels={"rack": f"r{i % 3}"}, zone=f"z{i % 2}") for i in range(10)]
-    planner = Planner()
-    specs: dict[str, DeploymentSpec] = {}
-    current: dict[str, list[R]] = {}
-    for step in range(60):
-        action = rng.choice(["add", "add", "add", "same", "same", "scale", "remove", "remove", "node", "add2",
-                             "load", "load", "join", "join", "flip", "flip", "cordon", "relabel", "health",
-                             "health"])
-        if action in ("add", "add2"):
-            for _ in range(1 if action == "add" else 2):
-                name = f"d{step}{_}"
-                specs[name] = dep(name, rng.randint(0, 3), rng.choice([2, 8, 20, 70]),
-                                  device=rng.choice(["gpu", "cpu", "any"]), strategy=rng.choice(["binpack", "spread"]),
-                                  priority=rng.choice([0, 0, 1, 5]),
-                                  labels={"rack": "r1"} if rng.random() < 0.2 else {})
-        elif action == "scale" and specs:
-            name = rng.choice(sorted(specs))
-            specs[name] = replace(specs[name], replicas=rng.randint(0, 5))
-        elif action == "remove" and specs:
-            specs.pop(rng.choice(sorted(specs)))
-        elif action == "node":
-            i = rng.randrange(len(nodes))
-            nodes[i] = replace(nodes[i], state=rng.choice([NODE_LOST, NODE_SUSPECT, "Ready"]))
-        elif action == "join":  # new nodes after the others (as the controller's views) or anywhere, Ready or not
-            for k in range(rng.randint(1, 3)):
-                nodes.insert(rng.choice([len(nodes), rng.randint(0, len(nodes))]), node(
-                    f"j{step}-{k}", rng.choice(["dgx-a100", "two-gpu", "gpu-and-cpu", "cpu-only"]),
-                    labels={"rack": f"r{rng.randrange(3)}"}, zone=f"z{rng.randrange(2)}",
-                    state=rng.choice(["Ready", "Ready", NODE_SUSPECT])))
-        elif action == "flip":  # missed two intervals, or heard from again
-            i = rng.randrange(len(nodes))
-            if nodes[i].state != NODE_LOST:
-                nodes[i] = replace(nodes[i], state=NODE_SUSPECT if nodes[i].state == "Ready" else "Ready")
-        elif action == "cordon":
-            i = rng.randrange(len(nodes))
-            nodes[i] = replace(nodes[i], cordoned=not nodes[i].cordoned)
-        elif action == "relabel":
-            i = rng.randrange(len(nodes))
-            nodes[i] = replace(nodes[i], labels={"rack": f"r{rng.randrange(3)}"})
-        elif action == "health":  # a device's health becomes known, degrades, fails or recovers
-            i = rng.randrange(len(nodes))
-            k = rng.randrange(len(nodes[i].devices))
-            devices = list(nodes[i].devices)
-            devices[k] = replace(devices[k], health=rng.choice(["ok", "unknown", "degraded", "failed"]))
-            nodes[i] = replace(nodes[i], devices=tuple(devices))
-        if action == "load" or rng.random() < 0.3:  # live readings move on a few nodes (new view objects)
-            for i in rng.sample(range(len(nodes)), 3):
-                devices = tuple(replace(d, utilization=rng.choice([None, 0.0, 0.3, 0.9]),
-                                        memory_used=rng.randint(0, d.memory_total)) for d in nodes[i].devices)
-                nodes[i] = replace(nodes[i], devices=devices)
-        views = list(nodes)
-        while rng.random() < 0.3 and planner.warm():  # the controller builds plain pools between passes
-            pass
-        plain = schedule(views, list(specs.values()), current)
-        got = planner.schedule(views, list(specs.values()), current)
-        assert got == plain, (step, action)
-        current = {k: list(v) for k, v in plain.replicas.items() if v}
-    return planner.passes + Counter(refreshed=planner.refreshed)
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_planner_decides_what_schedule_decides(seed: int) -> None:
-    _planner_sequence(seed)
-
-
-def test_planner_takes_its_shortcuts_in_those_sequences() -> None:
-    passes = sum((_planner_sequence(seed) for seed in range(6)), Counter())
-    assert passes["full"] and passes["same"] and passes["added"] and passes["refreshed"], passes
-
-
-def test_planner_warms_the_pools_of_plain_signatures_one_at_a_time() -> None:
-    nodes = [node(f"n{i}", "gpu-and-cpu", labels={"x": "y"}) for i in range(4)]
-    planner = Planner()
-    assert not planner.warm()  # nothing kept yet
-    d1 = planner.schedule(nodes, [dep("a", 2, 10, device="gpu", labels={"x": "y"})], {})
-    built = 0
-    while planner.warm():
-        built += 1
-    assert built == 6  # gpu, cpu, any: none was in use; then their spread orders
-    both = [dep("a", 2, 10, device="gpu", labels={"x": "y"}), dep("b", 3, 10, device="cpu")]
-    d2 = planner.schedule(nodes, both, d1.replicas)
-    assert planner.last == "added" and d2 == schedule(nodes, both, d1.replicas)
-
-
-def test_planner_adds_a_deployment_without_a_full_pass() -> None:
-    nodes = [node(f"n{i}", "two-gpu") for i in range(4)]
-    planner = Planner()
-    first = [dep("a", 3, 30, device="gpu", strategy="spread")]
-    d1 = planner.schedule(nodes, first, {})
-    d2 = planner.schedule(nodes, first, d1.replicas)  # nothing changed: the last decision
-    both = [*first, dep("b", 2, 60, device="gpu")]
-    d3 = planner.schedule(nodes, both, d2.replicas)  # one deployment added: only it is placed
-    assert planner.passes == {"full": 1, "same": 1, "added": 1}
-    assert d2 == d1 and d3 == schedule(nodes, both, d1.replicas)
-    # It needs preemption (a higher priority, no room left): a full pass decides, and evicts
-    urgent = [*both, dep("c", 4, 80, device="gpu", priority=9)]
-    d4 = planner.schedule(nodes, urgent, d3.replicas)
-    assert d4 == schedule(nodes, urgent, d3.replicas) and d4.preempted
-    assert planner.passes["full"] == 2
