@@ -19,15 +19,15 @@ out of the sorted pools. `Scheduler` holds that state, with methods that let the
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from itertools import islice
 from typing import Any, Protocol
 
-from . import filters, scoring
+from . import candidates, filters, scoring
+from .candidates import CandidatePool
 from .core import NODE_READY, Decision, DeploymentSpec, DeviceView, NodeView, Replica
-from .memo import PLAIN, FilterMemo, Key, Signature, answer, signature
+from .memo import PLAIN, FilterMemo, Key, Signature, signature
 from .scoring import LOAD_CANDIDATES
 
 __all__ = ["LOAD_CANDIDATES", "PREEMPTION_CANDIDATES", "Load", "Scheduler", "schedule"]
@@ -35,7 +35,6 @@ __all__ = ["LOAD_CANDIDATES", "PREEMPTION_CANDIDATES", "Load", "Scheduler", "sch
 # Like Kubernetes' DefaultPreemption (minCandidateNodesAbsolute), preemption compares a bounded number of devices
 # where eviction works (those with the least room that is enough first), not every device of the pool.
 PREEMPTION_CANDIDATES = 100
-Entry = tuple[int, str, str]  # (free memory, node, device), or (-free, ...) in the spread order
 
 
 class Load(Protocol):
@@ -43,26 +42,6 @@ class Load(Protocol):
     controller's `pool.LiveLoad`, which reads the latest samples."""
 
     def get(self, key: Key, /) -> float | None: ...
-
-
-class _Pool:
-    """The devices passing every static filter for one signature, sorted by free memory (ascending for binpack,
-    descending for spread: built lazily) then names."""
-
-    __slots__ = ("asc", "desc", "rejected", "room", "spec")
-
-    def __init__(self, spec: DeploymentSpec, rejected: Counter[filters.Tally], asc: list[Entry]) -> None:
-        self.spec = spec  # a deployment of the signature: what the static filters read
-        self.rejected = rejected
-        self.asc = asc  # (free, node, device), ascending
-        self.desc: list[Entry] | None = None  # (-free, node, device), ascending
-        # priority p -> (room, node, device) ascending, room = free + memory of replicas of priority <= p
-        self.room: dict[int, list[Entry]] = {}
-
-    def spread_order(self) -> list[Entry]:
-        if self.desc is None:
-            self.desc = sorted((-f, n, d) for f, n, d in self.asc)
-        return self.desc
 
 
 class Scheduler:
@@ -84,14 +63,14 @@ class Scheduler:
         self._utils: dict[Key, float] = {}  # live utilization as read in this pass
         self._ranking = scoring.RANKING  # read when the state is made: a scorer added to the table counts
         self._placing: DeploymentSpec | None = None  # the deployment a pick is for
-        # spread: where the next pick of the deployment being placed starts scanning (see _find); 0: the start
+        # spread: where the next pick of the deployment being placed starts scanning (`CandidatePool.fewest_on_node`)
         self._cursor = 0
         self._specs = {d.name: d for d in deployments}
         self._priority = {d.name: d.priority for d in deployments}
         self._levels = sorted({d.priority for d in deployments})
         self._order = sorted(self._specs.values(), key=lambda d: (-d.priority, d.name))
-        self._pools: dict[Signature, _Pool] = {}
-        self._members: dict[Key, list[_Pool]] = defaultdict(list)
+        self._pools: dict[Signature, CandidatePool] = {}
+        self._members: dict[Key, list[CandidatePool]] = defaultdict(list)
         self._placed: dict[str, dict[int, Replica]] = {d.name: {} for d in deployments}
         self._on_device: dict[Key, dict[tuple[str, int], Replica]] = defaultdict(dict)
         self._counts: dict[str, Counter[str]] = defaultdict(Counter)  # deployment -> node -> its replicas there
@@ -152,9 +131,7 @@ class Scheduler:
                 key = (name, dev.id)
                 free = self._free[key]
                 for pool in self._members.pop(key, ()):
-                    del pool.asc[bisect_left(pool.asc, (free, name, dev.id))]
-                    if pool.desc is not None:
-                        del pool.desc[bisect_left(pool.desc, (-free, name, dev.id))]
+                    pool.remove(free, key)
                 if not self._on_device.get(key):  # nothing on it: it starts over from its new view
                     del self._free[key], self._devices[key]
                     self._held.pop(key, None)
@@ -165,22 +142,8 @@ class Scheduler:
             self._devices[key] = dev
             self._free.setdefault(key, dev.memory_total)
         for sig, pool in self._pools.items():
-            table = self._memo.table(sig, self.draining)
-            if old is not None:
-                for why, count in answer(old, pool.spec, self.draining)[1]:
-                    pool.rejected[why] -= count
-                    if not pool.rejected[why]:
-                        del pool.rejected[why]
-            got = table[name] = answer(new, pool.spec, self.draining)
-            for why, count in got[1]:
-                pool.rejected[why] += count
-            for key in got[2]:
-                free = self._free[key]
-                insort(pool.asc, (free, *key))
-                if pool.desc is not None:
-                    insort(pool.desc, (-free, *key))
+            for key in pool.replace_node(old, new, self._free, self._memo.table(sig, self.draining), self.draining):
                 self._members[key].append(pool)
-            pool.room.clear()  # only preemption reads it, and only a full pass (a state of its own) preempts
         if new.state == NODE_READY:
             self._any_ready = True
         elif old is not None and old.state == NODE_READY:
@@ -254,7 +217,16 @@ class Scheduler:
 
     def _best(self, group: list[Key]) -> Key:
         """The best of a group (in names order) by the `scoring.RANKING` chain; ties go to names."""
-        return group[0] if len(group) == 1 else min(group, key=self._rank)
+        if len(group) == 1:
+            return group[0]
+        if len(self._ranking) != 1:
+            return min(group, key=self._rank)
+        scorer = self._ranking[0]  # the usual table: one scorer, called directly
+        best, best_rank = group[0], scorer(group[0], self)
+        for key in group[1:]:
+            if (rank := scorer(key, self)) < best_rank:
+                best, best_rank = key, rank
+        return best
 
     def _rank(self, key: Key) -> Any:
         """A device's rank by the scorers, compared in order: one scorer's value alone, else the tuple of them."""
@@ -263,27 +235,13 @@ class Scheduler:
             return ranking[0](key, self)
         return tuple(scorer(key, self) for scorer in ranking)
 
-    def _held_below(self, key: Key, ceiling: int) -> int:
-        """Memory held on a device by replicas with priority <= ceiling."""
-        return sum(m for p, m in self._held[key].items() if p <= ceiling)
-
     def _take(self, key: Key, memory: int, priority: int) -> None:
         """A replica of `priority` takes `memory` bytes of the device (gives them back when negative)."""
         old = self._free[key]
         new = self._free[key] = old - memory
-        node, dev = key
-        for pool in self._members.get(key, ()):
-            del pool.asc[bisect_left(pool.asc, (old, node, dev))]
-            insort(pool.asc, (new, node, dev))
-            if pool.desc is not None:
-                del pool.desc[bisect_left(pool.desc, (-old, node, dev))]
-                insort(pool.desc, (-new, node, dev))
-            for ceiling, room in pool.room.items():
-                if priority > ceiling:  # memory of replicas <= ceiling counts as room: theirs does not change it
-                    held = self._held_below(key, ceiling)
-                    del room[bisect_left(room, (old + held, node, dev))]
-                    insort(room, (new + held, node, dev))
-        self._held[key][priority] += memory
+        held = self._held[key]
+        candidates.move(self._members.get(key, ()), old, new, key, priority, held)
+        held[priority] += memory
 
     def _place(self, spec: DeploymentSpec, index: int, key: Key) -> Replica:
         replica = Replica(spec.name, index, key[0], key[1], spec.memory_bytes)
@@ -322,68 +280,26 @@ class Scheduler:
 
     # --- pass 2: placement --------------------------------------------------------------------------------------
 
-    def _pool(self, spec: DeploymentSpec) -> _Pool:
+    def _pool(self, spec: DeploymentSpec) -> CandidatePool:
         sig = signature(spec)
         pool = self._pools.get(sig)
-        if pool is not None:
-            return pool
-        memo, draining = self._memo, self.draining
-        table = memo.table(sig, draining)
-        rejected: Counter[filters.Tally] = Counter()
-        keys: list[Key] = []
-        for node in self._nodes.values():
-            got = table.get(node.name)
-            if got is None or got[0] is not node:
-                got = memo.renew(table, node, spec, draining)
-            for why, count in got[1]:
-                rejected[why] += count
-            keys.extend(got[2])
-        pool = _Pool(spec, rejected, sorted((self._free[k], *k) for k in keys))
-        for k in keys:
-            self._members[k].append(pool)
-        self._pools[sig] = pool
+        if pool is None:
+            pool, keys = CandidatePool.build(spec, self._nodes.values(), self._free, self._memo, self.draining)
+            for k in keys:
+                self._members[k].append(pool)
+            self._pools[sig] = pool
         return pool
 
-    def _find(self, spec: DeploymentSpec, pool: _Pool) -> Key | None:
+    def _find(self, spec: DeploymentSpec, pool: CandidatePool) -> Key | None:
         """The device for the next replica: among the first LOAD_CANDIDATES devices (by names) with the best
         primary key of the strategy (`scoring.STRATEGIES`), the best by `scoring.RANKING`."""
-        need = spec.memory_bytes
-        if spec.strategy != "spread":  # binpack: the least free memory that fits
-            asc = pool.asc
-            i = bisect_left(asc, (need,))
-            if i == len(asc):
-                return None
-            free = asc[i][0]
-            return self._best([(e[1], e[2]) for e in asc[i : i + LOAD_CANDIDATES] if e[0] == free])
-        desc, counts = pool.spread_order(), self._counts[spec.name]
-        # Most free first: stop at the first that does not fit. The devices before `cursor` are on nodes that have
-        # a replica of this deployment already (its earlier picks in this fill found them so; placing only adds
-        # replicas and moves the picked device down the order; an eviction resets the cursor). So a node without
-        # one is looked for from there; when there is none, the fewest replicas from the start.
-        for first in dict.fromkeys((self._cursor, 0)):
-            start, best_count = -1, 0
-            for i, (neg_free, node, _dev) in enumerate(islice(desc, first, None), first):
-                if -neg_free < need:
-                    break
-                count = counts.get(node, 0)
-                if start < 0 or count < best_count:  # the fewest replicas on the node, then the most free
-                    start, best_count = i, count
-                    if count == 0:
-                        break
-            if start >= 0 and best_count == 0:
-                break
-        self._cursor = start if start >= 0 and best_count == 0 else 0
-        if start < 0:
-            return None
-        neg_free, group = desc[start][0], list[Key]()
-        for entry in islice(desc, start, None):  # the first candidates with the same free memory and count, by names
-            if entry[0] != neg_free or len(group) == LOAD_CANDIDATES:
-                break
-            if counts.get(entry[1], 0) == best_count:
-                group.append((entry[1], entry[2]))
-        return self._best(group)
+        if spec.strategy == "spread":
+            group, self._cursor = pool.fewest_on_node(spec.memory_bytes, self._counts[spec.name], self._cursor)
+        else:
+            group = pool.least_free(spec.memory_bytes)
+        return self._best(group) if group else None
 
-    def _preempt(self, spec: DeploymentSpec, pool: _Pool) -> Key | None:
+    def _preempt(self, spec: DeploymentSpec, pool: CandidatePool) -> Key | None:
         """Evict replicas of lower priority from the device where that works best; None when nowhere works.
 
         Victims come from the lowest priority level that is enough somewhere (then the next level up, ...);
@@ -392,10 +308,7 @@ class Scheduler:
         need, prio = spec.memory_bytes, spec.priority
         best: tuple[tuple[int, int, int, object, str, str], Key, list[Replica]] | None = None
         for ceiling in (p for p in self._levels if p < prio):
-            room = pool.room.get(ceiling)
-            if room is None:
-                room = pool.room[ceiling] = sorted(
-                    (f + self._held_below((n, d), ceiling), n, d) for f, n, d in pool.asc)
+            room = pool.room_at(ceiling, self._held)
             start = bisect_left(room, (need,))
             for space, node, dev in room[start : start + PREEMPTION_CANDIDATES]:
                 key = (node, dev)
@@ -420,20 +333,14 @@ class Scheduler:
             self._evict(r, cause)
         return best[1]
 
-    def _pending_reason(self, spec: DeploymentSpec, pool: _Pool) -> str:
+    def _pending_reason(self, spec: DeploymentSpec, pool: CandidatePool) -> str:
         placed = len(self._placed[spec.name])
         prefix = f"{placed}/{spec.replicas} replicas placed: " if placed else ""
         if not self._nodes:
             return prefix + "no nodes"
         if not self._any_ready:
             return prefix + "no Ready node"
-        rejected = Counter(pool.rejected)
-        short = bisect_left(pool.asc, (spec.memory_bytes,))
-        most_free = pool.asc[-1][0] if pool.asc else None
-        why = filters.memory_fits(0, spec, most_free)
-        if short and why is not None:
-            rejected[(filters.MEMORY_RANK, *why)] += short
-        return prefix + filters.explain(rejected, len(self._devices), len(pool.asc) - short)
+        return prefix + pool.explain(spec, len(self._devices))
 
     def _fill(self, spec: DeploymentSpec) -> bool:
         """Place the missing replicas of one deployment, lowest index first; False when some are left."""
