@@ -10,7 +10,7 @@ import pytest
 from pool_shapes import GiB, dep, node, rep, where
 
 from xpud.controller import scoring
-from xpud.controller.core import DeploymentSpec, DeviceView, NodeView
+from xpud.controller.core import STRATEGIES, DeploymentSpec, DeviceView, NodeView
 from xpud.controller.core import Replica as R
 from xpud.controller.planner import Planner
 from xpud.controller.scheduler import schedule
@@ -55,6 +55,10 @@ class TableContext:
 def test_primary_key_order(strategy: str, a: tuple[int, int], b: tuple[int, int]) -> None:
     key = scoring.STRATEGIES[strategy]
     assert key(a[0] * GiB, a[1]) < key(b[0] * GiB, b[1])
+
+
+def test_every_strategy_a_deployment_may_name_has_a_primary_key() -> None:
+    assert set(scoring.STRATEGIES) == set(STRATEGIES)  # what the Admin API accepts
 
 
 def test_primary_keys_tie_only_where_the_strategy_does_not_care() -> None:
