@@ -1,4 +1,4 @@
-"""The placement function: filters and whole schedule() calls, table-driven over small hardware shapes."""
+"""schedule(): strategies, stability, moves and scale, pending reasons, fixed points, the filter memo."""
 
 from __future__ import annotations
 
@@ -9,131 +9,10 @@ from typing import Any
 import pytest
 from pool_shapes import SHAPES, GiB, dep, node, rep, where
 
-from xpud.controller import filters
-from xpud.controller.core import NODE_LOST, NODE_SUSPECT, Decision, DeploymentSpec, DeviceView, NodeView
+from xpud.controller.core import NODE_LOST, NODE_SUSPECT, Decision, DeploymentSpec, NodeView
 from xpud.controller.core import Replica as R
 from xpud.controller.memo import FilterMemo
 from xpud.controller.scheduler import schedule
-
-# --- filters, one at a time -------------------------------------------------------------------------------------
-
-NODE_CASES = [
-    (filters.node_ready, {}, {}, None),
-    (filters.node_ready, {"state": NODE_SUSPECT}, {}, "Suspect node"),
-    (filters.node_ready, {"state": NODE_LOST}, {}, "Lost node"),
-    (filters.node_not_cordoned, {}, {}, None),
-    (filters.node_not_cordoned, {"cordoned": True}, {}, "cordoned"),
-    (filters.node_not_draining, {"name": "n1"}, {}, None),
-    (filters.node_not_draining, {"name": "drained"}, {}, "draining"),
-    (filters.labels_match, {}, {}, None),
-    (filters.labels_match, {"labels": {"gpu": "a100", "rack": "3"}}, {"labels": {"gpu": "a100"}}, None),
-    (filters.labels_match, {"labels": {"gpu": "h100"}}, {"labels": {"gpu": "a100"}}, "without labels gpu=a100"),
-    (filters.labels_match, {}, {"labels": {"gpu": "a100", "pool": "x"}}, "without labels gpu=a100,pool=x"),
-    (filters.zone_matches, {"zone": "eu-1"}, {}, None),
-    (filters.zone_matches, {"zone": "eu-1"}, {"zone": "eu-1"}, None),
-    (filters.zone_matches, {"zone": "eu-2"}, {"zone": "eu-1"}, "outside zone eu-1"),
-    (filters.zone_matches, {}, {"zone": "eu-1"}, "outside zone eu-1"),
-]
-
-
-@pytest.mark.parametrize(("check", "node_kw", "dep_kw", "expect"), NODE_CASES)
-def test_node_filter(check: filters.NodeFilter, node_kw: dict, dep_kw: dict, expect: str | None) -> None:
-    n = replace(node("n1"), **node_kw)
-    got = check(n, dep(**dep_kw), frozenset({"drained"}))
-    assert got is None if expect is None else expect in got[0] and expect in got[1]
-
-
-DEVICE_CASES = [
-    (filters.kind_matches, {"kind": "gpu"}, {"device": "gpu"}, None),
-    (filters.kind_matches, {"kind": "cpu"}, {"device": "gpu"}, "cpu devices (want gpu)"),
-    (filters.kind_matches, {"kind": "gpu"}, {"device": "cpu"}, "gpu devices (want cpu)"),
-    (filters.kind_matches, {"kind": "cpu"}, {"device": "any"}, None),
-    (filters.kind_matches, {"kind": "gpu"}, {"device": "any"}, None),
-    (filters.runnable, {}, {}, None),
-    (filters.runnable, {"runnable": False}, {}, "not runnable"),
-    (filters.healthy, {"health": "ok"}, {}, None),
-    (filters.healthy, {"health": "degraded"}, {}, None),
-    (filters.healthy, {"health": "unknown"}, {}, None),
-    (filters.healthy, {"health": "failed"}, {}, "failed"),
-]
-
-
-@pytest.mark.parametrize(("check", "dev_kw", "dep_kw", "expect"), DEVICE_CASES)
-def test_device_filter(check: filters.DeviceFilter, dev_kw: dict, dep_kw: dict, expect: str | None) -> None:
-    d = replace(DeviceView("n1", "x:0", "gpu", 80 * GiB), **dev_kw)
-    got = check(d, dep(**dep_kw))
-    assert got is None if expect is None else expect in got[1]
-
-
-@pytest.mark.parametrize(
-    ("free_gib", "need_gib", "most_free", "expect"),
-    [
-        (80, 24, None, None),
-        (24, 24, None, None),
-        (23.9, 24, None, "too little free memory (need 24.0 GiB)"),
-        (0, 0.5, 8 * GiB, "(need 512.0 MiB, most free 8.0 GiB)"),
-    ],
-)
-def test_memory_filter(free_gib: float, need_gib: float, most_free: int | None, expect: str | None) -> None:
-    got = filters.memory_fits(int(free_gib * GiB), dep(gib=need_gib), most_free)
-    assert got is None if expect is None else expect in got[1]
-
-
-@pytest.mark.parametrize(
-    ("rejected", "total", "expect"),
-    [
-        ({}, 0, "no devices"),
-        (
-            {(8, "has x", "have too little free memory"): 8, (5, "is a cpu", "are cpu devices"): 4},
-            12,
-            "0/12 devices fit: 8 have too little free memory, 4 are cpu devices",
-        ),
-        ({(5, "is a cpu device", "are cpu devices"): 1}, 1, "0/1 devices fit: 1 is a cpu device"),
-        (
-            {(8, "has mem", "have mem"): 2, (0, "is on a Lost node", "are on Lost nodes"): 2},
-            4,
-            "0/4 devices fit: 2 are on Lost nodes, 2 have mem",
-        ),  # equal counts: the earlier filter first
-    ],
-)
-def test_explain(rejected: dict, total: int, expect: str) -> None:
-    assert filters.explain(rejected, total) == expect
-
-
-DISPLACEMENT_CASES = [
-    ({}, {}, {}, None),
-    ({"state": NODE_SUSPECT}, {}, {}, None),
-    ({"cordoned": True}, {}, {}, None),
-    ({"state": NODE_LOST}, {}, {}, "node n1 lost"),
-    ({"name": "drained"}, {}, {}, "node drained draining"),
-    ({}, {"health": "failed"}, {}, "device n1/nvidia:0 failed"),
-    ({}, {"health": "degraded"}, {}, None),
-    ({}, {"runnable": False}, {}, "no longer runnable"),
-    ({}, {}, {"device": "cpu"}, "is gpu (want cpu)"),
-    ({}, {}, {"labels": {"gpu": "h100"}}, "node n1 no longer has labels gpu=h100"),
-    ({"zone": "eu-2"}, {}, {"zone": "eu-1"}, "node n1 is in zone eu-2 (want eu-1)"),
-]
-
-
-@pytest.mark.parametrize(("node_kw", "dev_kw", "dep_kw", "expect"), DISPLACEMENT_CASES)
-def test_displacement(node_kw: dict, dev_kw: dict, dep_kw: dict, expect: str | None) -> None:
-    n = replace(node("n1"), **node_kw)
-    d = replace(n.devices[0], **dev_kw)
-    got = filters.displacement(n.name, d.id, n, d, dep(**dep_kw), frozenset({"drained"}))
-    assert got is None if expect is None else expect in got
-
-
-@pytest.mark.parametrize(
-    ("present", "expect"),
-    [((False, True), "node n1 gone"), ((True, False), "device n1/nvidia:0 gone")],
-)
-def test_displacement_of_what_is_gone(present: tuple[bool, bool], expect: str) -> None:
-    n = node("n1")
-    got = filters.displacement(
-        "n1", "nvidia:0", n if present[0] else None, n.devices[0] if present[1] else None, dep(), frozenset()
-    )
-    assert got == expect
-
 
 # --- schedule(): strategies -------------------------------------------------------------------------------------
 
@@ -380,118 +259,6 @@ def test_deterministic_whatever_the_input_order() -> None:
         assert schedule(n2, d2, {}) == first
 
 
-# --- schedule(): priority and preemption ------------------------------------------------------------------------
-
-LO, HI = dep("lo", gib=60), dep("hi", gib=60, priority=10)
-
-
-@pytest.mark.parametrize(
-    ("nodes", "deps", "current", "placed", "preempted", "pending"),
-    [
-        # higher first: on a fresh cluster hi gets the device and lo waits
-        ([node("n1")], [LO, HI], {}, {"hi": [(0, "n1/nvidia:0")], "lo": []}, [], ["lo"]),
-        # hi evicts lo; lo has nowhere else to go
-        (
-            [node("n1")],
-            [LO, HI],
-            {"lo": [rep(LO, 0, "n1/nvidia:0")]},
-            {"hi": [(0, "n1/nvidia:0")], "lo": []},
-            ["preempted by hi (priority 10 > 0)"],
-            ["lo"],
-        ),
-        # hi's zone matches no node: nothing is evicted
-        (
-            [node("n1"), node("n2", devices={"nvidia:0": {"memory": 70}})],
-            [LO, replace(HI, zone="z1")],
-            {"lo": [rep(LO, 0, "n1/nvidia:0")]},
-            {"hi": [], "lo": [(0, "n1/nvidia:0")]},
-            [],
-            ["hi"],
-        ),
-        # never equal priority
-        (
-            [node("n1")],
-            [LO, replace(HI, priority=0)],
-            {"lo": [rep(LO, 0, "n1/nvidia:0")]},
-            {"hi": [], "lo": [(0, "n1/nvidia:0")]},
-            [],
-            ["hi"],
-        ),
-        # never higher
-        (
-            [node("n1")],
-            [replace(LO, priority=20), HI],
-            {"lo": [rep(LO, 0, "n1/nvidia:0")]},
-            {"hi": [], "lo": [(0, "n1/nvidia:0")]},
-            [],
-            ["hi"],
-        ),
-    ],
-    ids=["fresh", "evict", "zone-blocks", "equal", "higher"],
-)
-def test_priority(nodes: list, deps: list, current: dict, placed: dict, preempted: list, pending: list) -> None:
-    d = schedule(nodes, deps, current)
-    assert {k: where(d, k) for k in placed} == placed
-    assert [(x, why.split(":")[0]) for x, why in d.preempted] == [("lo", p) for p in preempted]
-    assert sorted(d.pending) == pending
-
-
-def test_evicted_replica_is_placed_elsewhere() -> None:
-    nodes = [node("n1", zone="z1"), node("n2", zone="z2")]
-    other = dep("other", gib=60, priority=5)  # fills n2 first, then lo must move into the room left
-    d = schedule(nodes, [LO, replace(HI, zone="z1")], {"lo": [rep(LO, 0, "n1/nvidia:0")]})
-    assert where(d, "hi") == [(0, "n1/nvidia:0")] and where(d, "lo") == [(0, "n2/nvidia:0")]
-    assert d.preempted == [("lo", "preempted by hi (priority 10 > 0): replica 0 on n1/nvidia:0")]
-    assert d.moved == [("lo", "preempted by hi (priority 10 > 0): replica 0 moved n1/nvidia:0 -> n2/nvidia:0")]
-    assert not d.pending
-    d = schedule(nodes, [LO, other, replace(HI, zone="z1")], {"lo": [rep(LO, 0, "n1/nvidia:0")]})
-    assert where(d, "other") == [(0, "n2/nvidia:0")] and where(d, "lo") == [] and "lo" in d.pending
-
-
-@pytest.mark.parametrize(
-    ("on_device", "need", "evicted"),
-    [
-        # (name, priority, index, GiB) already on the one 80 GiB device; hi (priority 10) needs `need` GiB
-        ([("a", 0, 0, 40), ("b", 5, 0, 40)], 40, ["a"]),  # lowest priority first
-        ([("a", 5, 0, 40), ("b", 0, 0, 40)], 40, ["b"]),
-        ([("a", 0, 0, 20), ("a", 0, 1, 20), ("b", 1, 0, 40)], 20, ["a/1"]),  # most recent (highest index) first
-        ([("a", 0, 0, 20), ("a", 0, 1, 20), ("b", 1, 0, 40)], 40, ["a/1", "a/0"]),  # fewest of the lowest level
-        ([("a", 0, 0, 30), ("b", 1, 0, 50)], 60, ["a", "b"]),  # a alone is too little: b too
-        ([("a", 0, 0, 10), ("b", 1, 0, 70)], 50, ["b"]),  # a alone is too little, b alone is enough: a stays
-        ([("a", 0, 0, 10), ("b", 0, 0, 70)], 50, ["b"]),
-        ([("a", 10, 0, 40), ("b", 10, 0, 40)], 40, []),  # equal priority: nothing
-    ],
-)
-def test_victims(on_device: list[tuple[str, int, int, int]], need: int, evicted: list[str]) -> None:
-    specs = {n: dep(n, replicas=2, gib=g, priority=p) for n, p, _i, g in on_device}
-    current: dict[str, list[R]] = {}
-    for n, _p, i, _g in on_device:
-        current.setdefault(n, []).append(rep(specs[n], i, "n1/nvidia:0"))
-    hi = dep("hi", gib=need, priority=10)
-    solo = [replace(s, replicas=max(r.index for r in current[s.name]) + 1) for s in specs.values()]
-    d = schedule([node("n1")], [*solo, hi], current)
-    got = [f"{x}/{why.split('replica ')[1].split(' ')[0]}" for x, why in d.preempted]
-    want = [e if "/" in e else f"{e}/0" for e in evicted]
-    assert got == want
-    assert where(d, "hi") == ([(0, "n1/nvidia:0")] if evicted else [])
-
-
-def test_preemption_prefers_the_device_with_fewest_victims() -> None:
-    small, large = dep("small", replicas=4, gib=15), dep("large", gib=60)
-    current = {"small": [rep(small, i, "a/nvidia:0") for i in range(4)], "large": [rep(large, 0, "b/nvidia:0")]}
-    d = schedule([node("a"), node("b")], [small, large, dep("hi", gib=50, priority=10)], current)
-    assert where(d, "hi") == [(0, "b/nvidia:0")]  # a would need 2 evictions, b needs 1
-    assert [x for x, _ in d.preempted] == ["large"]
-
-
-def test_preemption_prefers_the_lowest_priority_over_fewer_victims() -> None:
-    small, large = dep("small", replicas=4, gib=15), dep("large", gib=60, priority=5)
-    current = {"small": [rep(small, i, "a/nvidia:0") for i in range(4)], "large": [rep(large, 0, "b/nvidia:0")]}
-    d = schedule([node("a"), node("b")], [small, large, dep("hi", gib=50, priority=10)], current)
-    assert where(d, "hi") == [(0, "a/nvidia:0")]
-    assert [why.split(": ")[1] for _, why in d.preempted] == ["replica 3 on a/nvidia:0", "replica 2 on a/nvidia:0"]
-
-
 # --- schedule(): pending reasons --------------------------------------------------------------------------------
 
 PENDING_CASES = [
@@ -598,23 +365,6 @@ def test_any_decision_is_a_fixed_point(seed: int) -> None:
                 used[(r.node, r.device)] = used.get((r.node, r.device), 0) + r.memory
         totals = {(n.name, dv.id): dv.memory_total for n in inputs[0] for dv in n.devices}
         assert all(used[k] <= totals[k] for k in used)
-
-
-def test_preemption_cascades_down_the_priorities() -> None:
-    lo, mid, hi = dep("lo", gib=50), dep("mid", gib=50, priority=5), dep("hi", gib=50, priority=10)
-    current = {"lo": [rep(lo, 0, "b/nvidia:0")], "mid": [rep(mid, 0, "a/nvidia:0")]}
-    d = schedule([node("a"), node("b")], [lo, mid, hi], current)
-    # hi takes the device of lo (the lowest victim), so mid stays and lo waits
-    assert where(d, "hi") == [(0, "b/nvidia:0")] and where(d, "mid") == [(0, "a/nvidia:0")]
-    assert [x for x, _ in d.preempted] == ["lo"] and "lo" in d.pending
-    # hi may only use a: it evicts mid, which evicts lo from b
-    d = schedule([node("a", zone="z1"), node("b", zone="z2")], [lo, mid, replace(hi, zone="z1")], current)
-    assert where(d, "hi") == [(0, "a/nvidia:0")] and where(d, "mid") == [(0, "b/nvidia:0")] and where(d, "lo") == []
-    assert [x for x, _ in d.preempted] == ["mid", "lo"]
-    assert d.moved == [
-        ("mid", "preempted by hi (priority 10 > 5): replica 0 moved a/nvidia:0 -> b/nvidia:0"),
-        ("lo", "preempted by mid (priority 5 > 0): replica 0 from b/nvidia:0 awaits a device"),
-    ]
 
 
 def test_a_filter_memo_gives_the_same_decisions_and_follows_changed_views() -> None:
