@@ -94,6 +94,11 @@ class Scheduler:
         """The replicas placed now, by deployment (each deployment listed, its replicas by index)."""
         return {name: [have[i] for i in sorted(have)] for name, have in self._placed.items()}
 
+    @property
+    def pools(self) -> Mapping[Signature, CandidatePool]:
+        """The candidate pools built so far, by signature (read-only)."""
+        return self._pools
+
     # --- moving a kept state on (the Planner) -------------------------------------------------------------------
 
     def keeps_replicas(self, old: NodeView, new: NodeView) -> bool:
