@@ -3,7 +3,9 @@
 Measures, best of --repeat runs:
   - place:      placing every replica of D deployments x R replicas onto N nodes x M devices from nothing;
   - steady:     one schedule() call with that full placement in force and nothing changed (no moves);
-  - node_lost:  one schedule() call with that full placement in force and one node Lost: its replicas move.
+  - node_lost:  one schedule() call with that full placement in force and one node Lost: its replicas move;
+  - added:      a `Planner` holding that placement is given one more deployment (--replicas spread replicas):
+                its shortcut places only those.
 
 Prints one JSON object. Example: python benchmarks/placement.py --nodes 1000 --devices 10 --deployments 2000
 """
@@ -11,6 +13,7 @@ Prints one JSON object. Example: python benchmarks/placement.py --nodes 1000 --d
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from xpud.controller.core import NODE_LOST, Decision, DeploymentSpec, DeviceView, NodeView
+from xpud.controller.planner import Planner
 from xpud.controller.scheduler import schedule
 
 GiB = 1 << 30
@@ -98,6 +102,18 @@ def main() -> None:
     lost = [replace(n, state=NODE_LOST) if n.name == victim else n for n in nodes]
     t_lost, after = best_of(args.repeat, lambda: schedule(lost, deps, current))
 
+    extra = DeploymentSpec("added", "model-added", "1", args.replicas, 2 * GiB, device="gpu", strategy="spread")
+    t_added, path, added = float("inf"), "", Decision()
+    for _ in range(args.repeat):
+        planner = Planner()
+        planner.schedule(nodes, deps, current)  # a full pass: the state the shortcut starts from
+        while planner.warm():  # as the controller does between passes
+            pass
+        gc.collect()  # the call is short: a collection the full pass left due would be most of it
+        t0 = time.perf_counter()
+        added = planner.schedule(nodes, [*deps, extra], current)
+        t_added, path = min(t_added, time.perf_counter() - t0), planner.last
+
     print(
         json.dumps(
             {
@@ -122,6 +138,8 @@ def main() -> None:
                     "pending_deployments": len(after.pending),
                     "seconds": round(t_lost, 4),
                 },
+                "added": {"path": path, "replicas_placed": len(added.replicas.get("added", ())),
+                          "seconds": round(t_added, 4)},
             },
             indent=2,
         )

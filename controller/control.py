@@ -24,9 +24,9 @@ from .core import Decision, DeploymentSpec
 from .events import EventLog
 from .nodes import Nodes
 from .passes import COALESCE, Change, Scheduling
+from .planner import Planner
 from .pool import NodeState, Pool
 from .routes import RouteTable
-from .scheduler import Planner
 from .state import RoutesChanged, State
 from .store import ArtifactStore, Event, EventRecord, ModelRecord, StateStore
 from .storethread import StoreThread

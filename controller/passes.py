@@ -21,8 +21,8 @@ from .catalog import Measured, Models, estimate
 from .core import Decision, DeploymentSpec
 from .events import EventLog
 from .nodes import adopt
+from .planner import Planner
 from .pushes import push, reachable
-from .scheduler import Planner
 from .state import State
 from .store import Conflict, Event, StateStore
 from .storethread import StoreThread

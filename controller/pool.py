@@ -189,7 +189,7 @@ class Pool:
 
     def views(self) -> list[NodeView]:
         """Every node's view, in the order the nodes were added (a new list): a pass after joins then finds the
-        views it had at the same places, the new ones after them (`scheduler.Planner`). Only the nodes added or
+        views it had at the same places, the new ones after them (`planner.Planner`). Only the nodes added or
         touched since the last call are looked at again, and their views rebuilt if what the scheduler reads
         changed."""
         views, at = self._views, self._at
