@@ -23,10 +23,10 @@ lint: $(STAMP)
 
 # mypy reads the installed layout (the top-level folders are xpud.* subpackages), built into a scratch dir.
 typecheck: $(STAMP)
-	rm -rf build/typecheck
+	rm -rf build/typecheck build/lib
 	$(PY) -m pip install -q --no-deps --target build/typecheck . >/dev/null
 	cd build/typecheck && ../../$(PY) -m mypy --config-file ../../pyproject.toml -p xpud
-	rm -rf build/typecheck
+	rm -rf build/typecheck build/lib
 
 test: $(STAMP) lint typecheck
 	$(PY) -m pytest

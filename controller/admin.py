@@ -15,7 +15,7 @@ from xpud.proto.status import InvalidArgument, StatusTable, grpc_status
 from .control import Controller
 from .core import DeploymentSpec
 from .store import Conflict, StoreError
-from .views import deployment_status, event_proto, model_info, node_info, pool_view
+from .views import deployment_list, deployment_status, event_proto, model_info, node_info, node_list, pool_view
 
 log = logging.getLogger(__name__)
 ERRORS: StatusTable = (
@@ -39,8 +39,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     # -- nodes and pool -------------------------------------------------------------------------
     @errors
     async def ListNodes(self, request: Any, context: Any) -> apb.ListNodesResponse:
-        nodes = sorted(self.c.pool.nodes.values(), key=lambda n: n.name)
-        return apb.ListNodesResponse(nodes=[node_info(self.c.state, n) for n in nodes])
+        return node_list(self.c.state)
 
     @errors
     async def GetPool(self, request: Any, context: Any) -> apb.GetPoolResponse:
@@ -86,8 +85,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     @errors
     async def ListDeployments(self, request: Any, context: Any) -> apb.ListDeploymentsResponse:
-        return apb.ListDeploymentsResponse(deployments=[deployment_status(self.c.state, n)
-                                                        for n in sorted(self.c.specs)])
+        return deployment_list(self.c.state)
 
     @errors
     async def DeleteDeployment(self, request: apb.DeleteDeploymentRequest, context: Any) -> Any:

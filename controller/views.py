@@ -38,6 +38,10 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
     return out
 
 
+def deployment_list(state: State) -> apb.ListDeploymentsResponse:
+    return apb.ListDeploymentsResponse(deployments=[deployment_status(state, name) for name in sorted(state.specs)])
+
+
 def deployment_proto(spec: DeploymentSpec) -> apb.Deployment:
     return apb.Deployment(name=spec.name, model=spec.model, version=spec.version, replicas=spec.replicas,
                           device=spec.device, memory_bytes=spec.memory_bytes, priority=spec.priority,
@@ -51,6 +55,11 @@ def node_info(state: State, n: NodeState) -> apb.NodeInfo:
                         generation_desired=state.generations.get(n.name, 0),
                         generation_observed=n.generation_observed, last_seen=n.last_seen_wall,
                         devices=len(n.devices), execution_providers=n.providers)
+
+
+def node_list(state: State) -> apb.ListNodesResponse:
+    nodes = sorted(state.pool.nodes.values(), key=lambda n: n.name)
+    return apb.ListNodesResponse(nodes=[node_info(state, n) for n in nodes])
 
 
 def pool_view(state: State) -> apb.GetPoolResponse:

@@ -40,6 +40,17 @@ def core(tmp_path: Path, tuning: Tuning | None = None, **kw: Any) -> tuple[Sqlit
     return store, Controller(store, ArtifactStore(tmp_path / "artifacts"), tuning=tuning, **kw)
 
 
+def tuned_at_scale(tmp_path: Path, monkeypatch: Any, clock: Clock) -> tuple[SqliteStore, Controller, ProcessTuning]:
+    """A controller with the process tuning installed, in scale mode from 3 nodes on, warming up at once."""
+    from xpud.controller import heap, passes
+
+    monkeypatch.setattr(passes, "WARM_DELAY", 0.01)
+    monkeypatch.setattr(heap, "SCALE_NODES", 3)
+    tuning = ProcessTuning(clock)
+    store, controller = core(tmp_path, tuning=tuning, clock=clock)
+    return store, controller, tuning
+
+
 def hello(node: str) -> lpb.Hello:
     out = lpb.Hello(node=node, execution_providers=["CPUExecutionProvider"], inference_endpoint="127.0.0.1:9")
     out.devices.add(id="sim:0", vendor="sim", kind="gpu", memory_total=80 * GiB)
@@ -223,14 +234,11 @@ async def test_create_deployment_answers_with_placement_events_and_push_persiste
 async def test_after_a_full_pass_the_plain_pools_are_built_and_a_grown_heap_frozen(tmp_path, monkeypatch):
     import gc
 
-    from xpud.controller import heap, passes
+    from xpud.controller import heap
 
-    monkeypatch.setattr(passes, "WARM_DELAY", 0.01)
-    monkeypatch.setattr(heap, "SCALE_NODES", 3)
+    gc.collect()  # the cyclic garbage earlier tests left would be frozen with the pool, then counted as freed here
     clock = Clock()
-    store, controller = core(tmp_path, tuning=ProcessTuning(clock), clock=clock)
-    tuned = controller.tuning
-    assert isinstance(tuned, ProcessTuning)
+    store, controller, tuned = tuned_at_scale(tmp_path, monkeypatch, clock)
     for i in range(3):
         node = controller.pool.node(f"n{i}")
         controller.pool.hello(node, hello(f"n{i}"), 0.0)
@@ -293,14 +301,9 @@ async def test_nodes_that_join_a_settled_pool_are_frozen_once_it_settles_again(t
     """Joins take no full pass (the Planner refreshes its state), yet the heap is still frozen once they stop."""
     import gc
 
-    from xpud.controller import heap, passes
 
-    monkeypatch.setattr(passes, "WARM_DELAY", 0.01)
-    monkeypatch.setattr(heap, "SCALE_NODES", 3)
     clock = Clock()
-    store, controller = core(tmp_path, tuning=ProcessTuning(clock), clock=clock)
-    tuned = controller.tuning
-    assert isinstance(tuned, ProcessTuning)
+    store, controller, tuned = tuned_at_scale(tmp_path, monkeypatch, clock)
     try:
         await controller.reconcile_now()  # the first pass: full, no nodes
         while controller.scheduling.warming:
