@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import hello_for, telemetry_for
+from scale_agents import hello_for, telemetry_for
 
 from xpud.controller.admin import AdminService
 from xpud.controller.control import Controller

@@ -1,7 +1,7 @@
 """The router's endpoint table: every deployment's ready replicas, kept up to date by the controller.
 
 The controller tells the table when a node's routable state may have changed (its Hello, a StatusReport, Lost,
-heard from again) and after each scheduling pass (deployments added or deleted, why one has no ready replica).
+heard from again) and after each scheduling pass (deployments added or deleted).
 The table works out which deployments' routes changed and pushes only those to its listeners (the router): one
 node's update costs that node's instances and the deployments they touch, never a walk over the pool.
 """
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .core import NODE_LOST
 from .pool import NodeState
 
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
+Reason = Callable[[str], str | None]  # why a deployment has no ready replica; None: it does not exist (any more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +36,24 @@ class DeploymentRoutes:
 
     name: str
     replicas: tuple[ReplicaEndpoint, ...] = ()
-    reason: str = ""  # why no replica is ready; "" while one is
+    why: str = ""  # why no replica is ready, when no `ask` is given
+    ask: Reason | None = field(default=None, compare=False, repr=False)  # asked for the reason when it is read
 
     @property
     def state(self) -> str:
         return READY if self.replicas else UNAVAILABLE
 
+    @property
+    def reason(self) -> str:
+        """Why no replica is ready ("" while one is): asked of the controller when read (an error answer, the
+        repository index), so that no pass pays for the reasons of deployments nobody calls."""
+        if self.replicas:
+            return ""
+        return (self.ask(self.name) or "") if self.ask is not None else self.why
+
 
 RouteUpdate = Mapping[str, DeploymentRoutes | None]  # the deployments whose routes changed; None: deleted
 Listener = Callable[[RouteUpdate], None]
-Reason = Callable[[str], str | None]  # why a deployment has no ready replica; None: it does not exist (any more)
 
 
 def node_replicas(node: NodeState) -> dict[str, ReplicaEndpoint]:
@@ -79,8 +88,8 @@ class RouteTable:
 
     Replicas of a deployment the table does not know yet (a node reports it before the pass that creates it, or
     still runs a deleted one) are kept aside and published once a pass lists the deployment. Why a deployment has
-    no ready replica is asked when it loses its last one and at each pass (which every change of an instance's
-    state triggers), never per report of a deployment that has none."""
+    no ready replica is asked only when the router reads it (`DeploymentRoutes.reason`); the table itself asks
+    only when a deployment loses its last replica (None: it was deleted meanwhile, and leaves the table now)."""
 
     def __init__(self, reason: Reason) -> None:
         self.reason = reason
@@ -119,27 +128,24 @@ class RouteTable:
         return self._push(update)
 
     def deployments(self, names: Collection[str]) -> RouteUpdate:
-        """After a scheduling pass, ``names`` being every deployment: add the new ones, drop the deleted ones, and
-        refresh why those with no ready replica have none."""
+        """After a scheduling pass, ``names`` being every deployment: add the new ones, drop the deleted ones."""
         update: dict[str, DeploymentRoutes | None] = {name: None for name in self.routes if name not in names}
         for name in update:
             del self.routes[name]
         for name in names:
-            held = self.routes.get(name)
-            if held is None or not held.replicas:
+            if name not in self.routes:
                 self._refresh(name, update)
         return self._push(update)
 
     def _refresh(self, name: str, update: dict[str, DeploymentRoutes | None]) -> None:
         served = self._served.get(name, ())
-        reason = "" if served else self.reason(name)
-        if reason is None:  # deleted before its pass: gone from the router now
+        if not served and self.reason(name) is None:  # deleted before its pass: gone from the router now
             if self.routes.pop(name, None) is not None:
                 update[name] = None
             return
         held = self.routes.get(name)  # a deployment's tuple is new exactly when its replicas changed
-        if held is None or held.replicas is not served or held.reason != reason:
-            self.routes[name] = update[name] = DeploymentRoutes(name, served, reason)
+        if held is None or held.replicas is not served:
+            self.routes[name] = update[name] = DeploymentRoutes(name, served, ask=self.reason)
 
     def _push(self, update: dict[str, DeploymentRoutes | None]) -> RouteUpdate:
         if update:
