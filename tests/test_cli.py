@@ -61,7 +61,7 @@ def test_devices_scenario_file(tmp_path):
         (["agent", "--controller", "nohost"], "expected HOST:PORT, got 'nohost'"),
         (["agent", "--controller", "127.0.0.1:1", "--labels", "novalue"], "label 'novalue' must look like key=value"),
         (["deploy", "x"], "the following arguments are required: --model"),
-        (["deploy", "x", "--model", "m", "--memory", "lots"], "expected a size like 512MiB or 2GiB"),
+        (["deploy", "x", "--model", "m", "--memory", "lots"], "--memory 'lots' is not understood"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["controller", "--store", "etcd://127.0.0.1:2379"], "--store: unknown store 'etcd://127.0.0.1:2379'"),
         (["controller", "--store", "sqlite://state.db"], "--store: expected sqlite:///PATH/TO/FILE.db"),

@@ -146,7 +146,7 @@ def test_bad_admin_input_is_clear(cluster):
     assert result.returncode == 1 and "unknown model 'ghost'" in result.stderr and "Traceback" not in result.stderr
     assert c.admin("models", "push", str(IRIS), "--name", "iris").returncode == 0
     result = c.admin("deploy", "Bad_Name!", "--model", "iris")
-    assert result.returncode == 1 and "is not valid" in result.stderr
+    assert result.returncode == 2 and "is not valid" in result.stderr  # refused by the CLI, before any call
     assert c.admin("deploy", "web", "--model", "iris").returncode == 0
     result = c.admin("deploy", "web", "--model", "iris")
     assert result.returncode == 1 and "already exists" in result.stderr
@@ -203,7 +203,7 @@ def test_apply_file_creates_and_updates(cluster, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[deployment]]\nname = "d"\n')
     result = c.admin("apply", "-f", str(bad))
-    assert result.returncode == 1 and "needs at least name and model" in result.stderr
+    assert result.returncode == 2 and "has no 'model'" in result.stderr
 
 
 def test_a_node_that_comes_back_is_reconciled_not_duplicated(cluster):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 import tomllib
@@ -21,9 +20,11 @@ from xpud.proto import admin_pb2 as apb
 from xpud.proto import admin_pb2_grpc
 from xpud.proto.credentials import CredentialsError, TlsFiles, channel_credentials
 from xpud.render import NA, table
+from xpud.validate import SIZE_HELP, ValidationError, deployment, unknown_keys
+from xpud.validate import parse_size as _parse_size
 
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
-SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+DEPLOY_FLAGS = ("replicas", "device", "memory", "priority", "zone", "max_batch", "strategy")
 CHUNK = 1 << 20
 EXIT_FAILED = 1
 
@@ -33,12 +34,11 @@ class CliError(Exception):
 
 
 def parse_size(text: str) -> int:
-    """'512MiB', '2G', '1.5GiB', '1048576' -> bytes (binary units)."""
-    match = SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected a size like 512MiB or 2GiB, got {text!r}")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * 1024 ** " kmgt".index(unit or " "))
+    """An argparse type: '512MiB', '2GB', '1048576' -> bytes (xpud.validate.parse_size)."""
+    try:
+        return _parse_size(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _gib(value: int) -> str:
@@ -62,14 +62,15 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     deploy = cmd("deploy", "create a deployment")
     deploy.add_argument("name")
     deploy.add_argument("--model", required=True, metavar="N[:V]")
-    deploy.add_argument("--replicas", type=int, default=1, metavar="K")
-    deploy.add_argument("--device", choices=["gpu", "cpu", "any"], default="any")
-    deploy.add_argument("--memory", type=parse_size, default=0, metavar="SIZE", help="per replica, e.g. 2GiB")
-    deploy.add_argument("--priority", type=int, default=0, metavar="P")
+    # values stay text here: xpud.validate checks them, with the same rules as an apply file's
+    deploy.add_argument("--replicas", default="1", metavar="K", help="1..1000 (default 1)")
+    deploy.add_argument("--device", default="any", metavar="KIND", help="gpu, cpu or any (default any)")
+    deploy.add_argument("--memory", default="0", metavar="SIZE", help=SIZE_HELP)
+    deploy.add_argument("--priority", default="0", metavar="P", help="a whole number >= 0 (default 0)")
     deploy.add_argument("--label", action="append", default=[], metavar="k=v", help="required node label")
     deploy.add_argument("--zone", default="", metavar="Z")
-    deploy.add_argument("--max-batch", type=int, default=0, metavar="B")
-    deploy.add_argument("--strategy", choices=["binpack", "spread"], default="binpack")
+    deploy.add_argument("--max-batch", default="0", metavar="B", help="a whole number >= 0 (default 0)")
+    deploy.add_argument("--strategy", default="binpack", metavar="S", help="binpack or spread (default binpack)")
     apply = cmd("apply", "create or update deployments from a TOML or YAML document")
     apply.add_argument("-f", "--file", required=True, metavar="FILE")
     cmd("deployments", "list deployments with their replicas and state")
@@ -114,24 +115,12 @@ def _error(exc: grpc.RpcError, target: str) -> CliError:
     return CliError(details or str(code))
 
 
-def _deployment(name: str, model: str, **kw: Any) -> apb.Deployment:
-    model_name, _, version = model.partition(":")
-    labels = {}
-    for item in kw.pop("label", []) or []:
-        key, sep, value = str(item).partition("=")
-        if not sep:
-            raise CliError(f"label {item!r} must look like key=value")
-        labels[key] = value
-    labels.update(kw.pop("labels", {}) or {})
-    return apb.Deployment(name=name, model=model_name, version=version, labels=labels, **kw)
-
-
-def load_document(path: str) -> list[apb.Deployment]:
+def load_document(path: str) -> list[tuple[apb.Deployment, list[str]]]:
     """Deployments from TOML ([[deployment]] tables) or YAML (a mapping, a list, or {deployments: [...]})."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise CliError(f"cannot read {path!r}: {exc.strerror}") from None
+        raise ValidationError(f"cannot read {path!r}: {exc.strerror}") from None
     if path.endswith((".yaml", ".yml")):
         try:
             import yaml
@@ -140,12 +129,12 @@ def load_document(path: str) -> list[apb.Deployment]:
         try:
             data: Any = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise CliError(f"{path} is not valid YAML: {exc}") from None
+            raise ValidationError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     else:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise CliError(f"{path} is not valid TOML: {exc}") from None
+            raise ValidationError(f"{path} is not valid TOML: {exc}") from None
     if isinstance(data, dict):
         items = data.get("deployment", data.get("deployments", [data] if "name" in data else []))
     else:
@@ -153,25 +142,21 @@ def load_document(path: str) -> list[apb.Deployment]:
     if isinstance(items, dict):
         items = [items]
     if not isinstance(items, list) or not items:
-        raise CliError(f"{path} holds no deployment (expected [[deployment]] tables with name and model)")
+        raise ValidationError(f"{path} holds no deployment (expected [[deployment]] tables with name and model)")
     out = []
-    keys = {"name", "model", "replicas", "device", "memory", "priority", "labels", "zone", "max_batch", "strategy"}
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or "name" not in item or "model" not in item:
-            raise CliError(f"{path}: deployment #{i + 1} needs at least name and model")
-        unknown = set(item) - keys
-        if unknown:
-            raise CliError(f"{path}: deployment {item['name']!r} has unknown key(s) {', '.join(sorted(unknown))}")
-        memory = item.get("memory", 0)
+        if not isinstance(item, dict):
+            raise ValidationError(f"{path}: deployment #{i + 1} must be a table of keys, got {item!r}")
+        what = f"deployment {item['name']!r}" if "name" in item else f"deployment #{i + 1}"
+        if unknown := unknown_keys(item, what):
+            raise ValidationError(f"{path}: {'; '.join(unknown)}")
+        for key in ("name", "model"):
+            if key not in item:
+                raise ValidationError(f"{path}: {what} has no {key!r} (it needs name and model)")
         try:
-            memory = parse_size(str(memory)) if memory else 0
-        except argparse.ArgumentTypeError as exc:
-            raise CliError(f"{path}: deployment {item['name']!r}: {exc}") from None
-        out.append(_deployment(
-            str(item["name"]), str(item["model"]), replicas=int(item.get("replicas", 1)),
-            device=str(item.get("device", "any")), memory_bytes=memory, priority=int(item.get("priority", 0)),
-            labels={str(k): str(v) for k, v in dict(item.get("labels", {})).items()}, zone=str(item.get("zone", "")),
-            max_batch_size=int(item.get("max_batch", 0)), strategy=str(item.get("strategy", "binpack"))))
+            out.append(deployment(item))
+        except ValidationError as exc:
+            raise ValidationError(f"{path}: {what}: {exc}") from None
     return out
 
 
@@ -208,7 +193,28 @@ def _print(args: argparse.Namespace, message: Any, rows: Callable[[], str]) -> N
         print(rows())
 
 
+def _specs(args: argparse.Namespace) -> list[apb.Deployment]:
+    """The deployments of `deploy` or `apply`, checked (ValidationError) before any call; notes go to stderr."""
+    if args.command == "deploy":
+        try:
+            checked = [deployment({"name": args.name, "model": args.model, "replicas": args.replicas,
+                                   "device": args.device, "memory": args.memory, "priority": args.priority,
+                                   "labels": args.label, "zone": args.zone, "max_batch": args.max_batch,
+                                   "strategy": args.strategy})]
+        except ValidationError as exc:  # name the flag: "--max-batch must be ..."
+            field, _, rest = str(exc).partition(" ")
+            flag = "--" + field.replace("_", "-") if field in DEPLOY_FLAGS else field
+            raise ValidationError(f"{flag} {rest}") from None
+    else:
+        checked = load_document(args.file)
+    for _, notes in checked:
+        for note in notes:
+            print(f"xpud {args.command}: note: {note}", file=sys.stderr)
+    return [spec for spec, _ in checked]
+
+
 def run(args: argparse.Namespace) -> int:
+    specs = _specs(args) if args.command in ("deploy", "apply") else []
     tls = TlsFiles.from_env(args.tls_ca, args.tls_cert, args.tls_key)
     admin = Admin(args.controller or os.environ.get("XPUD_CONTROLLER") or DEFAULT_CONTROLLER, tls)
     command = args.command
@@ -252,12 +258,6 @@ def run(args: argparse.Namespace) -> int:
             _print(args, reply, lambda: table(["NAME", "VERSION", "SIZE", "SHA256"], [
                 [m.name, m.version, f"{m.size_bytes}", m.digest[:12]] for m in reply.models]))
     elif command in ("deploy", "apply"):
-        if command == "deploy":
-            specs = [_deployment(args.name, args.model, replicas=args.replicas, device=args.device,
-                                 memory_bytes=args.memory, priority=args.priority, label=args.label, zone=args.zone,
-                                 max_batch_size=args.max_batch, strategy=args.strategy)]
-        else:
-            specs = load_document(args.file)
         method = "CreateDeployment" if command == "deploy" else "ApplyDeployment"
         replies = [admin.call(method, spec) for spec in specs]
         response = apb.ListDeploymentsResponse(deployments=replies)

@@ -284,9 +284,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_admin(args: argparse.Namespace) -> int:
     from xpud.admin_cli import CliError, fail, run
+    from xpud.validate import ValidationError
 
     try:
         return run(args)
+    except ValidationError as exc:  # a bad value, found before any call
+        usage_error(f"xpud {args.command}", str(exc))
     except CliError as exc:
         fail(f"xpud {args.command}", str(exc))
 
@@ -295,7 +298,10 @@ COMMANDS = {"devices": cmd_devices, "agent": cmd_agent, "controller": cmd_contro
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # argparse would report these as the top-level parser's, without the subcommand
+        prog = f"xpud {args.command}"
+        usage_error(prog, f"unrecognized arguments: {' '.join(extra)} (see '{prog} --help')")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

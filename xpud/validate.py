@@ -1,0 +1,153 @@
+"""A deployment's fields, checked on the client before any call: the same rules for `xpud deploy` flags and
+`xpud apply -f` files (the controller checks them again; this gives one clear line and exit 2 first)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from xpud.proto import admin_pb2 as apb
+
+NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+VERSION = re.compile(r"[0-9]{1,9}")
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+         "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+ACCEPTED_UNITS = "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024); a bare number is bytes"
+SIZE_HELP = f"per replica, e.g. 2GiB; units: {ACCEPTED_UNITS}"
+MAX_REPLICAS = 1000
+INT32_MAX = 2**31 - 1
+DEVICES = ("gpu", "cpu", "any")
+STRATEGIES = ("binpack", "spread")
+KEYS = ("name", "model", "replicas", "device", "memory", "priority", "labels", "zone", "max_batch", "strategy")
+
+
+class ValidationError(Exception):
+    """A value the CLI refuses: the message says what is wrong and what is accepted (exit 2)."""
+
+
+def parse_size(text: str) -> int:
+    """'512MiB' -> 536870912, '2GB' -> 2000000000, '1048576' -> 1048576; anything else is refused."""
+    match = SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in UNITS:
+        raise ValidationError(f"size {text!r} is not understood: use a number with one of {ACCEPTED_UNITS}")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def size_note(text: str) -> str | None:
+    """A note for a size in decimal units, which some read as binary: what it is taken to mean."""
+    match = SIZE.match(text)
+    if match and match.group(2).lower() in ("kb", "mb", "gb", "tb"):
+        value = parse_size(text)
+        return f"memory {text.strip()} is read as {value:,} bytes ({value / 2**30:.2f} GiB); " \
+               f"write {match.group(1)}{match.group(2)[0].upper()}iB for powers of 1024"
+    return None
+
+
+def _whole(field: str, value: Any, low: int, high: int | None) -> int:
+    accepted = f"a whole number {low}..{high}" if high is not None else f"a whole number >= {low}"
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValidationError(f"{field} must be {accepted}, got {value!r}")
+    if isinstance(value, str):
+        if not re.fullmatch(r"\s*-?\d+\s*", value):
+            raise ValidationError(f"{field} must be {accepted}, got {value!r}")
+        value = int(value)
+    if value < low or (high is not None and value > high):
+        raise ValidationError(f"{field} must be {accepted}, got {value}")
+    if value > INT32_MAX:
+        raise ValidationError(f"{field} must be at most {INT32_MAX}, got {value}")
+    return value
+
+
+def _text(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string, got {value!r}")
+    return value
+
+
+def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
+    if _text(field, value) not in choices:
+        raise ValidationError(f"{field} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def _labels(value: Any) -> dict[str, str]:
+    """Labels as a mapping (files) or a list of KEY=VALUE (the repeated --label flag)."""
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(v, str | int | float) or isinstance(v, bool):
+                raise ValidationError(f"label {k!r} must have a string value, got {v!r}")
+            out[str(k)] = str(v)
+        return out
+    if not isinstance(value, list):
+        raise ValidationError(f"labels must be a table of KEY = VALUE, got {value!r}")
+    out = {}
+    for item in value:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key:
+            raise ValidationError(f"label {item!r} must look like KEY=VALUE")
+        out[key] = text
+    return out
+
+
+def check_name(value: Any) -> str:
+    name = _text("name", value)
+    if not NAME.match(name):
+        raise ValidationError(f"deployment name {name!r} is not valid: use 1-63 lowercase letters, digits, '-', "
+                              "'_', '.', starting and ending with a letter or digit")
+    return name
+
+
+def check_model(value: Any) -> tuple[str, str]:
+    model, _, version = _text("model", value).partition(":")
+    if not NAME.match(model):
+        raise ValidationError(f"model {value!r} is not valid: use NAME[:VERSION], NAME of 1-63 lowercase letters, "
+                              "digits, '-', '_', '.'")
+    if version and not VERSION.fullmatch(version):
+        raise ValidationError(f"model version {version!r} must be a whole number (e.g. {model}:1)")
+    return model, version
+
+
+def unknown_keys(item: Mapping[str, Any], what: str) -> list[str]:
+    """Each key a deployment does not have, with the closest one it may have meant."""
+    out = []
+    for key in sorted(str(k) for k in item if k not in KEYS):
+        close = difflib.get_close_matches(key, KEYS, n=1)
+        out.append(f"unknown key {key!r} in {what}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return out
+
+
+def deployment(fields: Mapping[str, Any]) -> tuple[apb.Deployment, list[str]]:
+    """Checked fields -> (the Deployment to send, notes for the user). Raises ValidationError."""
+    name = check_name(fields.get("name"))
+    if fields.get("model") is None:
+        raise ValidationError("a deployment needs a model (NAME[:VERSION])")
+    model, version = check_model(fields["model"])
+    notes = []
+    memory = fields.get("memory", 0)
+    if isinstance(memory, bool) or not isinstance(memory, int | str):
+        raise ValidationError(f"memory must be a size like 2GiB, got {memory!r}")
+    if isinstance(memory, str):
+        try:
+            note, memory = size_note(memory), parse_size(memory)
+        except ValidationError as exc:
+            raise ValidationError(f"memory{str(exc).removeprefix('size')}") from None
+        if note:
+            notes.append(note)
+    elif memory < 0:
+        raise ValidationError(f"memory must be >= 0 bytes, got {memory}")
+    spec = apb.Deployment(
+        name=name, model=model, version=version,
+        replicas=_whole("replicas", fields.get("replicas", 1), 1, MAX_REPLICAS),
+        device=_choice("device", fields.get("device", "any"), DEVICES),
+        memory_bytes=memory,
+        priority=_whole("priority", fields.get("priority", 0), 0, None),
+        labels=_labels(fields.get("labels", {})),
+        zone=_text("zone", fields.get("zone", "")),
+        max_batch_size=_whole("max_batch", fields.get("max_batch", 0), 0, None),
+        strategy=_choice("strategy", fields.get("strategy", "binpack"), STRATEGIES))
+    return spec, notes
