@@ -147,6 +147,9 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     # -- routing ----------------------------------------------------------------------------
     def _ready(self, deployment: str) -> DeploymentRoutes:
         """The routes of ``deployment``, with a ready replica; NOT_FOUND when it is unknown, else UNAVAILABLE."""
+        if not deployment:
+            raise NotFound("a model name is needed: set the request's model name to a deployment's name "
+                           "(RepositoryIndex lists them)")
         self._maybe_sweep()
         routes = self.routes.get(deployment)
         if routes is not None and routes.replicas:

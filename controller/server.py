@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpud.proto import admin_pb2_grpc, link_pb2_grpc
 from xpud.proto.credentials import TlsFiles, server_credentials
+from xpud.proto.decoding import interceptors
 
 from .admin import AdminService
 from .control import Controller
@@ -86,14 +87,14 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         raise
     controller = Controller(store, artifacts, interval=interval, lease=lease,
                             tuning=ProcessTuning(time.monotonic))
-    server = grpc.aio.server(options=OPTIONS)
+    server = grpc.aio.server(options=OPTIONS, interceptors=interceptors())
     link_pb2_grpc.add_AgentLinkServicer_to_server(AgentLinkService(controller), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(controller), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     router = Router(max_message_bytes=MAX_MESSAGE)
     controller.routes.subscribe(router.update)  # the endpoint table, pushed as it changes
-    router_server = grpc.aio.server(options=OPTIONS)
+    router_server = grpc.aio.server(options=OPTIONS, interceptors=interceptors())
     add_router(router_server, router)
     host = inference_host or listen.rpartition(":")[0] or "0.0.0.0"
     try:

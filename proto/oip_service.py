@@ -32,13 +32,15 @@ async def stream_each(request_iterator: AsyncIterator[Any], answer: Answer) -> A
         await queue.put(await answer(req))
 
     async def reader() -> None:
-        async for req in request_iterator:
-            task = asyncio.create_task(one(req))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        while pending:
-            await asyncio.gather(*list(pending))
-        await queue.put(None)
+        try:
+            async for req in request_iterator:
+                task = asyncio.create_task(one(req))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.gather(*list(pending))
+        finally:  # a request stream that fails (e.g. an undecodable message) ends the call: `await read` raises
+            await queue.put(None)
 
     read = asyncio.create_task(reader())
     try:

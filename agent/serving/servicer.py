@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpud import __version__
+from xpud.proto.decoding import interceptors
 from xpud.proto.oip import SERVICE_NAME, TensorError, config_to_triton, pb, pb_grpc
 from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
 from xpud.proto.status import StatusTable, grpc_status, status_of
@@ -47,6 +48,13 @@ CODES: StatusTable = (
 _status = grpc_status(CODES, log)
 
 
+def _named(name: str) -> str:
+    """A per-model RPC needs a model name: an empty one is NOT_FOUND, with what to send."""
+    if not name:
+        raise ModelNotFound("a model name is needed: set the request's model name (RepositoryIndex lists them)")
+    return name
+
+
 class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     logs_hint = "use --verbose or the agent's configuration"
 
@@ -75,7 +83,7 @@ class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServi
 
     @_status
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        mv = self.manager.get(request.name, request.version)
+        mv = self.manager.get(_named(request.name), request.version)
         config = mv.config
         lead = [-1] if config.max_batch_size > 0 else []
 
@@ -94,7 +102,7 @@ class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServi
 
     @_status
     async def ModelConfig(self, request: Any, context: Any) -> Any:
-        return pb.ModelConfigResponse(config=self.manager.get(request.name, request.version).config)
+        return pb.ModelConfigResponse(config=self.manager.get(_named(request.name), request.version).config)
 
     @_status
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
@@ -129,17 +137,18 @@ class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServi
         if request.parameters:
             raise InvalidRequest("RepositoryModelLoad parameters (config/file overrides) are not supported; "
                                  "edit the model repository instead")
-        await self.manager.load(request.model_name)
+        await self.manager.load(_named(request.model_name))
         return pb.RepositoryModelLoadResponse()
 
     @_status
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self.manager.unload(request.model_name)
+        await self.manager.unload(_named(request.model_name))
         return pb.RepositoryModelUnloadResponse()
 
     # -- inference ----------------------------------------------------------------------
     @_status
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        _named(request.model_name)
         return await infer(self.manager, request)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
@@ -147,6 +156,7 @@ class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServi
 
         async def answer(req: Any) -> Any:
             try:
+                _named(req.model_name)
                 return pb.ModelStreamInferResponse(infer_response=await infer(self.manager, req))
             except asyncio.CancelledError:
                 raise
@@ -170,7 +180,7 @@ class InferenceServer:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=options)
+        self.server = grpc.aio.server(options=options, interceptors=interceptors())
         self.servicer = InferenceServicer(manager)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
