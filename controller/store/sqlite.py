@@ -102,7 +102,8 @@ def _io_from_json(text: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, 
 def _model_record(row: Sequence[Any]) -> ModelRecord:
     """A models row (`SqliteStore._MODEL_COLS`) as a record."""
     inputs, outputs = _io_from_json(row[6])
-    return ModelRecord(*row[:6], inputs=inputs, outputs=outputs)
+    name, version, digest, size, filename, created = row[:6]
+    return ModelRecord(str(name), str(version), str(digest), int(size), str(filename), float(created), inputs, outputs)
 
 
 def _spec_to_json(spec: DeploymentSpec) -> str:
