@@ -23,6 +23,7 @@ from .catalog import Measured, Models, estimate
 from .core import Decision, DeploymentSpec
 from .events import EventLog
 from .nodes import Nodes
+from .onnxcheck import inspect_model
 from .passes import COALESCE, Change, Scheduling
 from .planner import Planner
 from .pool import NodeState, Pool
@@ -194,11 +195,14 @@ class Controller:
                 head = src.read(1)
             if head != ONNX_HEAD:
                 raise InvalidArgument(f"{filename or 'the file'} is not an ONNX model (.onnx) file")
+            # loaded once on the CPU, in a thread of its own: the store thread and the loop go on meanwhile
+            inputs, outputs = await asyncio.to_thread(inspect_model, tmp, filename or "model.onnx")
 
             def store_it() -> ModelRecord:
                 with tmp.open("rb") as src:
                     digest, length = self.artifacts.put(iter(lambda: src.read(CHUNK), b""))
-                return self.store.add_model(name, version or None, digest, length, filename or "model.onnx")
+                return self.store.add_model(name, version or None, digest, length, filename or "model.onnx",
+                                            inputs, outputs)
 
             record = await self.thread.run(store_it)
             self.models.changed()

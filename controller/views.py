@@ -7,7 +7,7 @@ from xpud.proto import admin_pb2 as apb
 from .core import NODE_LOST, DeploymentSpec
 from .pool import NodeState
 from .state import State
-from .store import EventRecord, ModelRecord
+from .store import EventRecord, ModelRecord, TensorSpec
 
 
 def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
@@ -79,7 +79,12 @@ def pool_view(state: State) -> apb.GetPoolResponse:
 
 
 def model_info(m: ModelRecord) -> apb.ModelInfo:
-    return apb.ModelInfo(name=m.name, version=m.version, digest=m.digest, size_bytes=m.size, created=m.created)
+    return apb.ModelInfo(name=m.name, version=m.version, digest=m.digest, size_bytes=m.size, created=m.created,
+                         inputs=[tensor_info(t) for t in m.inputs], outputs=[tensor_info(t) for t in m.outputs])
+
+
+def tensor_info(t: TensorSpec) -> apb.TensorInfo:
+    return apb.TensorInfo(name=t.name, datatype=t.datatype, shape=list(t.shape), dim_names=list(t.dim_names))
 
 
 def event_proto(e: EventRecord) -> apb.Event:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xpud.proto import telemetry_pb2 as xpud_dot_proto_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xpud/proto/admin.proto\x12\x07xpud.v1\x1a\x1axpud/proto/telemetry.proto\"\xd2\x02\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x63ordoned\x18\x03 \x01(\x08\x12-\n\x06labels\x18\x04 \x03(\x0b\x32\x1d.xpud.v1.NodeInfo.LabelsEntry\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x1a\n\x12inference_endpoint\x18\x07 \x01(\t\x12\x1a\n\x12generation_desired\x18\x08 \x01(\x04\x12\x1b\n\x13generation_observed\x18\t \x01(\x04\x12\x11\n\tlast_seen\x18\n \x01(\x01\x12\x0f\n\x07\x64\x65vices\x18\x0b \x01(\r\x12\x1b\n\x13\x65xecution_providers\x18\x0c \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.xpud.v1.NodeInfo\"\xa6\x01\n\nPoolDevice\x12\x0c\n\x04node\x18\x01 \x01(\t\x12#\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x13.xpud.v1.DeviceInfo\x12%\n\x06sample\x18\x03 \x01(\x0b\x32\x15.xpud.v1.DeviceSample\x12\x18\n\x10memory_allocated\x18\x04 \x01(\x04\x12\x10\n\x08replicas\x18\x05 \x03(\t\x12\x12\n\nnode_state\x18\x06 \x01(\t\"\x10\n\x0eGetPoolRequest\"7\n\x0fGetPoolResponse\x12$\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x13.xpud.v1.PoolDevice\"O\n\x0ePushModelChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"_\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x01\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.xpud.v1.ModelInfo\"\x9c\x02\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08replicas\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12/\n\x06labels\x18\x08 \x03(\x0b\x32\x1f.xpud.v1.Deployment.LabelsEntry\x12\x0c\n\x04zone\x18\t \x01(\t\x12\x16\n\x0emax_batch_size\x18\n \x01(\r\x12\x10\n\x08strategy\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\rReplicaStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x8d\x01\n\x10\x44\x65ploymentStatus\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.xpud.v1.Deployment\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\r\x12(\n\x08replicas\x18\x05 \x03(\x0b\x32\x16.xpud.v1.ReplicaStatus\"\x18\n\x16ListDeploymentsRequest\"I\n\x17ListDeploymentsResponse\x12.\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x19.xpud.v1.DeploymentStatus\"\'\n\x17\x44\x65leteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteDeploymentResponse\"R\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"5\n\x11ListEventsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.xpud.v1.Event\"A\n\x10SetCordonRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08\x63ordoned\x18\x02 \x01(\x08\x12\r\n\x05\x64rain\x18\x03 \x01(\x08\x32\x81\x06\n\x05\x41\x64min\x12\x42\n\tListNodes\x12\x19.xpud.v1.ListNodesRequest\x1a\x1a.xpud.v1.ListNodesResponse\x12<\n\x07GetPool\x12\x17.xpud.v1.GetPoolRequest\x1a\x18.xpud.v1.GetPoolResponse\x12:\n\tPushModel\x12\x17.xpud.v1.PushModelChunk\x1a\x12.xpud.v1.ModelInfo(\x01\x12\x45\n\nListModels\x12\x1a.xpud.v1.ListModelsRequest\x1a\x1b.xpud.v1.ListModelsResponse\x12\x42\n\x10\x43reateDeployment\x12\x13.xpud.v1.Deployment\x1a\x19.xpud.v1.DeploymentStatus\x12\x41\n\x0f\x41pplyDeployment\x12\x13.xpud.v1.Deployment\x1a\x19.xpud.v1.DeploymentStatus\x12T\n\x0fListDeployments\x12\x1f.xpud.v1.ListDeploymentsRequest\x1a .xpud.v1.ListDeploymentsResponse\x12W\n\x10\x44\x65leteDeployment\x12 .xpud.v1.DeleteDeploymentRequest\x1a!.xpud.v1.DeleteDeploymentResponse\x12\x45\n\nListEvents\x12\x1a.xpud.v1.ListEventsRequest\x1a\x1b.xpud.v1.ListEventsResponse\x12;\n\x0bWatchEvents\x12\x1a.xpud.v1.ListEventsRequest\x1a\x0e.xpud.v1.Event0\x01\x12\x39\n\tSetCordon\x12\x19.xpud.v1.SetCordonRequest\x1a\x11.xpud.v1.NodeInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xpud/proto/admin.proto\x12\x07xpud.v1\x1a\x1axpud/proto/telemetry.proto\"\xd2\x02\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x63ordoned\x18\x03 \x01(\x08\x12-\n\x06labels\x18\x04 \x03(\x0b\x32\x1d.xpud.v1.NodeInfo.LabelsEntry\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x1a\n\x12inference_endpoint\x18\x07 \x01(\t\x12\x1a\n\x12generation_desired\x18\x08 \x01(\x04\x12\x1b\n\x13generation_observed\x18\t \x01(\x04\x12\x11\n\tlast_seen\x18\n \x01(\x01\x12\x0f\n\x07\x64\x65vices\x18\x0b \x01(\r\x12\x1b\n\x13\x65xecution_providers\x18\x0c \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.xpud.v1.NodeInfo\"\xa6\x01\n\nPoolDevice\x12\x0c\n\x04node\x18\x01 \x01(\t\x12#\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x13.xpud.v1.DeviceInfo\x12%\n\x06sample\x18\x03 \x01(\x0b\x32\x15.xpud.v1.DeviceSample\x12\x18\n\x10memory_allocated\x18\x04 \x01(\x04\x12\x10\n\x08replicas\x18\x05 \x03(\t\x12\x12\n\nnode_state\x18\x06 \x01(\t\"\x10\n\x0eGetPoolRequest\"7\n\x0fGetPoolResponse\x12$\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x13.xpud.v1.PoolDevice\"O\n\x0ePushModelChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xaa\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x01\x12#\n\x06inputs\x18\x06 \x03(\x0b\x32\x13.xpud.v1.TensorInfo\x12$\n\x07outputs\x18\x07 \x03(\x0b\x32\x13.xpud.v1.TensorInfo\"N\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\tdim_names\x18\x04 \x03(\t\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.xpud.v1.ModelInfo\"\x9c\x02\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08replicas\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12/\n\x06labels\x18\x08 \x03(\x0b\x32\x1f.xpud.v1.Deployment.LabelsEntry\x12\x0c\n\x04zone\x18\t \x01(\t\x12\x16\n\x0emax_batch_size\x18\n \x01(\r\x12\x10\n\x08strategy\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\rReplicaStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x8d\x01\n\x10\x44\x65ploymentStatus\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.xpud.v1.Deployment\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\r\x12(\n\x08replicas\x18\x05 \x03(\x0b\x32\x16.xpud.v1.ReplicaStatus\"\x18\n\x16ListDeploymentsRequest\"I\n\x17ListDeploymentsResponse\x12.\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x19.xpud.v1.DeploymentStatus\"\'\n\x17\x44\x65leteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteDeploymentResponse\"R\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"5\n\x11ListEventsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.xpud.v1.Event\"A\n\x10SetCordonRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08\x63ordoned\x18\x02 \x01(\x08\x12\r\n\x05\x64rain\x18\x03 \x01(\x08\x32\x81\x06\n\x05\x41\x64min\x12\x42\n\tListNodes\x12\x19.xpud.v1.ListNodesRequest\x1a\x1a.xpud.v1.ListNodesResponse\x12<\n\x07GetPool\x12\x17.xpud.v1.GetPoolRequest\x1a\x18.xpud.v1.GetPoolResponse\x12:\n\tPushModel\x12\x17.xpud.v1.PushModelChunk\x1a\x12.xpud.v1.ModelInfo(\x01\x12\x45\n\nListModels\x12\x1a.xpud.v1.ListModelsRequest\x1a\x1b.xpud.v1.ListModelsResponse\x12\x42\n\x10\x43reateDeployment\x12\x13.xpud.v1.Deployment\x1a\x19.xpud.v1.DeploymentStatus\x12\x41\n\x0f\x41pplyDeployment\x12\x13.xpud.v1.Deployment\x1a\x19.xpud.v1.DeploymentStatus\x12T\n\x0fListDeployments\x12\x1f.xpud.v1.ListDeploymentsRequest\x1a .xpud.v1.ListDeploymentsResponse\x12W\n\x10\x44\x65leteDeployment\x12 .xpud.v1.DeleteDeploymentRequest\x1a!.xpud.v1.DeleteDeploymentResponse\x12\x45\n\nListEvents\x12\x1a.xpud.v1.ListEventsRequest\x1a\x1b.xpud.v1.ListEventsResponse\x12;\n\x0bWatchEvents\x12\x1a.xpud.v1.ListEventsRequest\x1a\x0e.xpud.v1.Event0\x01\x12\x39\n\tSetCordon\x12\x19.xpud.v1.SetCordonRequest\x1a\x11.xpud.v1.NodeInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,36 +52,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPOOLRESPONSE']._serialized_end=721
   _globals['_PUSHMODELCHUNK']._serialized_start=723
   _globals['_PUSHMODELCHUNK']._serialized_end=802
-  _globals['_MODELINFO']._serialized_start=804
-  _globals['_MODELINFO']._serialized_end=899
-  _globals['_LISTMODELSREQUEST']._serialized_start=901
-  _globals['_LISTMODELSREQUEST']._serialized_end=920
-  _globals['_LISTMODELSRESPONSE']._serialized_start=922
-  _globals['_LISTMODELSRESPONSE']._serialized_end=978
-  _globals['_DEPLOYMENT']._serialized_start=981
-  _globals['_DEPLOYMENT']._serialized_end=1265
+  _globals['_MODELINFO']._serialized_start=805
+  _globals['_MODELINFO']._serialized_end=975
+  _globals['_TENSORINFO']._serialized_start=977
+  _globals['_TENSORINFO']._serialized_end=1055
+  _globals['_LISTMODELSREQUEST']._serialized_start=1057
+  _globals['_LISTMODELSREQUEST']._serialized_end=1076
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1078
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1134
+  _globals['_DEPLOYMENT']._serialized_start=1137
+  _globals['_DEPLOYMENT']._serialized_end=1421
   _globals['_DEPLOYMENT_LABELSENTRY']._serialized_start=357
   _globals['_DEPLOYMENT_LABELSENTRY']._serialized_end=402
-  _globals['_REPLICASTATUS']._serialized_start=1267
-  _globals['_REPLICASTATUS']._serialized_end=1343
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=1346
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=1487
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1489
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1513
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1515
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1588
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=1590
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=1629
-  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_start=1631
-  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_end=1657
-  _globals['_EVENT']._serialized_start=1659
-  _globals['_EVENT']._serialized_end=1741
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1743
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1796
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1798
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1850
-  _globals['_SETCORDONREQUEST']._serialized_start=1852
-  _globals['_SETCORDONREQUEST']._serialized_end=1917
-  _globals['_ADMIN']._serialized_start=1920
-  _globals['_ADMIN']._serialized_end=2689
+  _globals['_REPLICASTATUS']._serialized_start=1423
+  _globals['_REPLICASTATUS']._serialized_end=1499
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=1502
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=1643
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1645
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1669
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1671
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1744
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=1746
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=1785
+  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_start=1787
+  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_end=1813
+  _globals['_EVENT']._serialized_start=1815
+  _globals['_EVENT']._serialized_end=1897
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1899
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1952
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1954
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=2006
+  _globals['_SETCORDONREQUEST']._serialized_start=2008
+  _globals['_SETCORDONREQUEST']._serialized_end=2073
+  _globals['_ADMIN']._serialized_start=2076
+  _globals['_ADMIN']._serialized_end=2845
 # @@protoc_insertion_point(module_scope)

@@ -22,6 +22,12 @@ def save(model: onnx.ModelProto, repo: Path, name: str, config: str | None = Non
     return folder / "model.onnx"
 
 
+def onnx_bytes(model: onnx.ModelProto) -> bytes:
+    """A model's file contents, at the IR version `save` writes (what a push sends)."""
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
 def mlp(seed: int = 0) -> onnx.ModelProto:
     """[batch, 4] FP32 -> softmax [batch, 3]; dynamic batch, no config needed."""
     rng = np.random.default_rng(seed)

@@ -65,6 +65,7 @@ def test_join_push_deploy_route(cluster):
     assert {n["labels"]["rack"] for n in nodes} == {"r1", "r2"}
     pushed = c.admin("models", "push", str(IRIS), "--name", "iris")
     assert pushed.returncode == 0 and "pushed iris:1" in pushed.stdout, pushed.stderr
+    assert "  input  " in pushed.stdout and "  output " in pushed.stdout, pushed.stdout  # what the check found
     result = c.admin("deploy", "iris", "--model", "iris:1", "--replicas", "2", "--strategy", "spread")
     assert result.returncode == 0, result.stderr
     d = wait_for(lambda: running(c, "iris", 2), what="iris Running")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models import mlp, onnx_bytes
 from xpud.controller.catalog import MIN_MEMORY
 from xpud.controller.control import Controller
 from xpud.controller.core import NODE_LOST, NODE_READY, NODE_SUSPECT, DeploymentSpec
 from xpud.controller.store import ArtifactStore, SqliteStore
 from xpud.proto import link_pb2 as lpb
+
+MODEL, OTHER_MODEL = onnx_bytes(mlp()), onnx_bytes(mlp(seed=1))  # real models: a push is loaded before it is kept
 
 
 def _core(tmp_path: Path, **kw):  # type: ignore[no-untyped-def]
@@ -323,7 +326,7 @@ async def test_admin_errors_map_to_grpc_status_codes(tmp_path):
             lpb.FetchArtifactRequest(digest=digest))]
 
     try:
-        await push(apb.PushModelChunk(name="m", data=b"\x08model"))
+        await push(apb.PushModelChunk(name="m", data=MODEL))
         cases = [
             (push(), Code.INVALID_ARGUMENT, "no model bytes were sent"),
             (push(apb.PushModelChunk(name="Bad Name", data=b"\x08")), Code.INVALID_ARGUMENT, "model name 'Bad Name'"),
@@ -331,7 +334,7 @@ async def test_admin_errors_map_to_grpc_status_codes(tmp_path):
              "must be a whole number"),
             (push(apb.PushModelChunk(name="m", filename="x.txt", data=b"text")), Code.INVALID_ARGUMENT,
              "x.txt is not an ONNX model"),
-            (push(apb.PushModelChunk(name="m", version="1", data=b"\x08other")), Code.ALREADY_EXISTS,
+            (push(apb.PushModelChunk(name="m", version="1", data=OTHER_MODEL)), Code.ALREADY_EXISTS,
              "exists with other content"),
             (admin.CreateDeployment(apb.Deployment(name="web", model="nope")), Code.NOT_FOUND,
              "unknown model 'nope'; push it first"),
@@ -370,7 +373,7 @@ async def test_a_store_url_holds_the_state_and_the_state_dir_the_artifacts(tmp_p
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             admin = admin_pb2_grpc.AdminStub(channel)
-            model = await admin.PushModel(iter([apb.PushModelChunk(name="m", data=b"\x08model")]))
+            model = await admin.PushModel(iter([apb.PushModelChunk(name="m", data=MODEL)]))
             await admin.CreateDeployment(apb.Deployment(name="web", model="m"))
     finally:
         await running.stop(0)

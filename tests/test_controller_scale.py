@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from models import mlp, onnx_bytes
 from xpud.controller.catalog import Catalog
 from xpud.controller.control import Controller
 from xpud.controller.core import NODE_READY
@@ -22,6 +23,8 @@ from xpud.proto import admin_pb2_grpc, link_pb2_grpc
 from xpud.proto import link_pb2 as lpb
 from xpud.proto import telemetry_pb2 as tpb
 from xpud.proto.samples import apply_delta
+
+MODEL = onnx_bytes(mlp())  # a push is loaded before it is kept
 
 GiB = 1 << 30
 
@@ -213,7 +216,7 @@ async def test_create_deployment_answers_with_placement_events_and_push_persiste
         joined = await call.read()  # the first desired state: nothing to run yet
         assert joined.desired.generation >= 1 and not joined.desired.assignments
         admin = admin_pb2_grpc.AdminStub(channel)
-        await admin.PushModel(iter([apb.PushModelChunk(name="m", filename="m.onnx", data=b"\x08model")]))
+        await admin.PushModel(iter([apb.PushModelChunk(name="m", filename="m.onnx", data=MODEL)]))
         status = await admin.CreateDeployment(apb.Deployment(name="web", model="m", device="gpu"))
         store = running.controller.store
         assert [(r.node, r.device) for r in status.replicas] == [("n1", "sim:0")]
@@ -337,7 +340,7 @@ async def test_a_device_that_fails_in_telemetry_has_its_replica_moved(tmp_path):
             assert (await call.read()).WhichOneof("kind") == "welcome"
             await call.write(lpb.AgentMessage(telemetry=telemetry(full=True, health=tpb.HEALTH_OK)))
         admin = admin_pb2_grpc.AdminStub(channel)
-        await admin.PushModel(iter([apb.PushModelChunk(name="m", filename="m.onnx", data=b"\x08model")]))
+        await admin.PushModel(iter([apb.PushModelChunk(name="m", filename="m.onnx", data=MODEL)]))
         status = await admin.CreateDeployment(apb.Deployment(name="web", model="m", device="gpu"))
         first = status.replicas[0].node
         other = "n2" if first == "n1" else "n1"

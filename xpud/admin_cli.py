@@ -174,6 +174,12 @@ def _chunks(path: Path, name: str, version: str) -> Iterator[apb.PushModelChunk]
                 return
 
 
+def _tensor(t: apb.TensorInfo) -> str:
+    """An input or output as "name FP32 [batch,4]": a dynamic dimension by its name, else -1."""
+    names = list(t.dim_names) + [""] * (len(t.shape) - len(t.dim_names))
+    return f"{t.name} {t.datatype} [{','.join(n or str(d) for d, n in zip(t.shape, names, strict=False))}]"
+
+
 def _model_file(path: str) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -251,12 +257,14 @@ def run(args: argparse.Namespace) -> int:
                 reply = admin.stub.PushModel(_chunks(path, args.name, args.version or ""), timeout=600)
             except grpc.RpcError as exc:
                 raise _error(exc, admin.target) from None
-            _print(args, reply, lambda: f"pushed {reply.name}:{reply.version} ({reply.size_bytes} bytes, "
-                   f"sha256 {reply.digest[:12]})")
+            _print(args, reply, lambda: "\n".join([
+                f"pushed {reply.name}:{reply.version} ({reply.size_bytes} bytes, sha256 {reply.digest[:12]})",
+                *(f"  input  {_tensor(t)}" for t in reply.inputs), *(f"  output {_tensor(t)}" for t in reply.outputs)]))
         else:
             reply = admin.call("ListModels", apb.ListModelsRequest())
-            _print(args, reply, lambda: table(["NAME", "VERSION", "SIZE", "SHA256"], [
-                [m.name, m.version, f"{m.size_bytes}", m.digest[:12]] for m in reply.models]))
+            _print(args, reply, lambda: table(["NAME", "VERSION", "SIZE", "SHA256", "INPUTS", "OUTPUTS"], [
+                [m.name, m.version, f"{m.size_bytes}", m.digest[:12], ", ".join(map(_tensor, m.inputs)) or NA,
+                 ", ".join(map(_tensor, m.outputs)) or NA] for m in reply.models]))
     elif command in ("deploy", "apply"):
         method = "CreateDeployment" if command == "deploy" else "ApplyDeployment"
         replies = [admin.call(method, spec) for spec in specs]

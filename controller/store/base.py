@@ -24,6 +24,16 @@ class Conflict(StoreError):
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model, as ONNX Runtime found it in the file."""
+
+    name: str
+    datatype: str  # FP32, INT64, ...
+    shape: tuple[int, ...]  # -1: a dynamic dimension
+    dim_names: tuple[str, ...] = ()  # per dimension: its symbolic name, "" if fixed or unnamed
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     name: str
     version: str
@@ -31,6 +41,8 @@ class ModelRecord:
     size: int  # bytes
     filename: str  # the name the file was pushed with ("model.onnx")
     created: float  # unix time
+    inputs: tuple[TensorSpec, ...] = ()  # none for a model recorded before they were kept
+    outputs: tuple[TensorSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,9 +90,10 @@ class StateStore(Protocol):
         """Every model version, by name then creation order."""
         ...
 
-    def add_model(self, name: str, version: str | None, digest: str, size: int, filename: str) -> ModelRecord:
-        """Record a pushed model version (None: the next whole-number version). The same bytes again: the record
-        held; other bytes under a version held: `Conflict`."""
+    def add_model(self, name: str, version: str | None, digest: str, size: int, filename: str,
+                  inputs: Sequence[TensorSpec] = (), outputs: Sequence[TensorSpec] = ()) -> ModelRecord:
+        """Record a pushed model version (None: the next whole-number version) with the inputs and outputs found in
+        it. The same bytes again: the record held; other bytes under a version held: `Conflict`."""
         ...
 
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[EventRecord]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from xpud.controller.core import DeploymentSpec, Replica
 
-from .base import Conflict, Event, EventRecord, ModelRecord, NodeRecord, StoreError
+from .base import Conflict, Event, EventRecord, ModelRecord, NodeRecord, StoreError, TensorSpec
 from .lock import StateLock
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -75,7 +75,35 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, subject TEXT NOT NULL, "
         "message TEXT NOT NULL, time REAL NOT NULL)",
     ),
+    # 2: a model's inputs and outputs as found when it was pushed (JSON; '' for rows recorded before)
+    ("ALTER TABLE models ADD COLUMN io TEXT NOT NULL DEFAULT ''",),
 )
+
+
+def _io_to_json(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str:
+    def one(t: TensorSpec) -> dict[str, Any]:
+        return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "dim_names": list(t.dim_names)}
+
+    return json.dumps({"inputs": [one(t) for t in inputs], "outputs": [one(t) for t in outputs]}, sort_keys=True)
+
+
+def _io_from_json(text: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    if not text:
+        return (), ()
+    data = json.loads(text)
+
+    def specs(key: str) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t["shape"]),
+                                tuple(str(n) for n in t.get("dim_names", ()))) for t in data.get(key, ()))
+
+    return specs("inputs"), specs("outputs")
+
+
+def _model_record(row: Sequence[Any]) -> ModelRecord:
+    """A models row (`SqliteStore._MODEL_COLS`) as a record."""
+    inputs, outputs = _io_from_json(row[6])
+    name, version, digest, size, filename, created = row[:6]
+    return ModelRecord(str(name), str(version), str(digest), int(size), str(filename), float(created), inputs, outputs)
 
 
 def _spec_to_json(spec: DeploymentSpec) -> str:
@@ -194,9 +222,10 @@ class SqliteStore:
             raise (Conflict if isinstance(e, sqlite3.IntegrityError) else StoreError)(f"{self.db_path}: {e}") from e
 
     # ---- models
-    def add_model(self, name: str, version: str | None, digest: str, size: int, filename: str) -> ModelRecord:
-        """Record a pushed model version (None: the next integer version). Idempotent for the same bytes; the
-        artifact is the caller's to have stored first."""
+    def add_model(self, name: str, version: str | None, digest: str, size: int, filename: str,
+                  inputs: Sequence[TensorSpec] = (), outputs: Sequence[TensorSpec] = ()) -> ModelRecord:
+        """Record a pushed model version (None: the next integer version) with its inputs and outputs. Idempotent
+        for the same bytes; the artifact is the caller's to have stored first."""
         if version is not None and not version:
             raise StoreError("a model version must not be empty")
         with self._tx() as c:
@@ -210,28 +239,28 @@ class SqliteStore:
                     if existing.digest == digest and existing.size == size:
                         return existing
                     raise Conflict(f"model {name} version {version} exists with other content; push a new version")
-            record = ModelRecord(name, version, digest, size, filename, time.time())
-            sql = f"INSERT INTO models ({self._MODEL_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
-            c.execute(sql, dataclasses.astuple(record))
+            record = ModelRecord(name, version, digest, size, filename, time.time(), tuple(inputs), tuple(outputs))
+            sql = f"INSERT INTO models ({self._MODEL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            c.execute(sql, (name, version, digest, size, filename, record.created, _io_to_json(inputs, outputs)))
         return record
 
-    _MODEL_COLS = "name, version, digest, size, filename, created"
+    _MODEL_COLS = "name, version, digest, size, filename, created, io"
 
     def _model_row(self, c: sqlite3.Connection, name: str, version: str) -> ModelRecord | None:
         row = c.execute(f"SELECT {self._MODEL_COLS} FROM models WHERE name = ? AND version = ?", (name, version))
         found = row.fetchone()
-        return ModelRecord(*found) if found else None
+        return _model_record(found) if found else None
 
     def models(self) -> list[ModelRecord]:
         rows = self._db.execute(f"SELECT {self._MODEL_COLS} FROM models ORDER BY name, seq")
-        return [ModelRecord(*r) for r in rows]
+        return [_model_record(r) for r in rows]
 
     def model(self, name: str, version: str | None = None) -> ModelRecord | None:
         """One version of a model; None: the latest (highest integer version, else the latest created)."""
         if version is not None:
             return self._model_row(self._db, name, version)
         sql = f"SELECT {self._MODEL_COLS} FROM models WHERE name = ? ORDER BY seq"
-        rows = [ModelRecord(*r) for r in self._db.execute(sql, (name,))]
+        rows = [_model_record(r) for r in self._db.execute(sql, (name,))]
         numbered = [(n, r) for r in rows if (n := _int_version(r.version)) is not None]
         return max(numbered, key=lambda nr: nr[0])[1] if numbered else (rows[-1] if rows else None)
 

@@ -1,0 +1,58 @@
+"""A pushed model checked before it is stored: loaded by ONNX Runtime on the CPU with no graph optimisation, its
+inputs and outputs read (InvalidArgument with the parser's message when it does not load)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from xpud.proto.status import InvalidArgument
+
+from .store import TensorSpec
+
+# ONNX Runtime's type names ("tensor(float)") as the inference protocol's datatypes.
+DATATYPES = {
+    "float": "FP32", "double": "FP64", "float16": "FP16", "bfloat16": "BF16", "int8": "INT8", "int16": "INT16",
+    "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
+    "uint64": "UINT64", "bool": "BOOL", "string": "BYTES",
+}
+MESSAGE_LINES = 2  # of the parser's message: the useful part, without ONNX Runtime's stack of frames
+_CODE = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")  # "[ONNXRuntimeError] : 1 : FAIL : "
+_LOADING = re.compile(r"^Load model from \S+ failed: ?")  # names the controller's temp file: left out
+_SOURCE = re.compile(r"^\S+\.(?:cc|cpp|h):\d+ .*?\) (?=\S)")  # "/src/model.cc:256 Model::Model(...) "
+
+
+def inspect_model(path: Path, filename: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """(inputs, outputs) of the ONNX model at `path`; InvalidArgument if ONNX Runtime cannot load it.
+
+    Blocking (a large model takes a while): run it in a worker thread. ONNX Runtime is imported here, so a
+    controller that is never pushed a model never imports it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3  # errors only: the message goes back to the caller
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime raises its own Fail/InvalidGraph/... types, all with the parser's words
+        raise InvalidArgument(f"{filename or 'the file'} is not a loadable ONNX model: {short_message(e)}") from None
+    return (tuple(tensor_spec(a) for a in session.get_inputs()), tuple(tensor_spec(a) for a in session.get_outputs()))
+
+
+def tensor_spec(arg: Any) -> TensorSpec:
+    """One of a session's NodeArgs: name, datatype, shape (-1 where dynamic) and each dimension's symbolic name."""
+    kind = str(arg.type)
+    element = kind[kind.find("(") + 1 : kind.rfind(")")] if kind.startswith("tensor(") else kind
+    dims = list(arg.shape or [])
+    return TensorSpec(name=str(arg.name), datatype=DATATYPES.get(element, element.upper()),
+                      shape=tuple(d if isinstance(d, int) and d >= 0 else -1 for d in dims),
+                      dim_names=tuple(d if isinstance(d, str) else "" for d in dims))
+
+
+def short_message(exc: BaseException) -> str:
+    """The first lines of an exception's message, without ONNX Runtime's error code and source location."""
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()][:MESSAGE_LINES]
+    message = _LOADING.sub("", _CODE.sub("", " ".join(lines)))
+    return _SOURCE.sub("", message) or message
