@@ -7,16 +7,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from xpud.proto.oip import TensorError, onnx_to_triton
 from xpud.proto.status import InvalidArgument
 
 from .store import TensorSpec
 
-# ONNX Runtime's type names ("tensor(float)") as the inference protocol's datatypes.
-DATATYPES = {
-    "float": "FP32", "double": "FP64", "float16": "FP16", "bfloat16": "BF16", "int8": "INT8", "int16": "INT16",
-    "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
-    "uint64": "UINT64", "bool": "BOOL", "string": "BYTES",
-}
 MESSAGE_LINES = 2  # of the parser's message: the useful part, without ONNX Runtime's stack of frames
 _CODE = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")  # "[ONNXRuntimeError] : 1 : FAIL : "
 _LOADING = re.compile(r"^Load model from \S+ failed: ?")  # names the controller's temp file: left out
@@ -43,9 +38,12 @@ def inspect_model(path: Path, filename: str) -> tuple[tuple[TensorSpec, ...], tu
 def tensor_spec(arg: Any) -> TensorSpec:
     """One of a session's NodeArgs: name, datatype, shape (-1 where dynamic) and each dimension's symbolic name."""
     kind = str(arg.type)
-    element = kind[kind.find("(") + 1 : kind.rfind(")")] if kind.startswith("tensor(") else kind
+    try:
+        datatype = onnx_to_triton(kind)
+    except TensorError:  # a type the protocol cannot carry: shown as ONNX names it
+        datatype = (kind[kind.find("(") + 1 : kind.rfind(")")] if kind.startswith("tensor(") else kind).upper()
     dims = list(arg.shape or [])
-    return TensorSpec(name=str(arg.name), datatype=DATATYPES.get(element, element.upper()),
+    return TensorSpec(name=str(arg.name), datatype=datatype,
                       shape=tuple(d if isinstance(d, int) and d >= 0 else -1 for d in dims),
                       dim_names=tuple(d if isinstance(d, str) else "" for d in dims))
 

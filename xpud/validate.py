@@ -1,5 +1,5 @@
 """A deployment's fields, checked on the client before any call: the same rules for `xpud deploy` flags and
-`xpud apply -f` files (the controller checks them again; this gives one clear line and exit 2 first)."""
+`xpud apply -f` files, and the controller's own (it checks them again; this gives one line and exit 2 first)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from xpud.controller.core import DEVICE_KINDS, STRATEGIES
+from xpud.controller.validation import MAX_REPLICAS, NAME, VERSION
 from xpud.proto import admin_pb2 as apb
 
-NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-VERSION = re.compile(r"[0-9]{1,9}")
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 ACCEPTED_UNITS = "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024); a bare number is bytes"
 SIZE_HELP = f"per replica, e.g. 2GiB; units: {ACCEPTED_UNITS}"
-MAX_REPLICAS = 1000
 INT32_MAX = 2**31 - 1
-DEVICES = ("gpu", "cpu", "any")
-STRATEGIES = ("binpack", "spread")
 KEYS = ("name", "model", "replicas", "device", "memory", "priority", "labels", "zone", "max_batch", "strategy")
 
 
@@ -143,7 +140,7 @@ def deployment(fields: Mapping[str, Any]) -> tuple[apb.Deployment, list[str]]:
     spec = apb.Deployment(
         name=name, model=model, version=version,
         replicas=_whole("replicas", fields.get("replicas", 1), 1, MAX_REPLICAS),
-        device=_choice("device", fields.get("device", "any"), DEVICES),
+        device=_choice("device", fields.get("device", "any"), DEVICE_KINDS),
         memory_bytes=memory,
         priority=_whole("priority", fields.get("priority", 0), 0, None),
         labels=_labels(fields.get("labels", {})),
