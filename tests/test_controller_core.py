@@ -342,6 +342,8 @@ async def test_admin_errors_map_to_grpc_status_codes(tmp_path):
              "device 'tpu' must be one of"),
             (admin.CreateDeployment(apb.Deployment(name="-web", model="m")), Code.INVALID_ARGUMENT,
              "deployment name '-web'"),
+            (admin.CreateDeployment(apb.Deployment(name="web", model="m", memory_bytes=2**63)), Code.INVALID_ARGUMENT,
+             "more than 1 PiB per replica"),
             (admin.DeleteDeployment(apb.DeleteDeploymentRequest(name="web")), Code.NOT_FOUND,
              "unknown deployment 'web'"),
             (admin.SetCordon(apb.SetCordonRequest(node="n9", cordoned=True)), Code.NOT_FOUND, "unknown node 'n9'"),

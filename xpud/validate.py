@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from xpud.controller.core import DEVICE_KINDS, STRATEGIES
-from xpud.controller.validation import MAX_REPLICAS, NAME, VERSION
+from xpud.controller.validation import MAX_MEMORY, MAX_REPLICAS, NAME, VERSION
 from xpud.proto import admin_pb2 as apb
 
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -137,6 +137,8 @@ def deployment(fields: Mapping[str, Any]) -> tuple[apb.Deployment, list[str]]:
             notes.append(note)
     elif memory < 0:
         raise ValidationError(f"memory must be >= 0 bytes, got {memory}")
+    if memory > MAX_MEMORY:
+        raise ValidationError(f"memory must be at most 1 PiB per replica, got {memory:,} bytes")
     spec = apb.Deployment(
         name=name, model=model, version=version,
         replicas=_whole("replicas", fields.get("replicas", 1), 1, MAX_REPLICAS),
