@@ -23,7 +23,7 @@ from .catalog import Measured, Models, estimate
 from .core import Decision, DeploymentSpec
 from .events import EventLog
 from .nodes import Nodes
-from .onnxcheck import inspect_model
+from .onnxcheck import backfill, inspect_model
 from .passes import COALESCE, Change, Scheduling
 from .planner import Planner
 from .pool import NodeState, Pool
@@ -104,8 +104,13 @@ class Controller:
         self.routes.deployments(state.specs)  # routable as soon as their agents say Hello again
         log.info("controller state: %d deployment(s), %d node(s) known", len(state.specs), len(self.pool.nodes))
         self._tasks = [asyncio.create_task(self.scheduling.loop()),
-                       asyncio.create_task(self.nodes.detect_loop(self.scheduling.busy))]
+                       asyncio.create_task(self.nodes.detect_loop(self.scheduling.busy)),
+                       asyncio.create_task(self._backfill())]
         self.scheduling.changed()
+
+    async def _backfill(self) -> None:
+        if await backfill(self.store, self.artifacts, self.thread.run):
+            self.models.changed()
 
     async def close(self) -> None:
         self.tuning.close()

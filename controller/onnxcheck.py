@@ -3,14 +3,19 @@ inputs and outputs read (InvalidArgument with the parser's message when it does 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from xpud.proto.oip import TensorError, onnx_to_triton
 from xpud.proto.status import InvalidArgument
 
-from .store import TensorSpec
+from .store import ArtifactStore, StateStore, TensorSpec
+
+log = logging.getLogger(__name__)
 
 MESSAGE_LINES = 2  # of the parser's message: the useful part, without ONNX Runtime's stack of frames
 _CODE = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")  # "[ONNXRuntimeError] : 1 : FAIL : "
@@ -54,3 +59,25 @@ def short_message(exc: BaseException) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()][:MESSAGE_LINES]
     message = _LOADING.sub("", _CODE.sub("", " ".join(lines)))
     return _SOURCE.sub("", message) or message
+
+
+async def backfill(store: StateStore, artifacts: ArtifactStore, run: Callable[..., Awaitable[Any]]) -> int:
+    """Read the inputs and outputs of every model stored before they were kept (no outputs recorded: every ONNX
+    model has one), one model at a time off the loop; returns how many were filled. `run` is the store thread's."""
+    filled = 0
+    for model in await run(store.models):
+        if model.outputs:
+            continue
+        path = await run(artifacts.path, model.digest)
+        if path is None:
+            continue
+        try:
+            inputs, outputs = await asyncio.to_thread(inspect_model, path, model.filename)
+        except InvalidArgument as exc:  # stored before pushes were checked, and it does not load
+            log.warning("model %s:%s: %s", model.name, model.version, exc.message)
+            continue
+        await run(store.set_model_io, model.name, model.version, inputs, outputs)
+        filled += 1
+    if filled:
+        log.info("read the inputs and outputs of %d model(s) stored before they were kept", filled)
+    return filled

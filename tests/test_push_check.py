@@ -3,6 +3,7 @@ parser's words and leaves nothing behind; a good one's inputs and outputs are re
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from models import mlp, onnx_bytes, slow
 from xpud.controller.onnxcheck import short_message
 from xpud.controller.server import start_controller
-from xpud.controller.store import MIGRATIONS, SqliteStore, TensorSpec
+from xpud.controller.store import MIGRATIONS, ArtifactStore, SqliteStore, TensorSpec
 from xpud.proto import admin_pb2 as apb
 from xpud.proto import admin_pb2_grpc
 
@@ -85,3 +86,35 @@ def test_a_database_of_the_previous_schema_migrates(tmp_path: Path) -> None:
         assert new.inputs == (x,)
     with SqliteStore(tmp_path) as store:
         assert store.model("new") == new and store.model("old") == old
+
+
+async def test_models_stored_before_inputs_were_kept_are_filled_in_at_start(tmp_path: Path) -> None:
+    """The controller reads the inputs and outputs of older models from their stored files, once, at start; a file
+    that does not load is left as it was (with a warning)."""
+    state = tmp_path / "state"
+    artifacts = ArtifactStore(state / "artifacts")
+    good, _ = artifacts.put(iter([onnx_bytes(mlp())]))
+    bad, _ = artifacts.put(iter([onnx_bytes(slow())[:5000]]))
+    with sqlite3.connect(state / "state.db") as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        for name, digest in (("old", good), ("broken", bad)):
+            conn.execute("INSERT INTO models (name, version, digest, size, filename, created) "
+                         "VALUES (?, '1', ?, 10, 'model.onnx', 1.0)", (name, digest))
+    conn.close()
+    running = await start_controller("127.0.0.1:0", 0, state)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            for _ in range(200):  # the back-fill runs beside start-up: wait for it, bounded
+                models = {m.name: m for m in (await admin.ListModels(apb.ListModelsRequest())).models}
+                if models["old"].outputs:
+                    break
+                await asyncio.sleep(0.05)
+            assert [i.name for i in models["old"].inputs] == ["x"]
+            assert [o.name for o in models["old"].outputs] == ["probs"]
+            assert not models["broken"].inputs and not models["broken"].outputs
+    finally:
+        await running.stop(0)

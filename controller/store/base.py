@@ -96,6 +96,11 @@ class StateStore(Protocol):
         it. The same bytes again: the record held; other bytes under a version held: `Conflict`."""
         ...
 
+    def set_model_io(self, name: str, version: str, inputs: Sequence[TensorSpec],
+                     outputs: Sequence[TensorSpec]) -> None:
+        """Record the inputs and outputs of a model version stored before they were kept (the back-fill)."""
+        ...
+
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[EventRecord]:
         """Events with a sequence number above `after_seq`, oldest first, at most `limit`."""
         ...

@@ -246,6 +246,12 @@ class SqliteStore:
 
     _MODEL_COLS = "name, version, digest, size, filename, created, io"
 
+    def set_model_io(self, name: str, version: str, inputs: Sequence[TensorSpec],
+                     outputs: Sequence[TensorSpec]) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE models SET io = ? WHERE name = ? AND version = ?",
+                      (_io_to_json(inputs, outputs), name, version))
+
     def _model_row(self, c: sqlite3.Connection, name: str, version: str) -> ModelRecord | None:
         row = c.execute(f"SELECT {self._MODEL_COLS} FROM models WHERE name = ? AND version = ?", (name, version))
         found = row.fetchone()
