@@ -33,6 +33,7 @@ class Nodes:
         self.interval, self.lease = interval, lease
         self.pool = state.pool
         self.started = 0.0  # clock time of `restore`
+        self._failed: set[tuple[str, str]] = set()  # (node, deployment) that stopped serving, till it serves again
         self._node_events: list[Event] = []  # NodeReady events for the failure detector's next transaction
         self._joins: list[tuple[NodeRecord, Event]] = []  # joins waiting for the next join transaction
         self._joins_done: asyncio.Future[None] | None = None  # resolved when that transaction is written
@@ -104,9 +105,26 @@ class Nodes:
         elif kind == "status":
             before = {k: v.state for k, v in node.instances.items()}
             pool.status(node, message.status)
-            if before != {k: v.state for k, v in node.instances.items()}:
+            after = {k: v.state for k, v in node.instances.items()}
+            if before != after:
+                self._instance_events(node, before, after)
                 self.state.routes({node.name})
                 self.changed()
+
+    def _instance_events(self, node: NodeState, before: dict[str, str], after: dict[str, str]) -> None:
+        """A replica that stopped serving (drift: unloaded by hand, its session failed) and one serving again are
+        events; written with the failure detector's next batch, like NodeReady."""
+        for name, state in after.items():
+            key = (node.name, name)
+            if before.get(name) == "READY" and state == "FAILED":
+                self._failed.add(key)
+                reason = node.instances[name].reason
+                self._node_events.append(("ReplicaFailed", name, f"on {node.name}: {reason}"))
+            elif state == "READY" and key in self._failed:  # through LOADING, usually
+                self._failed.discard(key)
+                self._node_events.append(("ReplicaRecovered", name, f"on {node.name}: serving again"))
+        for name in set(before) - set(after):
+            self._failed.discard((node.name, name))
 
     def back(self, node: NodeState) -> None:
         """Ready at once, its event written with the failure detector's next batch: the reader does not wait for

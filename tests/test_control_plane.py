@@ -252,3 +252,23 @@ def test_events_follow_streams_new_events(cluster):
         follow.terminate()
         follow.wait(timeout=10)
         reader.join(timeout=5)
+
+
+def test_a_model_unloaded_behind_the_controllers_back_heals(cluster):
+    """Drift: `RepositoryModelUnload` on the agent's own port. The agent reports the replica FAILED at once (the
+    controller stops routing to it and records ReplicaFailed), loads it again from its desired state, and the
+    deployment serves through the router again (ReplicaRecovered)."""
+    start_controller, start_agent = cluster
+    c = start_controller()
+    a = start_agent(c, "n1")
+    assert c.admin("models", "push", str(IRIS), "--name", "iris").returncode == 0
+    assert c.admin("deploy", "iris", "--model", "iris").returncode == 0
+    wait_for(lambda: running(c, "iris", 1), what="iris Running")
+    with grpcclient.InferenceServerClient(a.grpc_url) as client:
+        client.unload_model("iris")
+    healed = wait_for(lambda: [e for e in events(c) if e["kind"] == "ReplicaRecovered"], what="ReplicaRecovered")
+    (failed,) = [e for e in events(c) if e["kind"] == "ReplicaFailed"]
+    assert failed["subject"] == "iris" and "on n1: model is no longer loaded" in failed["message"], failed
+    assert healed[0]["message"] == "on n1: serving again"
+    wait_for(lambda: running(c, "iris", 1), what="iris Running again")
+    assert infer(c.inference_url) == 0

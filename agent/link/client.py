@@ -63,6 +63,7 @@ class LinkClient:
         self.sessions = 0
         self._status_dirty = asyncio.Event()
         self._pending: tuple[int, list[Assignment]] | None = None
+        self._desired_last: tuple[int, list[Assignment]] | None = None  # what `_heal` applies again
         self._applier: asyncio.Task[None] | None = None
         self._stub: Any = None
         reconciler.on_change = self._status_dirty.set
@@ -165,9 +166,19 @@ class LinkClient:
                        a.priority)
             for a in desired.assignments
         ]
-        self._pending = (desired.generation, assignments)
+        self._desired_last = self._pending = (desired.generation, assignments)
+        self._start_applier()
+
+    def _start_applier(self) -> None:
         if self._applier is None or self._applier.done():
             self._applier = asyncio.create_task(self._apply_pending())
+
+    def _heal(self) -> None:
+        """A model this node should serve is no longer loaded: apply the last desired state again (the applier's
+        backoff covers one that keeps failing)."""
+        if self.reconciler.drift() and self._desired_last is not None and self._pending is None:
+            self._pending = self._desired_last
+            self._start_applier()
 
     async def _apply_pending(self) -> None:
         retry = 2.0
@@ -194,6 +205,7 @@ class LinkClient:
         seq = 0
         self._status_dirty.set()
         while not stop.is_set():
+            self._heal()
             if self._status_dirty.is_set():
                 self._status_dirty.clear()
                 status = lpb.StatusReport(generation=self.reconciler.applied.generation)

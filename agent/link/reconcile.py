@@ -115,15 +115,24 @@ class Reconciler:
         self.reports.pop(name, None)
         log.info("deployment %s removed from this node", name)
 
-    def statuses(self) -> list[InstanceReport]:
-        out = []
+    def drift(self) -> list[str]:
+        """Deployments reported READY whose model is no longer loaded (unloaded through the repository API, its
+        session gone): marked FAILED, reported at once, and left for the next apply to load again."""
+        drifted = []
         for name, report in sorted(self.reports.items()):
             versions = self.manager.models.get(name)
             if report.state == "READY" and not (versions and any(v.state is ModelState.READY
                                                                   for v in versions.values())):
-                report.state, report.reason = "FAILED", "model is no longer loaded"
-            out.append(report)
-        return out
+                report.state, report.reason = "FAILED", "model is no longer loaded (unloaded outside the controller)"
+                drifted.append(name)
+        if drifted:
+            log.warning("deployment(s) %s: no longer loaded here; loading again", ", ".join(drifted))
+            self._changed()
+        return drifted
+
+    def statuses(self) -> list[InstanceReport]:
+        self.drift()
+        return [report for _, report in sorted(self.reports.items())]
 
     def _changed(self) -> None:
         if self.on_change is not None:
