@@ -13,10 +13,12 @@ import pytest
 from models import mlp
 from xpud.agent.link.artifacts import ArtifactCache
 from xpud.agent.link.assignment import PRIORITY_PARAMETER, Assignment, model_config
+from xpud.agent.link.client import LinkClient
 from xpud.agent.link.reconcile import Reconciler
 from xpud.agent.serving.inference import infer
 from xpud.agent.serving.manager import ModelManager, ModelUnavailable
 from xpud.agent.serving.repository import ModelConfigError
+from xpud.proto import link_pb2 as lpb
 from xpud.proto.oip import mc, pb
 
 GPU, CPU, AUTO = mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO
@@ -153,4 +155,25 @@ async def test_higher_priorities_load_first(tmp_path):
     await reconciler.apply(1, wanted, fetcher([]))
     assert order == ["b-high", "c-mid", "a-low"]
     assert sorted(manager.models) == ["a-low", "b-high", "c-mid"]
+    await manager.close()
+
+
+async def test_a_model_unloaded_by_hand_is_loaded_again_whichever_report_found_it(tmp_path):
+    """Drift found by a status report (a Hello's, say) rather than by the heal itself is still healed: the link
+    client applies its last desired state again from the artifact cache."""
+    manager, reconciler = node(tmp_path)
+    client = LinkClient("127.0.0.1:1", node="n1", labels={}, zone="", endpoint="", telemetry=None,  # type: ignore[arg-type]
+                        reconciler=reconciler, providers=list)
+    client._desired(lpb.DesiredState(generation=1, assignments=[lpb.ModelAssignment(
+        deployment="web", model="mlp", version="1", digest=DIGEST, size_bytes=len(MODEL), devices=["cpu:0"])]))
+    await reconciler.apply(1, [assignment()], fetcher([]))  # cached; the client's own applier finds it cached too
+    assert client._applier is not None
+    await client._applier
+    await manager.unload("web")  # RepositoryModelUnload behind the controller's back
+    assert [r.state for r in reconciler.statuses()] == ["FAILED"]  # the report marks it, not `_heal`
+    client._heal()
+    assert client._applier is not None
+    await client._applier
+    assert [r.state for r in reconciler.statuses()] == ["READY"]
+    assert (await answer(manager, "web")).shape == (3,)
     await manager.close()

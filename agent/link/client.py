@@ -174,9 +174,13 @@ class LinkClient:
             self._applier = asyncio.create_task(self._apply_pending())
 
     def _heal(self) -> None:
-        """A model this node should serve is no longer loaded: apply the last desired state again (the applier's
-        backoff covers one that keeps failing)."""
-        if self.reconciler.drift() and self._desired_last is not None and self._pending is None:
+        """A model this node should serve but does not (unloaded by hand, a session gone): apply the last desired
+        state again. The applier only ends with nothing FAILED, so a FAILED report while it is idle is drift,
+        whichever report found it; while it runs, its own backoff retries."""
+        self.reconciler.drift()
+        idle = self._applier is None or self._applier.done()
+        if idle and self._desired_last is not None and self._pending is None \
+                and any(r.state == "FAILED" for r in self.reconciler.reports.values()):
             self._pending = self._desired_last
             self._start_applier()
 

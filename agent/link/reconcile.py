@@ -115,7 +115,7 @@ class Reconciler:
         self.reports.pop(name, None)
         log.info("deployment %s removed from this node", name)
 
-    def drift(self) -> list[str]:
+    def drift(self) -> None:
         """Deployments reported READY whose model is no longer loaded (unloaded through the repository API, its
         session gone): marked FAILED, reported at once, and left for the next apply to load again."""
         drifted = []
@@ -128,7 +128,6 @@ class Reconciler:
         if drifted:
             log.warning("deployment(s) %s: no longer loaded here; loading again", ", ".join(drifted))
             self._changed()
-        return drifted
 
     def statuses(self) -> list[InstanceReport]:
         self.drift()
