@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
 from xpud.proto import admin_pb2 as apb
-from xpud.proto import admin_pb2_grpc
+from xpud.proto import admin_pb2_grpc, identity
 from xpud.proto.status import InvalidArgument, StatusTable, grpc_status
 
+from .audit import AuditLog
+from .audit import audited as audit_call
 from .control import Controller
 from .core import DeploymentSpec
-from .store import Conflict, StoreError
+from .store import Conflict, StoreError, TokenRecord
 from .views import deployment_list, deployment_status, event_proto, model_info, node_info, node_list, pool_view
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,20 @@ ERRORS: StatusTable = (
     (StoreError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 errors = grpc_status(ERRORS, log)
+# the state-changing methods, each with what its record names as the target
+AUDITED: dict[str, Callable[[Any], str]] = {
+    "SetCordon": lambda r: r.node,
+    "PushModel": lambda r: "",  # a stream: the first chunk's name (see audit.audited)
+    "CreateDeployment": lambda r: r.name,
+    "ApplyDeployment": lambda r: r.name,
+    "DeleteDeployment": lambda r: r.name,
+    "CreateToken": lambda r: r.name,
+    "RevokeToken": lambda r: r.name,
+}
+
+
+def audited(method: Callable[..., Any]) -> Callable[..., Any]:
+    return audit_call(ERRORS, AUDITED[method.__name__])(method)
 
 
 def spec_of(d: apb.Deployment) -> DeploymentSpec:
@@ -32,9 +48,14 @@ def spec_of(d: apb.Deployment) -> DeploymentSpec:
                           max_batch_size=d.max_batch_size)
 
 
+def token_info(r: TokenRecord) -> apb.TokenInfo:
+    return apb.TokenInfo(name=r.name, role=r.role, created=r.created, creator=r.creator, id=r.id)
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, audit: AuditLog | None = None) -> None:
         self.c = controller
+        self.audit = audit  # None: no audit log (tests of the core alone)
 
     # -- nodes and pool -------------------------------------------------------------------------
     @errors
@@ -46,12 +67,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return pool_view(self.c.state)
 
     @errors
+    @audited
     async def SetCordon(self, request: apb.SetCordonRequest, context: Any) -> apb.NodeInfo:
         node = await self.c.set_cordon(request.node, request.cordoned, request.drain)
         return node_info(self.c.state, node)
 
     # -- models ---------------------------------------------------------------------------------
     @errors
+    @audited
     async def PushModel(self, request_iterator: AsyncIterator[apb.PushModelChunk], context: Any) -> apb.ModelInfo:
         chunks = request_iterator.__aiter__()
         try:
@@ -72,12 +95,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     # -- deployments ----------------------------------------------------------------------------
     @errors
+    @audited
     async def CreateDeployment(self, request: apb.Deployment, context: Any) -> apb.DeploymentStatus:
         spec = spec_of(request)
         await self.c.apply_deployment(spec, create=True)
         return deployment_status(self.c.state, spec.name)
 
     @errors
+    @audited
     async def ApplyDeployment(self, request: apb.Deployment, context: Any) -> apb.DeploymentStatus:
         spec = spec_of(request)
         await self.c.apply_deployment(spec)
@@ -88,6 +113,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return deployment_list(self.c.state)
 
     @errors
+    @audited
     async def DeleteDeployment(self, request: apb.DeleteDeploymentRequest, context: Any) -> Any:
         await self.c.delete_deployment(request.name)
         return apb.DeleteDeploymentResponse()
@@ -97,6 +123,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListEvents(self, request: apb.ListEventsRequest, context: Any) -> apb.ListEventsResponse:
         records = await self.c.list_events(request.after_seq, request.limit)
         return apb.ListEventsResponse(events=[event_proto(e) for e in records])
+
+    # -- tokens ---------------------------------------------------------------------------------
+    @errors
+    @audited
+    async def CreateToken(self, request: apb.CreateTokenRequest, context: Any) -> apb.CreateTokenResponse:
+        record, token = await self.c.tokens.create(request.name, request.role, identity.actor())
+        return apb.CreateTokenResponse(info=token_info(record), token=token)
+
+    @errors
+    @audited
+    async def RevokeToken(self, request: apb.RevokeTokenRequest, context: Any) -> apb.TokenInfo:
+        return token_info(await self.c.tokens.revoke(request.name, identity.actor()))
+
+    @errors
+    async def ListTokens(self, request: Any, context: Any) -> apb.ListTokensResponse:
+        return apb.ListTokensResponse(tokens=[token_info(r) for r in self.c.tokens.list()])
 
     async def WatchEvents(self, request: apb.ListEventsRequest, context: Any) -> AsyncIterator[apb.Event]:
         async for e in self.c.watch_events(request.after_seq, request.limit):

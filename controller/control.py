@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from xpud.proto import identity
 from xpud.proto import link_pb2 as lpb
 from xpud.proto.status import InvalidArgument, NotFound
 
@@ -31,6 +32,7 @@ from .routes import RouteTable
 from .state import RoutesChanged, State
 from .store import ArtifactStore, Event, EventRecord, ModelRecord, StateStore
 from .storethread import StoreThread
+from .tokens import Tokens
 from .tuning import Tuning
 from .validation import ONNX_HEAD, check_model, check_placement, check_spec
 from .views import deployment_status
@@ -54,6 +56,7 @@ class Controller:
                                      coalesce=coalesce)
         self.nodes = Nodes(self.state, store, self.thread, self.events, self.tuning, self.scheduling.changed,
                            interval=interval, lease=lease)
+        self.tokens = Tokens(store, self.thread, self.events)
         self.routes = RouteTable(self._unrouted)  # the router's endpoint table, kept by the routes hook
         self.state.routes_changed.append(self._route)
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,6 +104,7 @@ class Controller:
         state.placement = await run(self.store.placement)
         state.generations = await run(self.store.generations)
         self.nodes.restore(await run(self.store.nodes))
+        await self.tokens.load()
         self.routes.deployments(state.specs)  # routable as soon as their agents say Hello again
         log.info("controller state: %d deployment(s), %d node(s) known", len(state.specs), len(self.pool.nodes))
         self._tasks = [asyncio.create_task(self.scheduling.loop()),
@@ -145,10 +149,11 @@ class Controller:
         kind = "DeploymentCreated" if create else "DeploymentApplied"
         what = f"model {spec.model}{':' + spec.version if spec.version else ''}, {spec.replicas} replica(s) on " \
                f"{spec.device}"
-        await self.scheduling.now([(kind, spec.name, what)], Change(apply=spec, create=create))
+        await self.scheduling.now([(kind, spec.name, what)], Change(apply=spec, create=create), identity.actor())
 
     async def delete_deployment(self, name: str) -> None:
-        await self.scheduling.now([("DeploymentDeleted", name, "removed by an operator")], Change(delete=name))
+        await self.scheduling.now([("DeploymentDeleted", name, "removed by an operator")], Change(delete=name),
+                                  identity.actor())
 
     async def memory_estimate(self, spec: DeploymentSpec) -> int:
         return estimate(spec, self.measured(), await self.models.catalog())
@@ -158,7 +163,7 @@ class Controller:
         """Cordon (no new replicas; `drain`: its replicas move off too) or uncordon a node."""
         what = "drained" if cordoned and drain else "cordoned" if cordoned else "uncordoned"
         await self.scheduling.now([(what.capitalize(), name, f"node {what} by an operator")],
-                                  Change(cordon=(name, cordoned, drain)))
+                                  Change(cordon=(name, cordoned, drain)), identity.actor())
         return self.pool.nodes[name]
 
     def connect(self, hello: lpb.Hello, session: object) -> NodeState:
@@ -214,7 +219,7 @@ class Controller:
         finally:
             tmp.unlink(missing_ok=True)
         await self.emit([("ModelPushed", record.name, f"version {record.version}, {record.size} bytes, "
-                          f"sha256 {record.digest[:12]}")])
+                          f"sha256 {record.digest[:12]}")], actor=identity.actor())
         self.changed()
         return record
 
@@ -228,8 +233,8 @@ class Controller:
         return path
 
     # -- events -----------------------------------------------------------------------------------
-    async def emit(self, events: tuple[Event, ...] | list[Event]) -> None:
-        await self.events.emit(events)
+    async def emit(self, events: tuple[Event, ...] | list[Event], actor: str = "") -> None:
+        await self.events.emit(events, actor)
 
     async def list_events(self, after_seq: int, limit: int) -> list[EventRecord]:
         return await self.thread.run(self.store.events, after_seq, limit or 1000)

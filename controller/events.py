@@ -19,10 +19,11 @@ class EventLog:
         self.store, self.thread = store, thread
         self.listeners: set[asyncio.Queue[EventRecord]] = set()
 
-    async def emit(self, events: Sequence[Event]) -> None:
-        """Write several events in one transaction, then tell the watchers."""
+    async def emit(self, events: Sequence[Event], actor: str = "") -> None:
+        """Write several events (caused by `actor`, "" for the controller itself) in one transaction, then tell the
+        watchers."""
         if events:
-            self.notify(await self.thread.run(self.store.commit, events=events, when=time.time()))
+            self.notify(await self.thread.run(self.store.commit, events=events, when=time.time(), actor=actor))
 
     def notify(self, records: Sequence[EventRecord]) -> None:
         """Tell the watchers every event; log each, or one line for a kind that came LOG_EACH times or more in one

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from xpud import __version__
+from xpud.proto import identity, link_pb2_grpc
 from xpud.proto import link_pb2 as lpb
-from xpud.proto import link_pb2_grpc
 from xpud.proto.status import NotFound
 
 from .control import CHUNK, Controller
@@ -49,6 +49,14 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the link must be a Hello "
                                 "naming the node")
         hello = first.hello
+        who = identity.current()
+        if who.via == "certificate" and who.name != hello.node:  # a secured pool: the certificate names the node
+            refusal = (f"a Hello from {who.actor}'s certificate claimed the node name {hello.node!r}; refused (start "
+                       f"that agent with --node {who.name}, or issue a certificate for {hello.node!r} with "
+                       f"`xpud certs issue --node {hello.node}`)")
+            log.warning("%s", refusal)
+            await controller.emit([("NodeRefused", hello.node, refusal)], who.actor)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         session = Session(hello.node)
         node = controller.connect(hello, session)
         yield lpb.ControllerMessage(welcome=lpb.Welcome(

@@ -79,14 +79,15 @@ class Scheduling:
             except Exception:
                 log.exception("scheduling failed")
 
-    async def now(self, events: Sequence[Event] = (), change: Change | None = None) -> Decision:
-        """Schedule, persist (with `events` and `change`) and push now; admin calls answer after this."""
+    async def now(self, events: Sequence[Event] = (), change: Change | None = None, actor: str = "") -> Decision:
+        """Schedule, persist (with `events` and `change`, the pass's events caused by `actor`) and push now; admin
+        calls answer after this."""
         async with self.lock:
             undo = self._apply(change) if change is not None else None
             self._dirty.clear()
             self._committed = False
             try:
-                return await self._reconcile(events, _writes(change))
+                return await self._reconcile(events, {**_writes(change), "actor": actor})
             except BaseException:
                 if undo is not None and not self._committed:
                     undo()

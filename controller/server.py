@@ -15,10 +15,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpud.proto import admin_pb2_grpc, link_pb2_grpc
+from xpud.proto.auth import Authorize
 from xpud.proto.credentials import TlsFiles, server_credentials
 from xpud.proto.decoding import interceptors
 
-from .admin import AdminService
+from .access import RULES
+from .admin import AUDITED, AdminService
+from .audit import KEEP, MAX_BYTES, AuditLog
 from .control import Controller
 from .linkservice import AgentLinkService
 from .router import Router, add_router
@@ -28,6 +31,7 @@ from .tuning import ProcessTuning
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 64 << 20
 ARTIFACTS_DIR = "artifacts"  # in the state directory: model files by sha256
+AUDIT_NAME = "audit.log"  # in the state directory, unless --audit-log says otherwise
 OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -53,6 +57,8 @@ class RunningController:
     router: Router
     port: int
     inference_port: int
+    token_port: int | None = None  # the admin API for token clients (no client certificate), if asked for
+    audit: AuditLog | None = None
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.router_server.stop(grace)
@@ -60,6 +66,8 @@ class RunningController:
         await self.router.close()
         await self.controller.close()
         self.controller.store.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def _bind(server: grpc.aio.Server, address: str, what: str, creds: grpc.ServerCredentials | None = None) -> int:
@@ -74,22 +82,41 @@ def _bind(server: grpc.aio.Server, address: str, what: str, creds: grpc.ServerCr
 
 async def start_controller(listen: str, inference_port: int, state_dir: Path, *, inference_host: str | None = None,
                            interval: float = 1.0, lease: float = 3.0, tls: TlsFiles | None = None,
-                           store_url: str | None = None) -> RunningController:
+                           store_url: str | None = None, token_listen: str | None = None,
+                           audit_log: Path | None = None, audit_max_bytes: int = MAX_BYTES,
+                           audit_keep: int = KEEP) -> RunningController:
     """Serve a controller whose state is in `store_url` (None: SQLite in `state_dir`), model files in `state_dir`'s
-    artifacts/ folder either way; with this process's tuning installed (`tuning.ProcessTuning`)."""
+    artifacts/ folder either way; with this process's tuning installed (`tuning.ProcessTuning`).
+
+    With a CA in `tls` the pool is secured: every call is authenticated (client certificate, or a bearer token)
+    and checked against `access.RULES`. gRPC either requires a client certificate at the handshake or does not
+    ask for one, so clients with a token and no certificate use a second port, `token_listen` (TLS only).
+    State-changing admin calls are recorded in `audit_log` (default: audit.log in `state_dir`)."""
     creds = server_credentials(tls) if tls is not None and tls.enabled else None  # CredentialsError: bad files
+    secured = tls is not None and bool(tls.ca) and creds is not None
+    if token_listen and not secured:
+        raise StartupError("--token-listen needs a secured controller: --tls-ca, --tls-cert and --tls-key")
+    token_creds = server_credentials(TlsFiles(None, tls.cert, tls.key)) if token_listen and tls else None
     # StoreError (in use, corrupt), StoreURLError before anything listens
     store: StateStore = open_store(store_url) if store_url else SqliteStore(state_dir)
     try:
         artifacts = ArtifactStore(state_dir / ARTIFACTS_DIR)
+        audit = AuditLog(audit_log or state_dir / AUDIT_NAME, audit_max_bytes, audit_keep)  # AuditError
     except BaseException:
         store.close()
         raise
     controller = Controller(store, artifacts, interval=interval, lease=lease,
                             tuning=ProcessTuning(time.monotonic))
-    server = grpc.aio.server(options=OPTIONS, interceptors=interceptors())
+
+    def refused(method: str, actor: str, code: grpc.StatusCode, message: str) -> None:
+        name = method.rpartition("/")[2]
+        if method.startswith("/xpud.v1.Admin/") and name in AUDITED:
+            audit.record(name, "", {}, code.name, message, actor=actor)
+
+    checks = [Authorize(RULES, controller.tokens.verify, denied=refused)] if secured else []
+    server = grpc.aio.server(options=OPTIONS, interceptors=[*checks, *interceptors()])
     link_pb2_grpc.add_AgentLinkServicer_to_server(AgentLinkService(controller), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(controller), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(controller, audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     router = Router(max_message_bytes=MAX_MESSAGE)
@@ -99,20 +126,23 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     host = inference_host or listen.rpartition(":")[0] or "0.0.0.0"
     try:
         port = _bind(server, listen, "the agent link and admin API", creds)
+        token_port = _bind(server, token_listen, "the admin API for tokens", token_creds) if token_listen else None
         inference = _bind(router_server, f"{host}:{inference_port}", "inference")
     except StartupError:
         controller.tuning.close()
+        audit.close()
         store.close()
         raise
     await controller.start()
     await server.start()
     await router_server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    security = "mTLS" if tls is not None and tls.ca and creds is not None else "TLS" if creds is not None else \
-        "plaintext"
-    log.info("xpud controller: agents and admin at %s:%d (%s), inference at %s:%d, state in %s",
-             listen.rpartition(":")[0], port, security, host, inference, store_url or state_dir)
-    return RunningController(controller, server, router_server, router, port, inference)
+    security = "mTLS, roles checked" if secured else "TLS" if creds is not None else "plaintext"
+    tokens = f", admin for tokens at {(token_listen or '').rpartition(':')[0]}:{token_port} (TLS)" if token_port \
+        else ""
+    log.info("xpud controller: agents and admin at %s:%d (%s)%s, inference at %s:%d, state in %s",
+             listen.rpartition(":")[0], port, security, tokens, host, inference, store_url or state_dir)
+    return RunningController(controller, server, router_server, router, port, inference, token_port, audit)
 
 
 async def run_controller(listen: str, inference_port: int, state_dir: Path, stop: asyncio.Event | None = None,

@@ -88,4 +88,4 @@ def tensor_info(t: TensorSpec) -> apb.TensorInfo:
 
 
 def event_proto(e: EventRecord) -> apb.Event:
-    return apb.Event(seq=e.seq, time=e.when, kind=e.kind, subject=e.subject, message=e.message)
+    return apb.Event(seq=e.seq, time=e.when, kind=e.kind, subject=e.subject, message=e.message, actor=e.actor)

@@ -89,6 +89,21 @@ class AdminStub:
                 request_serializer=xpud_dot_proto_dot_admin__pb2.SetCordonRequest.SerializeToString,
                 response_deserializer=xpud_dot_proto_dot_admin__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/xpud.v1.Admin/CreateToken',
+                request_serializer=xpud_dot_proto_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=xpud_dot_proto_dot_admin__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/xpud.v1.Admin/RevokeToken',
+                request_serializer=xpud_dot_proto_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=xpud_dot_proto_dot_admin__pb2.TokenInfo.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/xpud.v1.Admin/ListTokens',
+                request_serializer=xpud_dot_proto_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=xpud_dot_proto_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -163,6 +178,25 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """the token is in this answer only
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +254,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetCordon,
                     request_deserializer=xpud_dot_proto_dot_admin__pb2.SetCordonRequest.FromString,
                     response_serializer=xpud_dot_proto_dot_admin__pb2.NodeInfo.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=xpud_dot_proto_dot_admin__pb2.CreateTokenRequest.FromString,
+                    response_serializer=xpud_dot_proto_dot_admin__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=xpud_dot_proto_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=xpud_dot_proto_dot_admin__pb2.TokenInfo.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=xpud_dot_proto_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=xpud_dot_proto_dot_admin__pb2.ListTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -519,6 +568,87 @@ class Admin:
             '/xpud.v1.Admin/SetCordon',
             xpud_dot_proto_dot_admin__pb2.SetCordonRequest.SerializeToString,
             xpud_dot_proto_dot_admin__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpud.v1.Admin/CreateToken',
+            xpud_dot_proto_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+            xpud_dot_proto_dot_admin__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpud.v1.Admin/RevokeToken',
+            xpud_dot_proto_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            xpud_dot_proto_dot_admin__pb2.TokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpud.v1.Admin/ListTokens',
+            xpud_dot_proto_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            xpud_dot_proto_dot_admin__pb2.ListTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

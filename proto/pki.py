@@ -56,7 +56,7 @@ def _subject(name: str, role: str) -> x509.Name:
 
 def init_ca(directory: Path, name: str = "xpud pool CA") -> Issued:
     """Make ca.pem/ca.key in ``directory``; refuses to overwrite an existing CA."""
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (directory / "ca.pem").exists() or (directory / "ca.key").exists():
         raise PkiError(f"{directory} already holds a CA (ca.pem/ca.key): remove it or choose another --dir")
     key = ec.generate_private_key(ec.SECP256R1())

@@ -76,10 +76,13 @@ def test_a_database_of_the_previous_schema_migrates(tmp_path: Path) -> None:
         conn.execute("INSERT INTO schema_version (version) VALUES (1)")
         conn.execute("INSERT INTO models (name, version, digest, size, filename, created) "
                      "VALUES ('old', '1', ?, 10, 'model.onnx', 1.0)", ("a" * 64,))
+        conn.execute("INSERT INTO events (kind, subject, message, time) VALUES ('NodeJoined', 'n1', 'joined', 1.0)")
     conn.close()
     x = TensorSpec("x", "FP32", (-1, 4), ("batch", ""))
     with SqliteStore(tmp_path) as store:
-        assert store.schema_version() == len(MIGRATIONS) == 2
+        assert store.schema_version() == len(MIGRATIONS) == 3
+        assert [(e.kind, e.actor) for e in store.events()] == [("NodeJoined", "")]  # no actor recorded then
+        assert store.tokens() == []
         (old,) = store.models()
         assert (old.name, old.digest, old.inputs, old.outputs) == ("old", "a" * 64, (), ())
         new = store.add_model("new", None, "b" * 64, 20, "model.onnx", [x], [])

@@ -17,9 +17,9 @@ def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def certificate(d: Path, name: str, ca: str, ext: str) -> None:
+def certificate(d: Path, name: str, ca: str, ext: str, subject: str | None = None) -> None:
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={name}", cwd=d)
+            "-subj", subject or f"/CN={name}", cwd=d)
     (d / f"{name}.ext").write_text(ext + "\n")
     openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
             "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
@@ -31,9 +31,13 @@ def pki(tmp_path_factory):
     for ca in ("ca", "rogue-ca"):
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
                 "-days", "2", "-subj", f"/CN={ca}", cwd=d)
-    certificate(d, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost")
-    certificate(d, "agent", "ca", "extendedKeyUsage=clientAuth")
-    certificate(d, "rogue", "rogue-ca", "extendedKeyUsage=clientAuth")  # signed by a CA that is not ours
+    # a CA of the user's own: identities as xpud reads them, CN = name and OU = role
+    certificate(d, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost", "/CN=controller/OU=controller")
+    certificate(d, "agent", "ca", "extendedKeyUsage=clientAuth", "/CN=trusted/OU=agent")
+    certificate(d, "ops", "ca", "extendedKeyUsage=clientAuth", "/CN=ops/OU=viewer")
+    certificate(d, "no-role", "ca", "extendedKeyUsage=clientAuth", "/CN=old")  # no OU: no role
+    # signed by a CA that is not ours
+    certificate(d, "rogue", "rogue-ca", "extendedKeyUsage=clientAuth", "/CN=intruder/OU=agent")
     return d
 
 
@@ -52,12 +56,16 @@ def test_mtls_controller_takes_only_clients_with_our_certificates(pki, tmp_path)
                                    standalone=False))
 
     try:
-        assert any("(mTLS)" in line for line in c.lines)
+        assert any("(mTLS, roles checked)" in line for line in c.lines)
         agent("trusted", "agent")
         agent("intruder", "rogue")
-        wait_for(lambda: "trusted" in run_xpud("nodes", "--controller", c.address, *tls(pki, "agent")).stdout,
+        wait_for(lambda: "trusted" in run_xpud("nodes", "--controller", c.address, *tls(pki, "ops")).stdout,
                  what="the trusted agent to join")
-        assert "intruder" not in run_xpud("nodes", "--controller", c.address, *tls(pki, "agent")).stdout
+        assert "intruder" not in run_xpud("nodes", "--controller", c.address, *tls(pki, "ops")).stdout
+        as_agent = run_xpud("nodes", "--controller", c.address, *tls(pki, "agent"))  # an agent's: the link only
+        assert as_agent.returncode == 1 and "node:trusted has an agent certificate" in as_agent.stderr
+        old = run_xpud("nodes", "--controller", c.address, *tls(pki, "no-role"))
+        assert old.returncode == 1 and "lacks a CN (name) or an OU (role)" in old.stderr, old.stderr
         plain = run_xpud("nodes", "--controller", c.address)
         assert plain.returncode == 1 and "cannot reach the controller" in plain.stderr
         no_client_cert = run_xpud("nodes", "--controller", c.address, "--tls-ca", str(pki / "ca.pem"))

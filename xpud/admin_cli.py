@@ -1,5 +1,5 @@
 """The admin commands: `xpud nodes`, `pool`, `models`, `deploy`, `apply`, `deployments`, `undeploy`, `events`,
-`drain`, `uncordon` — a thin client of the controller's xpud.v1.Admin API."""
+`drain`, `uncordon`, `tokens` — a thin client of the controller's xpud.v1.Admin API."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from google.protobuf.json_format import MessageToDict
 from xpud.proto import admin_pb2 as apb
 from xpud.proto import admin_pb2_grpc
 from xpud.proto.credentials import CredentialsError, TlsFiles, channel_credentials
+from xpud.proto.identity import ROLES
 from xpud.render import NA, table
 from xpud.validate import SIZE_HELP, ValidationError, deployment, unknown_keys
 from xpud.validate import parse_size as _parse_size
@@ -78,6 +79,12 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     undeploy.add_argument("name")
     events = cmd("events", "the controller's events")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    tokens = cmd("tokens", "API tokens for clients without a certificate: tokens create --name N --role R, "
+                 "tokens revoke N, tokens list")
+    tokens.add_argument("action", nargs="?", choices=["create", "revoke", "list"], default="list")
+    tokens.add_argument("token_name", nargs="?", metavar="NAME", help="the token to revoke")
+    tokens.add_argument("--name", help="name of the new token (create)")
+    tokens.add_argument("--role", choices=list(ROLES), help="what the token may do (create)")
     for name, help_ in (("drain", "stop placing on a node and move its replicas away"),
                         ("uncordon", "let a node take replicas again"), ("cordon", "stop placing on a node")):
         p = cmd(name, help_)
@@ -85,9 +92,13 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
 
 
 class Admin:
-    def __init__(self, target: str, tls: TlsFiles | None = None) -> None:
+    def __init__(self, target: str, tls: TlsFiles | None = None, token: str | None = None) -> None:
         self.target = target
         options = [("grpc.max_send_message_length", 64 << 20)]
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        if token and (tls is None or not tls.enabled):  # a bearer token is a password: never in plaintext
+            raise CliError("a token is sent over TLS only: give --tls-ca (the CA of the controller's certificate) "
+                           "and the controller's token port (--controller HOST:PORT)")
         if tls is not None and tls.enabled:
             try:
                 creds = channel_credentials(tls)
@@ -100,7 +111,7 @@ class Admin:
 
     def call(self, method: str, request: Any, timeout: float = 30.0) -> Any:
         try:
-            return getattr(self.stub, method)(request, timeout=timeout)
+            return getattr(self.stub, method)(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise _error(exc, self.target) from None
 
@@ -222,7 +233,10 @@ def _specs(args: argparse.Namespace) -> list[apb.Deployment]:
 def run(args: argparse.Namespace) -> int:
     specs = _specs(args) if args.command in ("deploy", "apply") else []
     tls = TlsFiles.from_env(args.tls_ca, args.tls_cert, args.tls_key)
-    admin = Admin(args.controller or os.environ.get("XPUD_CONTROLLER") or DEFAULT_CONTROLLER, tls)
+    token = args.token or os.environ.get("XPUD_TOKEN") or None
+    if missing := _tokens_usage(args):
+        raise ValidationError(missing)
+    admin = Admin(args.controller or os.environ.get("XPUD_CONTROLLER") or DEFAULT_CONTROLLER, tls, token)
     command = args.command
     if command == "nodes":
         reply = admin.call("ListNodes", apb.ListNodesRequest())
@@ -254,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
                 raise CliError("usage: xpud models push FILE_OR_DIR --name N [--version V]")
             path = _model_file(args.path)
             try:
-                reply = admin.stub.PushModel(_chunks(path, args.name, args.version or ""), timeout=600)
+                reply = admin.stub.PushModel(_chunks(path, args.name, args.version or ""), timeout=600,
+                                             metadata=admin.metadata)
             except grpc.RpcError as exc:
                 raise _error(exc, admin.target) from None
             _print(args, reply, lambda: "\n".join([
@@ -278,11 +293,43 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"deleted": args.name}) if args.json else f"deployment {args.name} removed")
     elif command == "events":
         _events(admin, args)
+    elif command == "tokens":
+        _tokens(admin, args)
     elif command in ("drain", "cordon", "uncordon"):
         request = apb.SetCordonRequest(node=args.node, cordoned=command != "uncordon", drain=command == "drain")
         reply = admin.call("SetCordon", request)
         _print(args, reply, lambda: f"node {reply.name}: {reply.state}" + (", cordoned" if reply.cordoned else ""))
     return 0
+
+
+def _tokens_usage(args: argparse.Namespace) -> str | None:
+    """What a `tokens` command lacks, checked before any call."""
+    if args.command != "tokens":
+        return None
+    if args.action == "create" and not (args.name and args.role):
+        return f"tokens create needs --name NAME and --role {'|'.join(ROLES)}"
+    if args.action == "revoke" and not (args.token_name or args.name):
+        return "tokens revoke needs the token's NAME"
+    return None
+
+
+def _tokens(admin: Admin, args: argparse.Namespace) -> None:
+    if args.action == "create":
+        reply = admin.call("CreateToken", apb.CreateTokenRequest(name=args.name, role=args.role))
+        if args.json:
+            print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
+            return
+        print(reply.token)
+        print(f"xpud tokens: token {reply.info.name!r} (role {reply.info.role}) created; it is shown this once, "
+              "only its hash is kept. Clients send it with --token or XPUD_TOKEN.", file=sys.stderr)
+    elif args.action == "revoke":
+        reply = admin.call("RevokeToken", apb.RevokeTokenRequest(name=args.token_name or args.name))
+        _print(args, reply, lambda: f"token {reply.name} revoked")
+    else:
+        reply = admin.call("ListTokens", apb.ListTokensRequest())
+        _print(args, reply, lambda: table(["NAME", "ROLE", "ID", "CREATED", "BY"], [
+            [t.name, t.role, t.id, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created)), t.creator or NA]
+            for t in reply.tokens]))
 
 
 def _deployments_table(items: Any) -> str:
@@ -300,7 +347,7 @@ def _events(admin: Admin, args: argparse.Namespace) -> None:
         if args.json:
             return json.dumps(MessageToDict(e, preserving_proto_field_name=True))
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
-        return f"{stamp}  {e.kind:<18} {e.subject:<20} {e.message}"
+        return f"{stamp}  {e.kind:<18} {e.subject:<20} {e.actor or 'controller':<16} {e.message}"
 
     if not args.follow:
         reply = admin.call("ListEvents", apb.ListEventsRequest())
@@ -311,7 +358,7 @@ def _events(admin: Admin, args: argparse.Namespace) -> None:
                 print(line(e))
         return
     try:
-        for e in admin.stub.WatchEvents(apb.ListEventsRequest()):
+        for e in admin.stub.WatchEvents(apb.ListEventsRequest(), metadata=admin.metadata):
             print(line(e), flush=True)
     except grpc.RpcError as exc:
         raise _error(exc, admin.target) from None

@@ -54,6 +54,7 @@ _count = _number(
 )
 _port = _number(int, "a TCP port number", lambda v: 0 <= v <= 65535, "port must be 0..65535, got {value}")
 _positive = _number(float, "seconds", lambda v: v > 0, "must be > 0, got {value}")
+_keep = _number(int, "a whole number of files", lambda v: 0 <= v <= 1000, "expected 0..1000 files, got {value}")
 _size = _number(int, "a number of bytes", lambda v: v >= 1024, "must be at least 1024 bytes, got {value}")
 
 
@@ -144,8 +145,17 @@ def build_parser() -> Parser:
     controller.add_argument("--store", type=_store_url, metavar="URL", help=STORE_HELP)
     controller.add_argument("--lease", type=_positive, default=3.0, metavar="SECONDS",
                             help="a node silent this long is Lost and its replicas move (default 3)")
-    _tls_flags(controller, "require agents and admin clients to present a certificate signed by this CA (mTLS)",
-               "serve the agent link and admin API over TLS with this certificate")
+    _tls_flags(controller, "require agents and admin clients to present a certificate signed by this CA (mTLS); "
+               "their roles are checked", "serve the agent link and admin API over TLS with this certificate")
+    controller.add_argument("--token-listen", type=_address, metavar="HOST:PORT",
+                            help="also serve the admin API over TLS to clients with a token and no certificate "
+                                 "(needs --tls-ca)")
+    controller.add_argument("--audit-log", metavar="FILE",
+                            help="one JSON line per state-changing admin call (default: audit.log in --state)")
+    controller.add_argument("--audit-log-max-bytes", type=_cache_size, default=100 << 20, metavar="SIZE",
+                            help="rotate the audit log past this size, e.g. 100MiB (default 100MiB)")
+    controller.add_argument("--audit-log-keep", type=_keep, default=5, metavar="N",
+                            help="rotated audit logs kept: FILE.1 .. FILE.N (default 5)")
 
     up = sub.add_parser("up", help="all in one: a controller, a local agent and the demo model deployed")
     up.add_argument("--state", metavar="DIR", help="controller state directory")
@@ -162,10 +172,14 @@ def build_parser() -> Parser:
                        help="controller admin address (default $XPUD_CONTROLLER or 127.0.0.1:7070)")
         _tls_flags(p, "CA of the controller's certificate (default $XPUD_TLS_CA)",
                    "client certificate for a controller that requires mTLS (default $XPUD_TLS_CERT)")
+        p.add_argument("--token", metavar="TOKEN", help="an API token instead of a certificate, sent over TLS to "
+                       "the controller's --token-listen port (default $XPUD_TOKEN)")
 
     from xpud.admin_cli import add_commands
+    from xpud.certs_cli import add_commands as add_certs
 
     add_commands(sub, Parser, controller_flag)
+    add_certs(sub, Parser)
     return parser
 
 
@@ -257,6 +271,7 @@ def default_state_dir() -> Path:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
+    from xpud.controller.audit import AuditError
     from xpud.controller.server import StartupError, run_controller
     from xpud.controller.store import StoreError
     from xpud.proto.credentials import CredentialsError, TlsFiles
@@ -269,7 +284,12 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(run_controller(args.listen, args.inference_port, state, lease=args.lease, tls=tls,
-                                          store_url=args.store, notify=SystemdNotifier().notify))
+                                          store_url=args.store, token_listen=args.token_listen,
+                                          audit_log=Path(args.audit_log) if args.audit_log else None,
+                                          audit_max_bytes=args.audit_log_max_bytes, audit_keep=args.audit_log_keep,
+                                          notify=SystemdNotifier().notify))
+    except AuditError as exc:
+        usage_error("xpud controller", str(exc))
     except (StartupError, StoreError, CredentialsError) as exc:
         sys.stderr.write(f"xpud controller: error: {exc}\n")
         return 1
@@ -294,7 +314,14 @@ def cmd_admin(args: argparse.Namespace) -> int:
         fail(f"xpud {args.command}", str(exc))
 
 
-COMMANDS = {"devices": cmd_devices, "agent": cmd_agent, "controller": cmd_controller, "up": cmd_up}
+def cmd_certs(args: argparse.Namespace) -> int:
+    from xpud.certs_cli import main as certs_main
+
+    return certs_main(args)
+
+
+COMMANDS = {"devices": cmd_devices, "agent": cmd_agent, "controller": cmd_controller, "up": cmd_up,
+            "certs": cmd_certs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

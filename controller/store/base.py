@@ -62,6 +62,20 @@ class EventRecord:
     subject: str
     message: str
     when: float
+    actor: str = ""  # who caused it: "user:alice", "token:ci", "anonymous"; "" for the controller itself
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token as stored: its secret only as a salted scrypt hash (controller/tokens.py)."""
+
+    name: str
+    id: str  # the public part of the token, to find its row
+    role: str
+    salt: bytes
+    hash: bytes
+    created: float  # unix time
+    creator: str  # the actor that created it
 
 
 class StateStore(Protocol):
@@ -105,16 +119,30 @@ class StateStore(Protocol):
         """Events with a sequence number above `after_seq`, oldest first, at most `limit`."""
         ...
 
+    def tokens(self) -> list[TokenRecord]:
+        """Every live API token, by name."""
+        ...
+
+    def add_token(self, record: TokenRecord, event: Event | None = None, when: float = 0.0) -> list[EventRecord]:
+        """Store a token (Conflict if the name is taken) and its event in one transaction; the event written."""
+        ...
+
+    def delete_token(self, name: str, event: Event | None = None, when: float = 0.0,
+                     actor: str = "") -> list[EventRecord] | None:
+        """Remove a token and write its event; None if there is no token of that name."""
+        ...
+
     def commit(self, *, deployments: Sequence[DeploymentSpec] = (), deleted: Sequence[str] = (),
                placement: Mapping[str, Sequence[Replica]] | None = None,
                replacing: Mapping[str, Sequence[Replica]] | None = None,
                generations: Mapping[str, int] | None = None, nodes: Sequence[NodeRecord] = (),
                cordons: Mapping[str, bool] | None = None,
-               events: Sequence[Event] = (), when: float = 0.0) -> list[EventRecord]:
+               events: Sequence[Event] = (), when: float = 0.0, actor: str = "") -> list[EventRecord]:
         """Several writes in one transaction: deployments created or replaced, deployments `deleted` (with their
         placement), the placement (None: unchanged; with `replacing`, what is held now for the deployments given:
         other deployments' rows stay), generations (never backwards), what nodes reported (their cordon and
-        last_seen are kept), nodes' `cordons`, and events at `when`; returns the events written, numbered."""
+        last_seen are kept), nodes' `cordons`, and events at `when` caused by `actor`; returns the events
+        written, numbered."""
         ...
 
     def close(self) -> None:

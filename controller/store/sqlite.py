@@ -16,7 +16,7 @@ from typing import Any
 
 from xpud.controller.core import DeploymentSpec, Replica
 
-from .base import Conflict, Event, EventRecord, ModelRecord, NodeRecord, StoreError, TensorSpec
+from .base import Conflict, Event, EventRecord, ModelRecord, NodeRecord, StoreError, TensorSpec, TokenRecord
 from .lock import StateLock
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -32,7 +32,7 @@ _DEPLOYMENT_SQL = ("INSERT INTO deployments (name, spec) VALUES {rows} "
                    "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
 _NODE_SQL = ("INSERT INTO nodes (name, labels, zone, info) VALUES {rows} ON CONFLICT (name) DO UPDATE "
              "SET labels = excluded.labels, zone = excluded.zone, info = excluded.info")
-_EVENT_SQL = "INSERT INTO events (kind, subject, message, time) VALUES {rows}"
+_EVENT_SQL = "INSERT INTO events (kind, subject, message, time, actor) VALUES {rows}"
 # Bound parameters per statement: SQLite's limit (32766 since 3.32, 999 before).
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
@@ -77,6 +77,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: a model's inputs and outputs as found when it was pushed (JSON; '' for rows recorded before)
     ("ALTER TABLE models ADD COLUMN io TEXT NOT NULL DEFAULT ''",),
+    # 3: API tokens (hashed, see controller/tokens.py) and who caused an event ('' for rows recorded before)
+    ("CREATE TABLE tokens (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, role TEXT NOT NULL, salt BLOB NOT NULL, "
+     "hash BLOB NOT NULL, created REAL NOT NULL, creator TEXT NOT NULL)",
+     "ALTER TABLE events ADD COLUMN actor TEXT NOT NULL DEFAULT ''"),
 )
 
 
@@ -302,7 +306,7 @@ class SqliteStore:
                replacing: Mapping[str, Sequence[Replica]] | None = None,
                generations: Mapping[str, int] | None = None, nodes: Sequence[NodeRecord] = (),
                cordons: Mapping[str, bool] | None = None,
-               events: Sequence[Event] = (), when: float = 0.0) -> list[EventRecord]:
+               events: Sequence[Event] = (), when: float = 0.0, actor: str = "") -> list[EventRecord]:
         """`StateStore.commit`: one transaction, one fsync. Only the placement rows that differ from `replacing`
         are written."""
         rows, held = _placement_rows(placement or {}), _placement_rows(replacing or {})
@@ -325,10 +329,11 @@ class SqliteStore:
                     _write_rows(c, _UNPLACE_SQL, [key for key, row in held.items() if rows.get(key) != row])
                 _write_rows(c, _PLACE_SQL, [row for key, row in rows.items() if held.get(key) != row])
             _write_rows(c, _GENERATION_SQL, [(node, int(g)) for node, g in (generations or {}).items()])
-            last = _write_rows(c, _EVENT_SQL, [(kind, subject, message, when) for kind, subject, message in events])
+            last = _write_rows(c, _EVENT_SQL, [(kind, subject, message, when, actor)
+                                               for kind, subject, message in events])
         # one statement per chunk: consecutive sequence numbers (AUTOINCREMENT, our write transaction alone)
         first = last - len(events) + 1
-        return [EventRecord(first + i, kind, subject, message, when)
+        return [EventRecord(first + i, kind, subject, message, when, actor)
                 for i, (kind, subject, message) in enumerate(events)]
 
     def placement(self) -> dict[str, list[Replica]]:
@@ -369,9 +374,40 @@ class SqliteStore:
         return {node: gen for node, gen in self._db.execute("SELECT node, generation FROM generations")}
 
     # ---- events
-    def add_event(self, kind: str, subject: str, message: str, when: float) -> EventRecord:
-        return self.commit(events=[(kind, subject, message)], when=when)[0]
+    def add_event(self, kind: str, subject: str, message: str, when: float, actor: str = "") -> EventRecord:
+        return self.commit(events=[(kind, subject, message)], when=when, actor=actor)[0]
 
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[EventRecord]:
-        sql = "SELECT seq, kind, subject, message, time FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        sql = "SELECT seq, kind, subject, message, time, actor FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         return [EventRecord(*r) for r in self._db.execute(sql, (after_seq, limit))]
+
+    # ---- tokens
+    _TOKEN_COLS = "name, id, role, salt, hash, created, creator"
+
+    def tokens(self) -> list[TokenRecord]:
+        return [TokenRecord(*r) for r in self._db.execute(f"SELECT {self._TOKEN_COLS} FROM tokens ORDER BY name")]
+
+    def add_token(self, record: TokenRecord, event: Event | None = None, when: float = 0.0) -> list[EventRecord]:
+        """Store a token (Conflict if its name is taken), with its event in the same transaction."""
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM tokens WHERE name = ?", (record.name,)).fetchone():
+                raise Conflict(f"a token named {record.name!r} exists: revoke it first or choose another name")
+            c.execute(f"INSERT INTO tokens ({self._TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (record.name, record.id, record.role, record.salt, record.hash, record.created,
+                       record.creator))
+            return self._event(c, event, when, record.creator)
+
+    def delete_token(self, name: str, event: Event | None = None, when: float = 0.0,
+                     actor: str = "") -> list[EventRecord] | None:
+        """Remove a token; None if there is none of that name. Its event is written in the same transaction."""
+        with self._tx() as c:
+            if c.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount == 0:
+                return None
+            return self._event(c, event, when, actor)
+
+    @staticmethod
+    def _event(c: sqlite3.Connection, event: Event | None, when: float, actor: str) -> list[EventRecord]:
+        if event is None:
+            return []
+        seq = _write_rows(c, _EVENT_SQL, [(*event, when, actor)])
+        return [EventRecord(seq, *event, when, actor)]
