@@ -20,6 +20,10 @@ from .telemetry.metrics import AgentMetrics
 from .telemetry.sampling import Snapshot, Telemetry
 
 if TYPE_CHECKING:
+    import grpc
+
+    from xpud.proto.auth import Rules
+
     from .link.client import LinkClient
     from .serving.manager import ModelManager
     from .serving.servicer import InferenceServer
@@ -119,6 +123,7 @@ async def _start_linked(agent: RunningAgent, config: AgentConfig) -> None:
         config.controller or "", node=config.node, labels=config.labels, zone=config.zone,
         endpoint=config.endpoint(agent.grpc_port), telemetry=agent.telemetry, reconciler=reconciler,
         providers=available_providers, credentials=credentials,
+        inference_tls=agent.server is not None and agent.server.credentials is not None,
     )
 
 
@@ -146,19 +151,42 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | 
                                  metrics=InferenceMetrics(agent.metrics.registry),
                                  default_max_batch_size=config.default_max_batch_size,
                                  gpu_memory=GpuMemory() if nvidia else None)
-    agent.server = InferenceServer(agent.manager, max_message_bytes=config.max_message_bytes)
+    try:
+        credentials, rules = _serving_security(config)
+    except StartupError:
+        await agent.close()
+        raise
+    agent.server = InferenceServer(agent.manager, max_message_bytes=config.max_message_bytes,
+                                   credentials=credentials, rules=rules)
     try:
         agent.grpc_port = await agent.server.start(config.grpc_host, config.grpc_port)
     except OSError as exc:
         agent.server = None
         await agent.close()
         raise StartupError(f"{exc} (is another server on that port? choose another --grpc-port)") from None
-    log.info("inference endpoint (OIP gRPC) at %s:%d; loading models from %s", config.grpc_host, agent.grpc_port,
+    log.info("inference endpoint (OIP gRPC) at %s:%d (%s); loading models from %s", config.grpc_host,
+             agent.grpc_port, "mTLS, roles checked" if credentials is not None else "plaintext",
              repo or "the controller's assignments")
     if repo is not None:
         await agent.manager.load_all()
     await agent.server.set_ready(True)
     log.info("models ready: %s", ", ".join(sorted(agent.manager.models)) or "none")
+
+
+def _serving_security(config: AgentConfig) -> tuple[grpc.ServerCredentials | None, Rules | None]:
+    """mTLS and role checks for the OIP endpoint when the agent has a CA, a certificate and a key (a secured
+    pool, or a standalone agent given all three); else plaintext."""
+    from xpud.proto.credentials import CredentialsError, TlsFiles, server_credentials
+
+    from .serving.access import rules
+
+    if not (config.tls_ca and config.tls_cert and config.tls_key):
+        return None, None
+    try:
+        return server_credentials(TlsFiles(config.tls_ca, config.tls_cert, config.tls_key)), \
+            rules(linked=config.controller is not None)
+    except CredentialsError as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def _watchdog(notifier: SystemdNotifier, telemetry: Telemetry, stop: asyncio.Event, stale_after: float) -> None:

@@ -51,6 +51,7 @@ class Nodes:
             node.devices = {d.id: d for d in devices}
             node.providers = list(record.info.get("providers", []))
             node.endpoint = str(record.info.get("endpoint", ""))
+            node.endpoint_tls = bool(record.info.get("endpoint_tls", False))
             node.state, node.last_seen = NODE_SUSPECT, now
         self.pool.returning = set(self.pool.nodes)
         self.pool.returning_until = now + self.lease
@@ -74,7 +75,8 @@ class Nodes:
 
     async def joined(self, node: NodeState, hello: lpb.Hello) -> None:
         info = {"devices": [MessageToDict(d, preserving_proto_field_name=True) for d in node.devices.values()],
-                "endpoint": node.endpoint, "version": node.agent_version, "providers": node.providers}
+                "endpoint": node.endpoint, "version": node.agent_version, "providers": node.providers,
+                **({"endpoint_tls": True} if node.endpoint_tls else {})}
         joined = (f"{len(node.devices)} device(s), endpoint {node.endpoint or 'none'}, "
                   f"{len(hello.instances)} instance(s) running, generation {hello.generation}")
         await self._record_join(NodeRecord(node.name, dict(node.labels), node.zone, info=info),

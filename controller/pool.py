@@ -37,6 +37,7 @@ class NodeState:
     samples: dict[str, tpb.DeviceSample] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
     endpoint: str = ""
+    endpoint_tls: bool = False  # its OIP endpoint takes mTLS (the agent's certificate names the node)
     agent_version: str = ""
     incarnation: str = ""
     connected: bool = False
@@ -152,6 +153,7 @@ class Pool:
         node.providers = list(hello.execution_providers)
         node.endpoint, node.agent_version, node.incarnation = hello.inference_endpoint, hello.agent_version, \
             hello.incarnation
+        node.endpoint_tls = hello.inference_tls
         node.instances = {i.deployment: i for i in hello.instances}
         node.generation_observed = hello.generation
         self.instances_reported.add(node.name)

@@ -75,7 +75,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     SWEEP_INTERVAL_S = 10.0  # how often channels of endpoints no deployment lists any more are looked for
 
     def __init__(self, *, policy: RoutingPolicy | None = None, max_message_bytes: int = 64 << 20,
-                 forward_timeout_s: float = 30.0) -> None:
+                 forward_timeout_s: float = 30.0, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.policy: RoutingPolicy = policy if policy is not None else RoundRobin()
         self.forward_timeout_s = forward_timeout_s
         self.channel_options: list[tuple[str, Any]] = [
@@ -83,6 +83,8 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self.routes: dict[str, DeploymentRoutes] = {}  # per deployment, as pushed through `update`
+        self.credentials = credentials  # the controller's certificate, for agents that take mTLS
+        self._tls: dict[str, str] = {}  # endpoints that take mTLS -> the node name their certificate carries
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
         self._missing: set[str] = set()  # endpoints unlisted at the last sweep: closed if still unlisted at the next
         self._next_sweep = time.monotonic() + self.SWEEP_INTERVAL_S
@@ -95,13 +97,25 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
                 self.routes.pop(name, None)
             else:
                 self.routes[name] = routes
+                for r in routes.replicas:
+                    if r.tls:
+                        self._tls[r.address] = r.node
         self.policy.update(changed)
 
     # -- channels ---------------------------------------------------------------------------
     def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
         entry = self._channels.get(endpoint)
         if entry is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=self.channel_options)
+            node = self._tls.get(endpoint)
+            if node is None:
+                channel = grpc.aio.insecure_channel(endpoint, options=self.channel_options)
+            elif self.credentials is None:
+                raise StatusError(grpc.StatusCode.UNAVAILABLE, f"agent {endpoint} ({node}) takes mTLS only and this "
+                                  "controller has no certificate to present: start it with --tls-ca, --tls-cert "
+                                  "and --tls-key")
+            else:  # the agent's certificate names its node, whatever address it is reached at
+                channel = grpc.aio.secure_channel(endpoint, self.credentials, options=[
+                    *self.channel_options, ("grpc.ssl_target_name_override", node)])
             entry = self._channels[endpoint] = (channel, pb_grpc.GRPCInferenceServiceStub(channel))
         return entry[1]
 
@@ -110,6 +124,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
     def _drop(self, endpoint: str) -> None:
         entry = self._channels.pop(endpoint, None)
+        self._tls.pop(endpoint, None)
         if entry is not None:  # in-flight calls get their forward timeout to finish
             task = asyncio.get_running_loop().create_task(entry[0].close(grace=self.forward_timeout_s))
             self._closing[task] = entry[0]

@@ -28,6 +28,7 @@ class ReplicaEndpoint:
     devices: tuple[str, ...]  # the device ids the instance runs on
     version: str  # the model version the agent loaded (the deployment's, as resolved when it was pushed)
     zone: str  # the node's zone, from its Hello
+    tls: bool = False  # the endpoint takes mTLS: the router dials it with the controller's certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,8 @@ def node_replicas(node: NodeState) -> dict[str, ReplicaEndpoint]:
     """What a node serves now, by deployment: its READY instances, while it has an endpoint and is not Lost."""
     if node.state == NODE_LOST or not node.endpoint:
         return {}
-    return {name: ReplicaEndpoint(node.endpoint, node.name, tuple(inst.devices), inst.version, node.zone)
+    return {name: ReplicaEndpoint(node.endpoint, node.name, tuple(inst.devices), inst.version, node.zone,
+                                  node.endpoint_tls)
             for name, inst in node.instances.items() if inst.state == READY}
 
 

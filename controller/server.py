@@ -16,10 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpud.proto import admin_pb2_grpc, link_pb2_grpc
 from xpud.proto.auth import Authorize
-from xpud.proto.credentials import TlsFiles, server_credentials
+from xpud.proto.credentials import TlsFiles, channel_credentials, server_credentials
 from xpud.proto.decoding import interceptors
 
-from .access import RULES
+from .access import ROUTER_RULES, RULES
 from .admin import AUDITED, AdminService
 from .audit import KEEP, MAX_BYTES, AuditLog
 from .control import Controller
@@ -59,6 +59,7 @@ class RunningController:
     inference_port: int
     token_port: int | None = None  # the admin API for token clients (no client certificate), if asked for
     audit: AuditLog | None = None
+    inference_token_port: int | None = None
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.router_server.stop(grace)
@@ -84,19 +85,23 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
                            interval: float = 1.0, lease: float = 3.0, tls: TlsFiles | None = None,
                            store_url: str | None = None, token_listen: str | None = None,
                            audit_log: Path | None = None, audit_max_bytes: int = MAX_BYTES,
-                           audit_keep: int = KEEP) -> RunningController:
+                           audit_keep: int = KEEP, inference_token_port: int | None = None) -> RunningController:
     """Serve a controller whose state is in `store_url` (None: SQLite in `state_dir`), model files in `state_dir`'s
     artifacts/ folder either way; with this process's tuning installed (`tuning.ProcessTuning`).
 
     With a CA in `tls` the pool is secured: every call is authenticated (client certificate, or a bearer token)
     and checked against `access.RULES`. gRPC either requires a client certificate at the handshake or does not
-    ask for one, so clients with a token and no certificate use a second port, `token_listen` (TLS only).
+    ask for one, so clients with a token and no certificate use a second port, `token_listen` (TLS only). The
+    router is secured alike: mTLS on `inference_port` (role inference or above), tokens on `inference_token_port`,
+    and it reaches agents that take mTLS with the controller's certificate.
     State-changing admin calls are recorded in `audit_log` (default: audit.log in `state_dir`)."""
     creds = server_credentials(tls) if tls is not None and tls.enabled else None  # CredentialsError: bad files
     secured = tls is not None and bool(tls.ca) and creds is not None
-    if token_listen and not secured:
-        raise StartupError("--token-listen needs a secured controller: --tls-ca, --tls-cert and --tls-key")
-    token_creds = server_credentials(TlsFiles(None, tls.cert, tls.key)) if token_listen and tls else None
+    if (token_listen or inference_token_port is not None) and not secured:
+        raise StartupError("--token-listen and --inference-token-port need a secured controller: --tls-ca, "
+                           "--tls-cert and --tls-key")
+    token_creds = server_credentials(TlsFiles(None, tls.cert, tls.key)) if secured and tls else None
+    to_agents = channel_credentials(tls) if secured and tls else None
     # StoreError (in use, corrupt), StoreURLError before anything listens
     store: StateStore = open_store(store_url) if store_url else SqliteStore(state_dir)
     try:
@@ -119,15 +124,18 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(controller, audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    router = Router(max_message_bytes=MAX_MESSAGE)
+    router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents)
     controller.routes.subscribe(router.update)  # the endpoint table, pushed as it changes
-    router_server = grpc.aio.server(options=OPTIONS, interceptors=interceptors())
+    router_checks = [Authorize(ROUTER_RULES, controller.tokens.verify)] if secured else []
+    router_server = grpc.aio.server(options=OPTIONS, interceptors=[*router_checks, *interceptors()])
     add_router(router_server, router)
     host = inference_host or listen.rpartition(":")[0] or "0.0.0.0"
     try:
         port = _bind(server, listen, "the agent link and admin API", creds)
         token_port = _bind(server, token_listen, "the admin API for tokens", token_creds) if token_listen else None
-        inference = _bind(router_server, f"{host}:{inference_port}", "inference")
+        inference = _bind(router_server, f"{host}:{inference_port}", "inference", creds if secured else None)
+        inference_tokens = _bind(router_server, f"{host}:{inference_token_port}", "inference for tokens",
+                                 token_creds) if inference_token_port is not None else None
     except StartupError:
         controller.tuning.close()
         audit.close()
@@ -140,9 +148,13 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     security = "mTLS, roles checked" if secured else "TLS" if creds is not None else "plaintext"
     tokens = f", admin for tokens at {(token_listen or '').rpartition(':')[0]}:{token_port} (TLS)" if token_port \
         else ""
-    log.info("xpud controller: agents and admin at %s:%d (%s)%s, inference at %s:%d, state in %s",
-             listen.rpartition(":")[0], port, security, tokens, host, inference, store_url or state_dir)
-    return RunningController(controller, server, router_server, router, port, inference, token_port, audit)
+    if inference_tokens is not None:
+        tokens += f", inference for tokens at {host}:{inference_tokens} (TLS)"
+    log.info("xpud controller: agents and admin at %s:%d (%s)%s, inference at %s:%d (%s), state in %s",
+             listen.rpartition(":")[0], port, security, tokens, host, inference, "mTLS" if secured else "plaintext",
+             store_url or state_dir)
+    return RunningController(controller, server, router_server, router, port, inference, token_port, audit,
+                             inference_tokens)
 
 
 async def run_controller(listen: str, inference_port: int, state_dir: Path, stop: asyncio.Event | None = None,

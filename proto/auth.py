@@ -25,7 +25,8 @@ from .pki import PkiError, read_identity
 log = logging.getLogger(__name__)
 
 OPEN = ""  # a rule: any caller the transport let in (health checks)
-Rules = Mapping[str, str]  # full method name ("/xpud.v1.Admin/ListNodes") -> the role it needs
+# full method name ("/xpud.v1.Admin/ListNodes") -> the role it needs, or several roles any of which will do
+Rules = Mapping[str, str | tuple[str, ...]]
 TokenVerifier = Callable[[str], Awaitable[Principal | None]]  # None: no such token (or revoked)
 # told of each refused call: (method, the caller's actor or "unauthenticated", status, message)
 DeniedHook = Callable[[str, str, grpc.StatusCode, str], None]
@@ -49,8 +50,10 @@ def short(method: str) -> str:
     return f"{service.rpartition('.')[2]}/{name}"
 
 
-def allows(role: str, needed: str) -> bool:
-    """Whether a principal of `role` may call a method that needs `needed`."""
+def allows(role: str, needed: str | tuple[str, ...]) -> bool:
+    """Whether a principal of `role` may call a method that needs `needed` (any one of them, for a tuple)."""
+    if isinstance(needed, tuple):
+        return any(allows(role, one) for one in needed)
     if needed == OPEN:
         return True
     if needed in ROLES:
@@ -58,7 +61,9 @@ def allows(role: str, needed: str) -> bool:
     return role == needed
 
 
-def _needs(needed: str) -> str:
+def _needs(needed: str | tuple[str, ...]) -> str:
+    if isinstance(needed, tuple):
+        return " or ".join(_needs(one) for one in needed)
     if needed in ROLES:
         higher = ROLES[ROLES.index(needed) + 1:]
         return f"the role {needed}" + (f" (or {', '.join(higher)})" if higher else "")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xpud.proto import telemetry_pb2 as xpud_dot_proto_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15xpud/proto/link.proto\x12\x07xpud.v1\x1a\x1axpud/proto/telemetry.proto\"\xc9\x02\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12*\n\x06labels\x18\x02 \x03(\x0b\x32\x1a.xpud.v1.Hello.LabelsEntry\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12$\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x13.xpud.v1.DeviceInfo\x12\x1b\n\x13\x65xecution_providers\x18\x05 \x03(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x04\x12*\n\tinstances\x18\x08 \x03(\x0b\x32\x17.xpud.v1.InstanceStatus\x12\x1a\n\x12inference_endpoint\x18\t \x01(\t\x12\x13\n\x0bincarnation\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x07Welcome\x12\x1c\n\x14telemetry_interval_s\x18\x01 \x01(\x01\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\x1a\n\x12\x63ontroller_version\x18\x03 \x01(\t\"@\n\tTelemetry\x12&\n\x07samples\x18\x01 \x03(\x0b\x32\x15.xpud.v1.DeviceSample\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\xb6\x01\n\x0eInstanceStatus\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x07 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x08 \x01(\x04\x12\x1a\n\x12\x65xecution_provider\x18\t \x01(\t\"N\n\x0cStatusReport\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12*\n\tinstances\x18\x02 \x03(\x0b\x32\x17.xpud.v1.InstanceStatus\"\x89\x01\n\x0c\x41gentMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.xpud.v1.HelloH\x00\x12\'\n\ttelemetry\x18\x02 \x01(\x0b\x32\x12.xpud.v1.TelemetryH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.xpud.v1.StatusReportH\x00\x42\x06\n\x04kind\"\xa4\x01\n\x0fModelAssignment\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x64\x65vices\x18\x06 \x03(\t\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\r\x12\x10\n\x08priority\x18\x08 \x01(\r\"Q\n\x0c\x44\x65siredState\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12-\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x18.xpud.v1.ModelAssignment\"j\n\x11\x43ontrollerMessage\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.xpud.v1.WelcomeH\x00\x12(\n\x07\x64\x65sired\x18\x02 \x01(\x0b\x32\x15.xpud.v1.DesiredStateH\x00\x42\x06\n\x04kind\"6\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\x97\x01\n\tAgentLink\x12@\n\x07\x43onnect\x12\x15.xpud.v1.AgentMessage\x1a\x1a.xpud.v1.ControllerMessage(\x01\x30\x01\x12H\n\rFetchArtifact\x12\x1d.xpud.v1.FetchArtifactRequest\x1a\x16.xpud.v1.ArtifactChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15xpud/proto/link.proto\x12\x07xpud.v1\x1a\x1axpud/proto/telemetry.proto\"\xe0\x02\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12*\n\x06labels\x18\x02 \x03(\x0b\x32\x1a.xpud.v1.Hello.LabelsEntry\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12$\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x13.xpud.v1.DeviceInfo\x12\x1b\n\x13\x65xecution_providers\x18\x05 \x03(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x04\x12*\n\tinstances\x18\x08 \x03(\x0b\x32\x17.xpud.v1.InstanceStatus\x12\x1a\n\x12inference_endpoint\x18\t \x01(\t\x12\x13\n\x0bincarnation\x18\n \x01(\t\x12\x15\n\rinference_tls\x18\x0b \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x07Welcome\x12\x1c\n\x14telemetry_interval_s\x18\x01 \x01(\x01\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\x1a\n\x12\x63ontroller_version\x18\x03 \x01(\t\"@\n\tTelemetry\x12&\n\x07samples\x18\x01 \x03(\x0b\x32\x15.xpud.v1.DeviceSample\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\xb6\x01\n\x0eInstanceStatus\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x07 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x08 \x01(\x04\x12\x1a\n\x12\x65xecution_provider\x18\t \x01(\t\"N\n\x0cStatusReport\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12*\n\tinstances\x18\x02 \x03(\x0b\x32\x17.xpud.v1.InstanceStatus\"\x89\x01\n\x0c\x41gentMessage\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.xpud.v1.HelloH\x00\x12\'\n\ttelemetry\x18\x02 \x01(\x0b\x32\x12.xpud.v1.TelemetryH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.xpud.v1.StatusReportH\x00\x42\x06\n\x04kind\"\xa4\x01\n\x0fModelAssignment\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x64\x65vices\x18\x06 \x03(\t\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\r\x12\x10\n\x08priority\x18\x08 \x01(\r\"Q\n\x0c\x44\x65siredState\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12-\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x18.xpud.v1.ModelAssignment\"j\n\x11\x43ontrollerMessage\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.xpud.v1.WelcomeH\x00\x12(\n\x07\x64\x65sired\x18\x02 \x01(\x0b\x32\x15.xpud.v1.DesiredStateH\x00\x42\x06\n\x04kind\"6\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\x97\x01\n\tAgentLink\x12@\n\x07\x43onnect\x12\x15.xpud.v1.AgentMessage\x1a\x1a.xpud.v1.ControllerMessage(\x01\x30\x01\x12H\n\rFetchArtifact\x12\x1d.xpud.v1.FetchArtifactRequest\x1a\x16.xpud.v1.ArtifactChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO_LABELSENTRY']._loaded_options = None
   _globals['_HELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_HELLO']._serialized_start=63
-  _globals['_HELLO']._serialized_end=392
-  _globals['_HELLO_LABELSENTRY']._serialized_start=347
-  _globals['_HELLO_LABELSENTRY']._serialized_end=392
-  _globals['_WELCOME']._serialized_start=394
-  _globals['_WELCOME']._serialized_end=478
-  _globals['_TELEMETRY']._serialized_start=480
-  _globals['_TELEMETRY']._serialized_end=544
-  _globals['_INSTANCESTATUS']._serialized_start=547
-  _globals['_INSTANCESTATUS']._serialized_end=729
-  _globals['_STATUSREPORT']._serialized_start=731
-  _globals['_STATUSREPORT']._serialized_end=809
-  _globals['_AGENTMESSAGE']._serialized_start=812
-  _globals['_AGENTMESSAGE']._serialized_end=949
-  _globals['_MODELASSIGNMENT']._serialized_start=952
-  _globals['_MODELASSIGNMENT']._serialized_end=1116
-  _globals['_DESIREDSTATE']._serialized_start=1118
-  _globals['_DESIREDSTATE']._serialized_end=1199
-  _globals['_CONTROLLERMESSAGE']._serialized_start=1201
-  _globals['_CONTROLLERMESSAGE']._serialized_end=1307
-  _globals['_FETCHARTIFACTREQUEST']._serialized_start=1309
-  _globals['_FETCHARTIFACTREQUEST']._serialized_end=1363
-  _globals['_ARTIFACTCHUNK']._serialized_start=1365
-  _globals['_ARTIFACTCHUNK']._serialized_end=1430
-  _globals['_AGENTLINK']._serialized_start=1433
-  _globals['_AGENTLINK']._serialized_end=1584
+  _globals['_HELLO']._serialized_end=415
+  _globals['_HELLO_LABELSENTRY']._serialized_start=370
+  _globals['_HELLO_LABELSENTRY']._serialized_end=415
+  _globals['_WELCOME']._serialized_start=417
+  _globals['_WELCOME']._serialized_end=501
+  _globals['_TELEMETRY']._serialized_start=503
+  _globals['_TELEMETRY']._serialized_end=567
+  _globals['_INSTANCESTATUS']._serialized_start=570
+  _globals['_INSTANCESTATUS']._serialized_end=752
+  _globals['_STATUSREPORT']._serialized_start=754
+  _globals['_STATUSREPORT']._serialized_end=832
+  _globals['_AGENTMESSAGE']._serialized_start=835
+  _globals['_AGENTMESSAGE']._serialized_end=972
+  _globals['_MODELASSIGNMENT']._serialized_start=975
+  _globals['_MODELASSIGNMENT']._serialized_end=1139
+  _globals['_DESIREDSTATE']._serialized_start=1141
+  _globals['_DESIREDSTATE']._serialized_end=1222
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1224
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1330
+  _globals['_FETCHARTIFACTREQUEST']._serialized_start=1332
+  _globals['_FETCHARTIFACTREQUEST']._serialized_end=1386
+  _globals['_ARTIFACTCHUNK']._serialized_start=1388
+  _globals['_ARTIFACTCHUNK']._serialized_end=1453
+  _globals['_AGENTLINK']._serialized_start=1456
+  _globals['_AGENTLINK']._serialized_end=1607
 # @@protoc_insertion_point(module_scope)

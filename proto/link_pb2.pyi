@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("node", "labels", "zone", "devices", "execution_providers", "agent_version", "generation", "instances", "inference_endpoint", "incarnation")
+    __slots__ = ("node", "labels", "zone", "devices", "execution_providers", "agent_version", "generation", "instances", "inference_endpoint", "incarnation", "inference_tls")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class Hello(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_TLS_FIELD_NUMBER: _ClassVar[int]
     node: str
     labels: _containers.ScalarMap[str, str]
     zone: str
@@ -36,7 +37,8 @@ class Hello(_message.Message):
     instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
     inference_endpoint: str
     incarnation: str
-    def __init__(self, node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., zone: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_telemetry_pb2.DeviceInfo, _Mapping]]] = ..., execution_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., inference_endpoint: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    inference_tls: bool
+    def __init__(self, node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., zone: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_telemetry_pb2.DeviceInfo, _Mapping]]] = ..., execution_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., inference_endpoint: _Optional[str] = ..., incarnation: _Optional[str] = ..., inference_tls: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("telemetry_interval_s", "lease_s", "controller_version")

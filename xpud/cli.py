@@ -150,6 +150,9 @@ def build_parser() -> Parser:
     controller.add_argument("--token-listen", type=_address, metavar="HOST:PORT",
                             help="also serve the admin API over TLS to clients with a token and no certificate "
                                  "(needs --tls-ca)")
+    controller.add_argument("--inference-token-port", type=_port, metavar="P",
+                            help="also serve inference over TLS to clients with a token and no certificate "
+                                 "(needs --tls-ca)")
     controller.add_argument("--audit-log", metavar="FILE",
                             help="one JSON line per state-changing admin call (default: audit.log in --state)")
     controller.add_argument("--audit-log-max-bytes", type=_cache_size, default=100 << 20, metavar="SIZE",
@@ -287,6 +290,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
                                           store_url=args.store, token_listen=args.token_listen,
                                           audit_log=Path(args.audit_log) if args.audit_log else None,
                                           audit_max_bytes=args.audit_log_max_bytes, audit_keep=args.audit_log_keep,
+                                          inference_token_port=args.inference_token_port,
                                           notify=SystemdNotifier().notify))
     except AuditError as exc:
         usage_error("xpud controller", str(exc))

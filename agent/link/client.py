@@ -49,8 +49,10 @@ class LinkClient:
         backoff_max: float = 10.0,
         rng: Callable[[], float] = random.random,
         credentials: grpc.ChannelCredentials | None = None,
+        inference_tls: bool = False,
     ) -> None:
         self.credentials = credentials
+        self.inference_tls = inference_tls
         self.target = target
         self.node, self.labels, self.zone, self.endpoint = node, dict(labels), zone, endpoint
         self.telemetry = telemetry
@@ -106,7 +108,7 @@ class LinkClient:
         hello = lpb.Hello(
             node=self.node, labels=self.labels, zone=self.zone, agent_version=__version__,
             generation=self.reconciler.applied.generation, inference_endpoint=self.endpoint,
-            incarnation=self.incarnation, execution_providers=self.providers(),
+            incarnation=self.incarnation, execution_providers=self.providers(), inference_tls=self.inference_tls,
         )
         hello.devices.extend(device_info_to_proto(d) for d in inventory.devices)
         hello.instances.extend(self._instances())

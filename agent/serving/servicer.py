@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpud import __version__
+from xpud.proto.auth import Authorize, Rules
 from xpud.proto.decoding import interceptors
 from xpud.proto.oip import SERVICE_NAME, TensorError, config_to_triton, pb, pb_grpc
 from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
@@ -173,14 +174,18 @@ class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServi
 class InferenceServer:
     """The grpc.aio server: OIP + health on one port."""
 
-    def __init__(self, manager: ModelManager, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(self, manager: ModelManager, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+                 credentials: grpc.ServerCredentials | None = None, rules: Rules | None = None) -> None:
+        """With `credentials` (mTLS) and `rules` the endpoint checks each caller's certificate and role."""
         self.manager = manager
+        self.credentials = credentials
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=options, interceptors=interceptors())
+        checks = [Authorize(rules)] if rules is not None else []
+        self.server = grpc.aio.server(options=options, interceptors=[*checks, *interceptors()])
         self.servicer = InferenceServicer(manager)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -189,7 +194,9 @@ class InferenceServer:
 
     async def start(self, host: str, port: int) -> int:
         try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
+            address = f"{host}:{port}"
+            self.port = self.server.add_secure_port(address, self.credentials) if self.credentials is not None \
+                else self.server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {host}:{port}: {exc}") from None
         if self.port == 0:
