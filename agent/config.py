@@ -8,13 +8,13 @@ Example (all keys optional)::
     labels = { rack = "r1" }
     zone = "z1"
     interval = 1.0             # telemetry tick, seconds
-    metrics_host = "0.0.0.0"
+    metrics_host = "127.0.0.1"  # default; "0.0.0.0" for a Prometheus elsewhere
     metrics_port = 8002
     sample_budget = 0.5        # seconds a plugin may take per tick
 
     [serving]
     model_repo = "/var/lib/xpud/models"   # serve every model in this Triton-layout repository
-    grpc_host = "0.0.0.0"
+    grpc_host = "0.0.0.0"      # default: 0.0.0.0 with TLS, else 127.0.0.1
     grpc_port = 8001
     max_message_bytes = 67108864          # grpc max receive/send message length
     default_max_batch_size = 4            # for models without config.pbtxt whose graph batches
@@ -51,11 +51,11 @@ class ConfigError(ValueError):
 class AgentConfig:
     node: str = field(default_factory=socket.gethostname)
     interval: float = 1.0
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # loopback unless asked: /metrics has no TLS
     metrics_port: int = DEFAULT_METRICS_PORT
     sample_budget: float = 0.5
     model_repo: str | None = None  # None: serve nothing (the agent then never imports onnxruntime)
-    grpc_host: str = "0.0.0.0"
+    grpc_host: str = ""  # "": every address with TLS (a CA, certificate and key), else loopback only
     grpc_port: int = DEFAULT_GRPC_PORT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     default_max_batch_size: int = 4
@@ -68,6 +68,7 @@ class AgentConfig:
     tls_cert: str | None = None  # this agent's certificate and key, for a controller that requires mTLS
     tls_key: str | None = None
     advertise: str | None = None  # host the controller's router uses to reach this agent's endpoint
+    insecure: bool = False  # serve OIP on a non-loopback address without TLS anyway
     enabled: list[str] | None = None  # None: every installed plugin but the opt-in ones
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -87,8 +88,16 @@ class AgentConfig:
         base = os.environ.get("CACHE_DIRECTORY") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         return Path(base) / "xpud" / self.node
 
+    @property
+    def secured(self) -> bool:
+        """Whether the OIP endpoint serves mTLS (a CA, a certificate and a key)."""
+        return bool(self.tls_ca and self.tls_cert and self.tls_key)
+
+    def serving_host(self) -> str:
+        return self.grpc_host or ("0.0.0.0" if self.secured else "127.0.0.1")
+
     def endpoint(self, port: int) -> str:
-        host = self.advertise or self.grpc_host
+        host = self.advertise or self.serving_host()
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = socket.getfqdn()
         return f"{host}:{port}"
@@ -135,7 +144,7 @@ def load_config(path: str | Path | None) -> AgentConfig:
         raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(sorted(unknown))}")
     agent = data.get("agent", {})
     known = {"node", "interval", "metrics_host", "metrics_port", "sample_budget", "controller", "labels", "zone",
-             "cache_dir", "advertise"}
+             "cache_dir", "advertise", "insecure"}
     if set(agent) - known:
         raise ConfigError(f"[agent] unknown key(s) {', '.join(sorted(set(agent) - known))}")
     config.node = str(agent.get("node", config.node))
@@ -143,6 +152,10 @@ def load_config(path: str | Path | None) -> AgentConfig:
     config.metrics_host = str(agent.get("metrics_host", config.metrics_host))
     config.metrics_port = _number(agent, "metrics_port", config.metrics_port, minimum=0, maximum=65535, integer=True)
     config.sample_budget = float(_number(agent, "sample_budget", config.sample_budget, minimum=0.01))
+    if "insecure" in agent:
+        if not isinstance(agent["insecure"], bool):
+            raise ConfigError("[agent] insecure must be true or false")
+        config.insecure = agent["insecure"]
     for key in ("controller", "zone", "cache_dir", "advertise"):
         if key in agent:
             setattr(config, key, str(agent[key]))

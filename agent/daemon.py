@@ -159,12 +159,12 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | 
     agent.server = InferenceServer(agent.manager, max_message_bytes=config.max_message_bytes,
                                    credentials=credentials, rules=rules)
     try:
-        agent.grpc_port = await agent.server.start(config.grpc_host, config.grpc_port)
+        agent.grpc_port = await agent.server.start(config.serving_host(), config.grpc_port)
     except OSError as exc:
         agent.server = None
         await agent.close()
         raise StartupError(f"{exc} (is another server on that port? choose another --grpc-port)") from None
-    log.info("inference endpoint (OIP gRPC) at %s:%d (%s); loading models from %s", config.grpc_host,
+    log.info("inference endpoint (OIP gRPC) at %s:%d (%s); loading models from %s", config.serving_host(),
              agent.grpc_port, "mTLS, roles checked" if credentials is not None else "plaintext",
              repo or "the controller's assignments")
     if repo is not None:
@@ -176,11 +176,20 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | 
 def _serving_security(config: AgentConfig) -> tuple[grpc.ServerCredentials | None, Rules | None]:
     """mTLS and role checks for the OIP endpoint when the agent has a CA, a certificate and a key (a secured
     pool, or a standalone agent given all three); else plaintext."""
-    from xpud.proto.credentials import CredentialsError, TlsFiles, server_credentials
+    from xpud.proto.credentials import SETUP_HINT, CredentialsError, TlsFiles, is_loopback, server_credentials
 
     from .serving.access import rules
 
-    if not (config.tls_ca and config.tls_cert and config.tls_key):
+    host = config.serving_host()
+    if not config.secured:
+        if not is_loopback(host) and not config.insecure:
+            raise StartupError(f"refusing to serve inference on {host} without TLS: anyone who reaches it could "
+                               f"call it. S{SETUP_HINT[1:]}; or serve on loopback (--grpc-host 127.0.0.1); or "
+                               "pass --insecure")
+        if config.controller and not is_loopback(config.controller.rpartition(":")[0]) and is_loopback(
+                config.advertise or host):
+            log.warning("the inference endpoint listens on %s only: a router on another machine cannot reach it "
+                        "(set TLS up, or --grpc-host with --insecure)", host)
         return None, None
     try:
         return server_credentials(TlsFiles(config.tls_ca, config.tls_cert, config.tls_key)), \

@@ -1,7 +1,8 @@
 """Which role each RPC of the controller needs (checked by `xpud.proto.auth.Authorize` on a secured controller).
 
 viewer: read and watch; operator: change deployments and nodes; admin: models and tokens; agent: the link and
-artifact downloads only; the router (`ROUTER_RULES`): inference. A method not in this table is refused (tests/test_auth.py checks every one has a rule).
+artifact downloads only; the router (`ROUTER_RULES`): inference. A method not in this table is refused
+(tests/test_auth.py checks every one has a rule).
 """
 
 from __future__ import annotations

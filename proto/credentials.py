@@ -34,6 +34,23 @@ class TlsFiles:
                    key or os.environ.get("XPUD_TLS_KEY") or None)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, maybe bracketed) is this machine's loopback only."""
+    import ipaddress
+
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+SETUP_HINT = ("set TLS up: `xpud certs init --dir pki` (CA + controller certificate), `xpud certs issue --dir pki "
+              "--node NAME` per agent, then --tls-ca, --tls-cert and --tls-key")
+
+
 def _read(path: str | None, what: str) -> bytes | None:
     if path is None:
         return None

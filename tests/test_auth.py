@@ -267,5 +267,5 @@ def test_token_port_needs_a_secured_controller(tmp_path: Path) -> None:
 
     from xpud.controller.server import StartupError
 
-    with pytest.raises(StartupError, match="--token-listen needs a secured controller"):
+    with pytest.raises(StartupError, match="--token-listen and --inference-token-port need a secured controller"):
         asyncio.run(start())

@@ -115,7 +115,8 @@ def build_parser() -> Parser:
     agent = sub.add_parser("agent", help="run the node agent")
     agent.add_argument("--standalone", action="store_true", help="run without a controller")
     agent.add_argument("--metrics-port", type=_port, metavar="P", help="Prometheus /metrics port (default 8002)")
-    agent.add_argument("--metrics-host", metavar="HOST", help="address for /metrics (default 0.0.0.0)")
+    agent.add_argument("--metrics-host", metavar="HOST",
+                       help="address for /metrics (default 127.0.0.1; 0.0.0.0 for a Prometheus elsewhere)")
     agent.add_argument("--sim", type=_count, metavar="N", help=sim_help)
     agent.add_argument("--scenario", metavar="FILE", help=scenario_help)
     agent.add_argument("--config", type=_existing_file, metavar="FILE", help="agent configuration (TOML)")
@@ -123,7 +124,10 @@ def build_parser() -> Parser:
     agent.add_argument("--node", metavar="NAME", help="node name (default: host name)")
     agent.add_argument("--model-repo", metavar="DIR", help="serve every model in this Triton-layout repository")
     agent.add_argument("--grpc-port", type=_port, metavar="P", help="inference endpoint port (default 8001)")
-    agent.add_argument("--grpc-host", metavar="HOST", help="inference endpoint address (default 0.0.0.0)")
+    agent.add_argument("--grpc-host", metavar="HOST",
+                       help="inference endpoint address (default 0.0.0.0 with TLS, else 127.0.0.1)")
+    agent.add_argument("--insecure", action="store_true", default=None,
+                       help="serve inference on a non-loopback address without TLS anyway")
     agent.add_argument("--max-message-bytes", type=_size, metavar="BYTES",
                        help="largest gRPC message received or sent (default 64 MiB)")
     agent.add_argument("--controller", type=_address, metavar="HOST:PORT", help="join this controller")
@@ -141,6 +145,8 @@ def build_parser() -> Parser:
                             help="agent link and admin API (default 127.0.0.1:7070)")
     controller.add_argument("--inference-port", type=_port, default=8000, metavar="P",
                             help="inference router port (default 8000)")
+    controller.add_argument("--insecure", action="store_true",
+                            help="listen on a non-loopback address without mTLS (--tls-ca) anyway")
     controller.add_argument("--state", metavar="DIR", help="state directory (default: a per-user data dir)")
     controller.add_argument("--store", type=_store_url, metavar="URL", help=STORE_HELP)
     controller.add_argument("--lease", type=_positive, default=3.0, metavar="SECONDS",
@@ -169,6 +175,7 @@ def build_parser() -> Parser:
     up.add_argument("--grpc-port", type=_port, default=8001, metavar="P")
     up.add_argument("--metrics-port", type=_port, default=8002, metavar="P")
     up.add_argument("--cache-dir", metavar="DIR", help="the local agent's artifact cache and state")
+    up.add_argument("--insecure", action="store_true", help="listen on a non-loopback --listen address anyway")
 
     def controller_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", type=_address, metavar="HOST:PORT",
@@ -204,7 +211,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         config.enable_sim(args.sim, args.scenario)
     for name in ("metrics_port", "metrics_host", "interval", "node", "model_repo", "grpc_port", "grpc_host",
                  "max_message_bytes", "controller", "zone", "cache_dir", "advertise", "tls_ca", "tls_cert",
-                 "tls_key"):
+                 "tls_key", "insecure"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
@@ -283,6 +290,13 @@ def cmd_controller(args: argparse.Namespace) -> int:
     tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
     if tls.enabled and not (tls.cert and tls.key):
         usage_error("xpud controller", "TLS needs --tls-cert and --tls-key (with --tls-ca: client certificates too)")
+    from xpud.proto.credentials import SETUP_HINT, is_loopback
+
+    host = args.listen.rpartition(":")[0]
+    if not tls.ca and not is_loopback(host) and not args.insecure:
+        usage_error("xpud controller", f"refusing to listen on {host} without mTLS: anyone who reaches it could "
+                    f"deploy, join as a node or call models. S{SETUP_HINT[1:]}; or listen on loopback "
+                    "(--listen 127.0.0.1:7070); or pass --insecure")
     from xpud.agent.sdnotify import SystemdNotifier
 
     try:

@@ -46,6 +46,13 @@ async def run_up(args: argparse.Namespace, state: Path) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from xpud.proto.credentials import is_loopback
+
+    if not is_loopback(args.listen.rpartition(":")[0]) and not args.insecure:
+        sys.stderr.write(f"xpud up: error: refusing to serve plaintext on {args.listen.rpartition(':')[0]}: xpud up "
+                         "is for this machine (--listen 127.0.0.1:7070); a pool on a network needs `xpud "
+                         "controller` with TLS (`xpud certs init`), or pass --insecure\n")
+        return 2
     try:
         controller = await start_controller(args.listen, args.inference_port, state, store_url=args.store)
     except (StartupError, StoreError) as exc:
