@@ -91,3 +91,23 @@ def test_a_secured_pool_end_to_end(tmp_path: Path) -> None:
             agent.kill()
         c.kill()
 
+
+
+def test_an_agent_with_another_nodes_certificate_is_refused_and_says_why(tmp_path: Path) -> None:
+    d = tmp_path / "pki"
+    assert run_xpud("certs", "init", "--dir", str(d)).returncode == 0
+    assert run_xpud("certs", "issue", "--dir", str(d), "--node", "n1").returncode == 0
+    ca = ["--tls-ca", str(d / "ca.pem")]
+    c = ControllerProcess(str(tmp_path / "state"), None, *ca, "--tls-cert", str(d / "controller.pem"),
+                          "--tls-key", str(d / "controller.key"))
+    agent = None
+    try:
+        agent = linked_agent(c, "n2", str(tmp_path / "n2"), *ca, "--tls-cert", str(d / "node-n1.pem"),
+                             "--tls-key", str(d / "node-n1.key"))
+        line = wait_for(lambda: next((x for x in agent.lines if "refused this agent" in x), None),
+                        what="the agent to log the refusal")
+        assert "claimed the node name 'n2'" in line and "--node n1" in line and "retrying every 10 s" in line
+    finally:
+        if agent is not None:
+            agent.kill()
+        c.kill()

@@ -79,10 +79,17 @@ class LinkClient:
                 welcomed = await self._session(stop)
             except (grpc.aio.AioRpcError, ConnectionError) as exc:
                 detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-                message = f"controller {self.target} unreachable: {detail}"
+                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+                refused = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+                message = f"controller {self.target} {'refused this agent' if refused else 'unreachable'}: {detail}"
                 if message != last_error:
-                    log.warning("%s; retrying with backoff (models keep serving)", message)
+                    if refused:  # a retry soon would be refused again: only a fixed name or certificate helps
+                        log.error("%s; retrying every %.0f s (models keep serving)", message, self.backoff_max)
+                    else:
+                        log.warning("%s; retrying with backoff (models keep serving)", message)
                     last_error = message
+                if refused:
+                    delay = self.backoff_max
             except asyncio.CancelledError:
                 raise
             except Exception:
