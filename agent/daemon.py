@@ -123,7 +123,7 @@ async def _start_linked(agent: RunningAgent, config: AgentConfig) -> None:
         config.controller or "", node=config.node, labels=config.labels, zone=config.zone,
         endpoint=config.endpoint(agent.grpc_port), telemetry=agent.telemetry, reconciler=reconciler,
         providers=available_providers, credentials=credentials,
-        inference_tls=agent.server is not None and agent.server.credentials is not None,
+        inference_tls=config.secured,  # as _serving_security decided
     )
 
 

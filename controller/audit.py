@@ -44,10 +44,8 @@ def _stamp(when: float) -> str:
         "+00:00", "Z")
 
 
-def summary(request: Any) -> dict[str, Any]:
-    """A request's fields as JSON-able values, with secret fields dropped."""
-    if not isinstance(request, Message):
-        return dict(request) if isinstance(request, Mapping) else {}
+def summary(request: Message) -> dict[str, Any]:
+    """A request message's fields as JSON-able values, with secret fields dropped."""
     fields = MessageToDict(request, preserving_proto_field_name=True)
     return {k: v for k, v in fields.items() if not any(s in k.lower() for s in SECRET_FIELDS)}
 

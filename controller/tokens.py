@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import re
 import secrets
 import time
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from xpud.proto.identity import ROLES, Principal
+from xpud.proto.identity import ROLES, Principal, name_problem
 from xpud.proto.status import InvalidArgument, NotFound
 
 from .events import EventLog
@@ -24,7 +23,6 @@ from .store import StateStore, TokenRecord
 from .storethread import StoreThread
 
 PREFIX = "xpud"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # scrypt cost: 16 MiB and some tens of milliseconds per check (RFC 7914's interactive parameters)
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 
@@ -34,9 +32,8 @@ def _hash(secret: str, salt: bytes) -> bytes:
 
 
 def check_name(name: str) -> None:
-    if not NAME.fullmatch(name):
-        raise InvalidArgument(f"token name {name!r} must be 1..63 letters, digits, '.', '_' or '-', starting with a "
-                              "letter or digit")
+    if problem := name_problem(name, "token name"):
+        raise InvalidArgument(problem)
 
 
 def check_role(role: str) -> None:

@@ -10,7 +10,6 @@ for the handler (events and the audit log name it).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 import grpc
 
 from . import identity
+from .decoding import WrapHandlers, stream_of
 from .identity import AGENT, CONTROLLER, ROLES, Principal
 from .pki import PkiError, read_identity
 
@@ -83,32 +83,18 @@ def bearer(metadata: Any) -> str | None:
     return None
 
 
-class Authorize(grpc.aio.ServerInterceptor):
+class Authorize(WrapHandlers):
     """Wrap each method's handler so that it authenticates the caller and checks its role first."""
 
     def __init__(self, rules: Rules, tokens: TokenVerifier | None = None,
                  clock: Callable[[], float] = time.monotonic, denied: DeniedHook | None = None) -> None:
+        super().__init__()
         self.rules = rules
         self.tokens = tokens
         self.denied = denied
         self.clock = clock
-        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
         self._logged: dict[tuple[str, str], float] = {}
         self.refused = 0
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        try:
-            return self._handlers[method]
-        except KeyError:
-            pass
-        handler = await continuation(handler_call_details)
-        wrapped = self.wrap(method, handler) if handler is not None else None
-        self._handlers[method] = wrapped
-        return wrapped
 
     async def principal(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller: its bearer token if it sent one, else its verified certificate; Denied if neither."""
@@ -187,11 +173,7 @@ class Authorize(grpc.aio.ServerInterceptor):
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             # each call runs in a task of its own, so the principal set here is that call's alone
             identity.CURRENT.set(await self.check(method, context))
-            result = behavior(request, context)
-            if inspect.isasyncgen(result):
-                async for item in result:
-                    yield item
-            else:  # a handler that writes with context.write
-                await result
+            async for item in stream_of(behavior(request, context)):
+                yield item
 
         return call

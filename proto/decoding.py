@@ -55,12 +55,25 @@ def _message(method: str, deserializer: Deserializer, exc: BaseException) -> str
     return f"request to {method} is not a valid {kind}: {type(exc).__name__}: {exc}"
 
 
-class DecodeRequests(grpc.aio.ServerInterceptor):
-    """Wrap every method's handler so that it decodes its own requests (see the module's docstring)."""
+async def stream_of(result: Any) -> AsyncIterator[Any]:
+    """What a streaming behaviour yields: an async generator's items, or nothing for one that writes with
+    context.write (a coroutine)."""
+    if inspect.isasyncgen(result):
+        async for item in result:
+            yield item
+    else:
+        await result
 
-    def __init__(self, bad: BadRequestLog | None = None) -> None:
-        self.bad = bad or BadRequestLog()
-        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}  # handlers are fixed once a server starts
+
+class WrapHandlers(grpc.aio.ServerInterceptor):
+    """An interceptor that replaces each method's handler with `wrap(method, handler)`, once per method
+    (handlers are fixed once a server starts)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -75,6 +88,14 @@ class DecodeRequests(grpc.aio.ServerInterceptor):
         wrapped = self.wrap(method, handler) if handler is not None else None
         self._handlers[method] = wrapped
         return wrapped
+
+
+class DecodeRequests(WrapHandlers):
+    """Wrap every method's handler so that it decodes its own requests (see the module's docstring)."""
+
+    def __init__(self, bad: BadRequestLog | None = None) -> None:
+        super().__init__()
+        self.bad = bad or BadRequestLog()
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """An equivalent handler that receives raw bytes (no request_deserializer) and decodes them itself."""
@@ -130,12 +151,8 @@ class DecodeRequests(grpc.aio.ServerInterceptor):
                 request = decode(data)
             except Exception as exc:
                 await self._reject(method, decode, exc, context)
-            result = behavior(request, context)
-            if inspect.isasyncgen(result):
-                async for item in result:
-                    yield item
-            else:  # a handler that writes with context.write
-                await result
+            async for item in stream_of(behavior(request, context)):
+                yield item
 
         return call
 
@@ -147,12 +164,8 @@ class DecodeRequests(grpc.aio.ServerInterceptor):
 
     def _stream_stream(self, method: str, decode: Deserializer, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def call(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            result = behavior(self._decoded(method, decode, raw, context), context)
-            if inspect.isasyncgen(result):
-                async for item in result:
-                    yield item
-            else:
-                await result
+            async for item in stream_of(behavior(self._decoded(method, decode, raw, context), context)):
+                yield item
 
         return call
 

@@ -7,6 +7,7 @@ so anything the handler calls can name the actor without the context being passe
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -14,6 +15,14 @@ from dataclasses import dataclass
 ROLES = ("inference", "viewer", "operator", "admin")
 AGENT = "agent"
 CONTROLLER = "controller"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # a node, user or token name
+
+
+def name_problem(name: str, what: str) -> str | None:
+    """Why `name` cannot name a principal (`what`: "token name", "node name", ...); None if it can."""
+    if NAME.fullmatch(name):
+        return None
+    return f"{what} {name!r} must be 1..63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,8 @@ import socket
 import sys
 from pathlib import Path
 
-from xpud.proto.identity import AGENT, CONTROLLER, ROLES
+from xpud.proto.identity import AGENT, CONTROLLER, ROLES, name_problem
 from xpud.proto.pki import PkiError, init_ca, issue
-
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class CertsError(ValueError):
@@ -44,9 +42,8 @@ def add_commands(sub: argparse._SubParsersAction, parser_class: type) -> None:
 
 
 def _name(value: str, what: str) -> str:
-    if not NAME.fullmatch(value):
-        raise CertsError(f"{what} {value!r} must be 1..63 letters, digits, '.', '_' or '-', starting with a letter "
-                         "or digit")
+    if problem := name_problem(value, what):
+        raise CertsError(problem)
     return value
 
 
