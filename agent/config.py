@@ -11,6 +11,9 @@ Example (all keys optional)::
     metrics_host = "127.0.0.1"  # default; "0.0.0.0" for a Prometheus elsewhere
     metrics_port = 8002
     sample_budget = 0.5        # seconds a plugin may take per tick
+    log_level = "info"         # debug, info, warning, error (SIGHUP applies a change)
+    cache_size = "20GiB"       # the artifact cache's limit
+    tls_ca = "/etc/xpud/pki/ca.pem"        # with tls_cert and tls_key: mTLS to the controller and on OIP
 
     [serving]
     model_repo = "/var/lib/xpud/models"   # serve every model in this Triton-layout repository
@@ -37,10 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xpud.proto.units import SizeError, parse_size
+
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 OPT_IN_PLUGINS = frozenset({"sim"})  # only when asked for
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
@@ -69,6 +75,8 @@ class AgentConfig:
     tls_key: str | None = None
     advertise: str | None = None  # host the controller's router uses to reach this agent's endpoint
     insecure: bool = False  # serve OIP on a non-loopback address without TLS anyway
+    standalone: bool = False  # run without a controller
+    log_level: str | None = None  # None: info, or debug with -v
     enabled: list[str] | None = None  # None: every installed plugin but the opt-in ones
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -126,6 +134,16 @@ def _number(
     return value
 
 
+def _size(value: Any, where: str) -> int:
+    try:
+        size = value if isinstance(value, int) and not isinstance(value, bool) else parse_size(str(value))
+    except SizeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if size < 1:
+        raise ConfigError(f"{where} must be at least 1 byte, got {value!r}")
+    return size
+
+
 def load_config(path: str | Path | None) -> AgentConfig:
     """Read a TOML configuration file (None: all defaults)."""
     config = AgentConfig()
@@ -144,7 +162,8 @@ def load_config(path: str | Path | None) -> AgentConfig:
         raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(sorted(unknown))}")
     agent = data.get("agent", {})
     known = {"node", "interval", "metrics_host", "metrics_port", "sample_budget", "controller", "labels", "zone",
-             "cache_dir", "advertise", "insecure"}
+             "cache_dir", "advertise", "insecure", "standalone", "log_level", "cache_size", "tls_ca", "tls_cert",
+             "tls_key"}
     if set(agent) - known:
         raise ConfigError(f"[agent] unknown key(s) {', '.join(sorted(set(agent) - known))}")
     config.node = str(agent.get("node", config.node))
@@ -152,11 +171,18 @@ def load_config(path: str | Path | None) -> AgentConfig:
     config.metrics_host = str(agent.get("metrics_host", config.metrics_host))
     config.metrics_port = _number(agent, "metrics_port", config.metrics_port, minimum=0, maximum=65535, integer=True)
     config.sample_budget = float(_number(agent, "sample_budget", config.sample_budget, minimum=0.01))
-    if "insecure" in agent:
-        if not isinstance(agent["insecure"], bool):
-            raise ConfigError("[agent] insecure must be true or false")
-        config.insecure = agent["insecure"]
-    for key in ("controller", "zone", "cache_dir", "advertise"):
+    for key in ("insecure", "standalone"):
+        if key in agent:
+            if not isinstance(agent[key], bool):
+                raise ConfigError(f"[agent] {key} must be true or false")
+            setattr(config, key, agent[key])
+    if "log_level" in agent:
+        if agent["log_level"] not in LOG_LEVELS:
+            raise ConfigError(f"[agent] log_level must be one of {', '.join(LOG_LEVELS)}, got {agent['log_level']!r}")
+        config.log_level = agent["log_level"]
+    if "cache_size" in agent:
+        config.cache_max_bytes = _size(agent["cache_size"], "[agent] cache_size")
+    for key in ("controller", "zone", "cache_dir", "advertise", "tls_ca", "tls_cert", "tls_key"):
         if key in agent:
             setattr(config, key, str(agent[key]))
     labels = agent.get("labels", {})

@@ -7,6 +7,7 @@ import logging
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,9 +21,9 @@ from .telemetry.metrics import AgentMetrics
 from .telemetry.sampling import Snapshot, Telemetry
 
 if TYPE_CHECKING:
-    import grpc
 
     from xpud.proto.auth import Rules
+    from xpud.proto.credentials import ServerCertificates
 
     from .link.client import LinkClient
     from .serving.manager import ModelManager
@@ -47,6 +48,7 @@ class RunningAgent:
     manager: ModelManager | None = None
     grpc_port: int | None = None
     link: LinkClient | None = None
+    certificates: ServerCertificates | None = None  # the OIP endpoint's, replaced on reload
 
     async def close(self) -> None:
         if self.server is not None:
@@ -152,10 +154,11 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | 
                                  default_max_batch_size=config.default_max_batch_size,
                                  gpu_memory=GpuMemory() if nvidia else None)
     try:
-        credentials, rules = _serving_security(config)
+        agent.certificates, rules = _serving_security(config)
     except StartupError:
         await agent.close()
         raise
+    credentials = agent.certificates.credentials if agent.certificates is not None else None
     agent.server = InferenceServer(agent.manager, max_message_bytes=config.max_message_bytes,
                                    credentials=credentials, rules=rules)
     try:
@@ -173,10 +176,10 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | 
     log.info("models ready: %s", ", ".join(sorted(agent.manager.models)) or "none")
 
 
-def _serving_security(config: AgentConfig) -> tuple[grpc.ServerCredentials | None, Rules | None]:
+def _serving_security(config: AgentConfig) -> tuple[ServerCertificates | None, Rules | None]:
     """mTLS and role checks for the OIP endpoint when the agent has a CA, a certificate and a key (a secured
     pool, or a standalone agent given all three); else plaintext."""
-    from xpud.proto.credentials import SETUP_HINT, CredentialsError, TlsFiles, is_loopback, server_credentials
+    from xpud.proto.credentials import SETUP_HINT, CredentialsError, ServerCertificates, TlsFiles, is_loopback
 
     from .serving.access import rules
 
@@ -192,7 +195,7 @@ def _serving_security(config: AgentConfig) -> tuple[grpc.ServerCredentials | Non
                         "(set TLS up, or --grpc-host with --insecure)", host)
         return None, None
     try:
-        return server_credentials(TlsFiles(config.tls_ca, config.tls_cert, config.tls_key)), \
+        return ServerCertificates(TlsFiles(config.tls_ca, config.tls_cert, config.tls_key)), \
             rules(linked=config.controller is not None)
     except CredentialsError as exc:
         raise StartupError(str(exc)) from None
@@ -210,18 +213,42 @@ async def _watchdog(notifier: SystemdNotifier, telemetry: Telemetry, stop: async
             pass
 
 
-async def run_standalone(config: AgentConfig, stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop``); returns the process exit code."""
+async def run_standalone(config: AgentConfig, stop: asyncio.Event | None = None,
+                         reread: Callable[[], AgentConfig] | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop``); on SIGHUP apply ``reread()``'s configuration. Returns the process
+    exit code."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agent = await start_agent(config)
-    return await serve_agent(agent, config, stop)
+    return await serve_agent(agent, config, stop, reread)
 
 
-async def serve_agent(agent: RunningAgent, config: AgentConfig, stop: asyncio.Event) -> int:
-    """Tick telemetry, keep the controller link and talk to systemd until ``stop``; then close everything."""
+async def _reload(agent: RunningAgent, config: AgentConfig, reread: Callable[[], AgentConfig],
+                  notifier: SystemdNotifier) -> None:
+    from xpud.proto.credentials import CredentialsError
+
+    from .reload import ReloadRefused, apply
+
+    notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    try:
+        new = reread()
+        done, restart = await apply(agent, config, new)
+    except (ValueError, CredentialsError, ReloadRefused) as exc:  # ConfigError, ScenarioError are ValueErrors
+        log.error("reload refused, the running configuration stays: %s", exc)
+        return
+    finally:
+        notifier.notify("READY=1")
+    log.info("configuration reloaded: %s", ", ".join(done) or "nothing changed")
+    if restart:
+        log.warning("%s changed: restart the agent to apply (systemctl restart xpud-agent)", ", ".join(restart))
+
+
+async def serve_agent(agent: RunningAgent, config: AgentConfig, stop: asyncio.Event,
+                      reread: Callable[[], AgentConfig] | None = None) -> int:
+    """Tick telemetry, keep the controller link, reload on SIGHUP and talk to systemd until ``stop``; then close
+    everything."""
     notifier = SystemdNotifier()
     devices = agent.inventory.devices
     log.info(
@@ -245,6 +272,15 @@ async def serve_agent(agent: RunningAgent, config: AgentConfig, stop: asyncio.Ev
         agent.telemetry.on_tick = status_line
     if agent.link is not None:
         tasks.append(asyncio.create_task(agent.link.run(stop)))
+    if reread is not None:
+        reloading = asyncio.Lock()
+
+        async def reload_once() -> None:
+            async with reloading:  # one reload at a time, in the order the signals came
+                await _reload(agent, config, reread, notifier)
+
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reload_once())))
     try:
         await agent.telemetry.run(stop)
     finally:

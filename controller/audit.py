@@ -57,16 +57,32 @@ class AuditLog:
         self._lock = threading.Lock()
         self._last_error = float("-inf")
         self.failures = 0
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = self._open()
-        except OSError as exc:
-            raise AuditError(f"cannot open the audit log {str(self.path)!r}: {exc.strerror} (choose another with "
-                             "--audit-log FILE)") from None
+        self._fd = self._first_open(self.path)
         self._size = os.fstat(self._fd).st_size
 
-    def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    @staticmethod
+    def _first_open(path: Path) -> int:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return AuditLog._open(path)
+        except OSError as exc:
+            raise AuditError(f"cannot open the audit log {str(path)!r}: {exc.strerror} (choose another with "
+                             "--audit-log FILE)") from None
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def reopen(self, path: Path, max_bytes: int, keep: int) -> None:
+        """Write to `path` (opened afresh: after a SIGHUP, or a rotation by logrotate) with these limits from now
+        on; AuditError, and the old file stays, when it cannot be opened."""
+        fd = self._first_open(Path(path))
+        with self._lock:
+            old, self._fd = self._fd, fd
+            self.path, self.max_bytes, self.keep = Path(path), max_bytes, max(keep, 0)
+            self._size = os.fstat(fd).st_size
+        if old >= 0:
+            os.close(old)
 
     def record(self, rpc: str, target: str, args: Mapping[str, Any], code: str, message: str = "",
                actor: str | None = None) -> None:
@@ -98,7 +114,7 @@ class AuditLog:
                 if older.exists():
                     os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._fd = self._open()
+        self._fd = self._open(self.path)
         self._size = 0
 
     def close(self) -> None:

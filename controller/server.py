@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpud.proto import admin_pb2_grpc, link_pb2_grpc
 from xpud.proto.auth import Authorize
-from xpud.proto.credentials import TlsFiles, channel_credentials, server_credentials
+from xpud.proto.credentials import ServerCertificates, TlsFiles, channel_credentials
 from xpud.proto.decoding import interceptors
 
 from .access import ROUTER_RULES, RULES
@@ -49,6 +49,17 @@ class StartupError(RuntimeError):
     """The controller cannot start; the message says why."""
 
 
+@dataclass(frozen=True)
+class Live:
+    """What a SIGHUP can change on a running controller (everything else needs a restart)."""
+
+    tls: TlsFiles | None
+    lease: float
+    audit_log: Path
+    audit_max_bytes: int
+    audit_keep: int
+
+
 @dataclass
 class RunningController:
     controller: Controller
@@ -60,6 +71,30 @@ class RunningController:
     token_port: int | None = None  # the admin API for token clients (no client certificate), if asked for
     audit: AuditLog | None = None
     inference_token_port: int | None = None
+    certificates: list[ServerCertificates] = field(default_factory=list)  # each TLS port's, replaced on reload
+
+    def reload(self, live: Live) -> list[str]:
+        """Apply what SIGHUP can change while serving; returns what changed. CredentialsError or AuditError (and
+        nothing of that part changes) when the new files cannot be used."""
+        changed = []
+        tls, replacements = live.tls, []
+        if tls is not None and self.certificates and tls != self.certificates[0].tls:
+            with_ca, without = TlsFiles(tls.ca, tls.cert, tls.key), TlsFiles(None, tls.cert, tls.key)
+            replacements = [(c, with_ca if c.tls.ca else without) for c in self.certificates]
+            for _, files in replacements:
+                ServerCertificates.configuration(files)  # every file usable before anything changes
+        if self.audit is not None:  # reopened even when unchanged: a SIGHUP after logrotate moved it
+            self.audit.reopen(live.audit_log, live.audit_max_bytes, live.audit_keep)
+        if replacements and tls is not None:
+            for certificates, files in replacements:
+                certificates.replace(files)
+            if self.router.credentials is not None:
+                self.router.credentials = channel_credentials(tls)
+            changed.append("TLS certificates")
+        if live.lease != self.controller.lease:
+            self.controller.lease = self.controller.nodes.lease = live.lease
+            changed.append("lease")
+        return changed
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.router_server.stop(grace)
@@ -95,12 +130,17 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     router is secured alike: mTLS on `inference_port` (role inference or above), tokens on `inference_token_port`,
     and it reaches agents that take mTLS with the controller's certificate.
     State-changing admin calls are recorded in `audit_log` (default: audit.log in `state_dir`)."""
-    creds = server_credentials(tls) if tls is not None and tls.enabled else None  # CredentialsError: bad files
+    certificates: list[ServerCertificates] = []
+
+    def serving(files: TlsFiles) -> grpc.ServerCredentials:  # CredentialsError: bad files
+        certificates.append(ServerCertificates(files))
+        return certificates[-1].credentials
+
+    creds = serving(tls) if tls is not None and tls.enabled else None
     secured = tls is not None and bool(tls.ca) and creds is not None
     if (token_listen or inference_token_port is not None) and not secured:
         raise StartupError("--token-listen and --inference-token-port need a secured controller: --tls-ca, "
                            "--tls-cert and --tls-key")
-    token_creds = server_credentials(TlsFiles(None, tls.cert, tls.key)) if secured and tls else None
     to_agents = channel_credentials(tls) if secured and tls else None
     # StoreError (in use, corrupt), StoreURLError before anything listens
     store: StateStore = open_store(store_url) if store_url else SqliteStore(state_dir)
@@ -132,10 +172,13 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     host = inference_host or listen.rpartition(":")[0] or "0.0.0.0"
     try:
         port = _bind(server, listen, "the agent link and admin API", creds)
-        token_port = _bind(server, token_listen, "the admin API for tokens", token_creds) if token_listen else None
-        inference = _bind(router_server, f"{host}:{inference_port}", "inference", creds if secured else None)
+        token_port = _bind(server, token_listen, "the admin API for tokens",
+                           serving(TlsFiles(None, tls.cert, tls.key))) if token_listen and tls else None
+        inference = _bind(router_server, f"{host}:{inference_port}", "inference",
+                          serving(tls) if secured and tls else None)
         inference_tokens = _bind(router_server, f"{host}:{inference_token_port}", "inference for tokens",
-                                 token_creds) if inference_token_port is not None else None
+                                 serving(TlsFiles(None, tls.cert, tls.key))) \
+            if inference_token_port is not None and tls else None
     except StartupError:
         controller.tuning.close()
         audit.close()
@@ -154,17 +197,30 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
              listen.rpartition(":")[0], port, security, tokens, host, inference, "mTLS" if secured else "plaintext",
              store_url or state_dir)
     return RunningController(controller, server, router_server, router, port, inference, token_port, audit,
-                             inference_tokens)
+                             inference_tokens, certificates)
 
 
 async def run_controller(listen: str, inference_port: int, state_dir: Path, stop: asyncio.Event | None = None,
-                         notify: Callable[..., Any] | None = None, **kwargs: Any) -> int:
-    """Serve until SIGTERM/SIGINT (or ``stop``); ``notify`` gets systemd's READY=1 / STOPPING=1."""
+                         notify: Callable[..., Any] | None = None,
+                         reload: Callable[[RunningController], None] | None = None, **kwargs: Any) -> int:
+    """Serve until SIGTERM/SIGINT (or ``stop``); ``notify`` gets systemd's READY=1 / STOPPING=1 (and RELOADING=1
+    around a SIGHUP's ``reload``)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     running = await start_controller(listen, inference_port, state_dir, **kwargs)
+    if reload is not None:
+        def hangup() -> None:
+            if notify is not None:
+                notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                reload(running)
+            finally:
+                if notify is not None:
+                    notify("READY=1")
+
+        loop.add_signal_handler(signal.SIGHUP, hangup)
     if notify is not None:
         notify("READY=1", f"STATUS=agents and admin on port {running.port}, inference on {running.inference_port}")
     try:

@@ -66,18 +66,40 @@ def _read(path: str | None, what: str) -> bytes | None:
     return data
 
 
-def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
-    if not tls.cert or not tls.key:
-        raise CredentialsError("serving TLS needs both a certificate and its key (--tls-cert and --tls-key)")
-    chain, key = _read(tls.cert, "certificate"), _read(tls.key, "private key")
-    assert chain is not None and key is not None
-    root = _read(tls.ca, "CA certificate")
-    return grpc.ssl_server_credentials([(key, chain)], root_certificates=root, require_client_auth=root is not None)
-
-
 def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
     if bool(tls.cert) != bool(tls.key):
         raise CredentialsError("a client certificate needs its key and the other way round (--tls-cert, --tls-key)")
     return grpc.ssl_channel_credentials(root_certificates=_read(tls.ca, "CA certificate"),
                                         private_key=_read(tls.key, "private key"),
                                         certificate_chain=_read(tls.cert, "certificate"))
+
+
+class ServerCertificates:
+    """Server credentials whose certificate, key and CA can be replaced while serving (SIGHUP): gRPC asks for
+    the current ones at each new handshake. One per port: each port takes a replacement once."""
+
+    def __init__(self, tls: TlsFiles) -> None:
+        self.tls = tls
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self.configuration(tls), self._fetch, require_client_authentication=tls.ca is not None)
+
+    @staticmethod
+    def configuration(tls: TlsFiles) -> grpc.ServerCertificateConfiguration:
+        if not tls.cert or not tls.key:
+            raise CredentialsError("serving TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+        chain, key = _read(tls.cert, "certificate"), _read(tls.key, "private key")
+        assert chain is not None and key is not None
+        root = _read(tls.ca, "CA certificate")
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=root)
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        pending, self._pending = self._pending, None  # None: keep what the port has
+        return pending
+
+    def replace(self, tls: TlsFiles) -> None:
+        """Serve `tls`'s files from the next handshake on; CredentialsError (and nothing changes) if unusable."""
+        if (tls.ca is None) != (self.tls.ca is None):
+            raise CredentialsError("adding or removing the CA (--tls-ca) needs a restart")
+        self._pending = self.configuration(tls)
+        self.tls = tls

@@ -64,6 +64,14 @@ def _cache_size(text: str) -> int:
     return parse_size(text)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", choices=LOG_LEVELS, metavar="LEVEL",
+                   help="debug, info, warning or error (default info; -v: debug); SIGHUP applies a change")
+
+
 def _address(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -119,7 +127,8 @@ def build_parser() -> Parser:
                        help="address for /metrics (default 127.0.0.1; 0.0.0.0 for a Prometheus elsewhere)")
     agent.add_argument("--sim", type=_count, metavar="N", help=sim_help)
     agent.add_argument("--scenario", metavar="FILE", help=scenario_help)
-    agent.add_argument("--config", type=_existing_file, metavar="FILE", help="agent configuration (TOML)")
+    agent.add_argument("--config", type=_existing_file, metavar="FILE",
+                       help="agent configuration (TOML; default $XPUD_CONFIG_DIR/agent.toml or /etc/xpud/agent.toml)")
     agent.add_argument("--interval", type=_positive, metavar="SECONDS", help="telemetry interval (default 1)")
     agent.add_argument("--node", metavar="NAME", help="node name (default: host name)")
     agent.add_argument("--model-repo", metavar="DIR", help="serve every model in this Triton-layout repository")
@@ -139,8 +148,12 @@ def build_parser() -> Parser:
                        help="artifact cache limit, e.g. 50GiB (default 20GiB)")
     _tls_flags(agent, "the controller link: CA of the controller's certificate",
                "this agent's certificate, for a controller that requires mTLS")
+    _log_level(agent)
 
     controller = sub.add_parser("controller", help="run the controller (pool, scheduler, router, admin API)")
+    controller.add_argument("--config", type=_existing_file, metavar="FILE",
+                            help="controller configuration: a [controller] table of these flags' keys (TOML; "
+                                 "default $XPUD_CONFIG_DIR/controller.toml or /etc/xpud/controller.toml)")
     controller.add_argument("--listen", type=_address, default="127.0.0.1:7070", metavar="HOST:PORT",
                             help="agent link and admin API (default 127.0.0.1:7070)")
     controller.add_argument("--inference-port", type=_port, default=8000, metavar="P",
@@ -165,6 +178,7 @@ def build_parser() -> Parser:
                             help="rotate the audit log past this size, e.g. 100MiB (default 100MiB)")
     controller.add_argument("--audit-log-keep", type=_keep, default=5, metavar="N",
                             help="rotated audit logs kept: FILE.1 .. FILE.N (default 5)")
+    _log_level(controller)
 
     up = sub.add_parser("up", help="all in one: a controller, a local agent and the demo model deployed")
     up.add_argument("--state", metavar="DIR", help="controller state directory")
@@ -193,38 +207,38 @@ def build_parser() -> Parser:
     return parser
 
 
-def _config(args: argparse.Namespace) -> AgentConfig:
-    from xpud.agent.config import ConfigError, load_config
-    from xpud.plugins.sim import ScenarioError, load_scenario
+def agent_config(args: argparse.Namespace) -> AgentConfig:
+    """The file (as it is now), then flags and variables over it; ConfigError or ScenarioError if refused."""
+    from xpud.agent.config import load_config, parse_labels
+    from xpud.plugins.sim import load_scenario
+    from xpud.settings import config_file
 
-    prog = f"xpud {args.command}"
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        usage_error(prog, str(exc))
+    config = load_config(config_file("agent", args.config, os.environ))
     if args.sim is not None or args.scenario is not None:
         if args.scenario is not None:
-            try:
-                load_scenario(args.scenario)
-            except ScenarioError as exc:
-                usage_error(prog, str(exc))
+            load_scenario(args.scenario)
         config.enable_sim(args.sim, args.scenario)
     for name in ("metrics_port", "metrics_host", "interval", "node", "model_repo", "grpc_port", "grpc_host",
                  "max_message_bytes", "controller", "zone", "cache_dir", "advertise", "tls_ca", "tls_cert",
-                 "tls_key", "insecure"):
+                 "tls_key", "insecure", "standalone", "log_level"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
     if getattr(args, "cache_size", None):
         config.cache_max_bytes = args.cache_size
     if getattr(args, "labels", None):
-        from xpud.agent.config import parse_labels
-
-        try:
-            config.labels = parse_labels(args.labels)
-        except ConfigError as exc:
-            usage_error(prog, str(exc))
+        config.labels = parse_labels(args.labels)
     return config
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    from xpud.agent.config import ConfigError
+    from xpud.plugins.sim import ScenarioError
+
+    try:
+        return agent_config(args)
+    except (ConfigError, ScenarioError) as exc:
+        usage_error(f"xpud {args.command}", str(exc))
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -257,16 +271,20 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from xpud.agent.daemon import StartupError, run_standalone
+    from xpud.reload import set_log_level
 
+    if args.verbose and not args.log_level:
+        args.log_level = "debug"  # -v is a flag: over the file, also on reload
     config = _config(args)
-    if args.standalone == bool(config.controller):
+    set_log_level(config.log_level)
+    if config.standalone == bool(config.controller):
         usage_error("xpud agent", "give either --standalone or --controller HOST:PORT (or controller in --config)")
     if config.controller is not None and args.model_repo:
         usage_error("xpud agent", "--model-repo is for --standalone; with --controller, deploy with `xpud deploy`")
     if config.model_repo is not None and not Path(config.model_repo).is_dir():
         usage_error("xpud agent", f"model repository {config.model_repo!r} is not a directory")
     try:
-        return asyncio.run(run_standalone(config))
+        return asyncio.run(run_standalone(config, reread=lambda: agent_config(args)))
     except StartupError as exc:
         sys.stderr.write(f"xpud agent: error: {exc}\n")
         return 1
@@ -298,14 +316,19 @@ def cmd_controller(args: argparse.Namespace) -> int:
                     f"deploy, join as a node or call models. S{SETUP_HINT[1:]}; or listen on loopback "
                     "(--listen 127.0.0.1:7070); or pass --insecure")
     from xpud.agent.sdnotify import SystemdNotifier
+    from xpud.reload import ControllerReload, set_log_level
 
+    set_log_level(args.log_level, args.verbose)
+    if args.config:
+        logging.getLogger("xpud").info("configuration file %s", args.config)
+    reload = ControllerReload(args.parser, args.given, args, state)
     try:
         return asyncio.run(run_controller(args.listen, args.inference_port, state, lease=args.lease, tls=tls,
                                           store_url=args.store, token_listen=args.token_listen,
                                           audit_log=Path(args.audit_log) if args.audit_log else None,
                                           audit_max_bytes=args.audit_log_max_bytes, audit_keep=args.audit_log_keep,
                                           inference_token_port=args.inference_token_port,
-                                          notify=SystemdNotifier().notify))
+                                          notify=SystemdNotifier().notify, reload=reload))
     except AuditError as exc:
         usage_error("xpud controller", str(exc))
     except (StartupError, StoreError, CredentialsError) as exc:
@@ -338,15 +361,25 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return certs_main(args)
 
 
+SETTINGS_COMMANDS = ("agent", "controller")  # whose every flag is also a variable and a file key
 COMMANDS = {"devices": cmd_devices, "agent": cmd_agent, "controller": cmd_controller, "up": cmd_up,
             "certs": cmd_certs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     if extra:  # argparse would report these as the top-level parser's, without the subcommand
         prog = f"xpud {args.command}"
         usage_error(prog, f"unrecognized arguments: {' '.join(extra)} (see '{prog} --help')")
+    if args.command in SETTINGS_COMMANDS:
+        from xpud.settings import SettingsError, resolve
+
+        try:
+            args.given = resolve(parser, args)  # flags > XPUD_<COMMAND>_<FLAG> > config file > defaults
+        except SettingsError as exc:
+            usage_error(f"xpud {args.command}", str(exc))
+        args.parser = parser
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

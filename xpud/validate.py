@@ -11,11 +11,9 @@ from typing import Any
 from xpud.controller.core import DEVICE_KINDS, STRATEGIES
 from xpud.controller.validation import MAX_MEMORY, MAX_REPLICAS, NAME, VERSION
 from xpud.proto import admin_pb2 as apb
+from xpud.proto.units import ACCEPTED_UNITS, SIZE, SizeError
+from xpud.proto.units import parse_size as _size
 
-SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-         "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
-ACCEPTED_UNITS = "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024); a bare number is bytes"
 SIZE_HELP = f"per replica, e.g. 2GiB; units: {ACCEPTED_UNITS}"
 INT32_MAX = 2**31 - 1
 KEYS = ("name", "model", "replicas", "device", "memory", "priority", "labels", "zone", "max_batch", "strategy")
@@ -27,11 +25,10 @@ class ValidationError(Exception):
 
 def parse_size(text: str) -> int:
     """'512MiB' -> 536870912, '2GB' -> 2000000000, '1048576' -> 1048576; anything else is refused."""
-    match = SIZE.match(text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in UNITS:
-        raise ValidationError(f"size {text!r} is not understood: use a number with one of {ACCEPTED_UNITS}")
-    return int(float(match.group(1)) * UNITS[unit])
+    try:
+        return _size(text)
+    except SizeError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def size_note(text: str) -> str | None:

@@ -68,6 +68,7 @@ class LinkClient:
         self._desired_last: tuple[int, list[Assignment]] | None = None  # what `_heal` applies again
         self._applier: asyncio.Task[None] | None = None
         self._stub: Any = None
+        self._rejoin = asyncio.Event()
         reconciler.on_change = self._status_dirty.set
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -110,6 +111,12 @@ class LinkClient:
             self._applier.cancel()
             await asyncio.gather(self._applier, return_exceptions=True)
 
+    def rejoin(self, labels: Mapping[str, str], zone: str) -> None:
+        """Say Hello again with these labels and zone (a reload changed them): the current stream ends and the
+        next one starts at once; models keep serving."""
+        self.labels, self.zone = dict(labels), zone
+        self._rejoin.set()
+
     def _hello(self) -> lpb.AgentMessage:
         inventory = self.telemetry.inventory
         hello = lpb.Hello(
@@ -147,12 +154,15 @@ class LinkClient:
             log.info("joined controller %s as node %s (interval %.1fs, lease %.1fs)", self.target, self.node,
                      interval, first.welcome.lease_s)
             sender = asyncio.create_task(self._send_loop(call, interval, stop))
+            self._rejoin.clear()
             try:
                 while not stop.is_set():
                     read = asyncio.create_task(call.read())
                     stopped = asyncio.create_task(stop.wait())
-                    done, _ = await asyncio.wait({read, stopped, sender}, return_when=asyncio.FIRST_COMPLETED)
+                    rejoin = asyncio.create_task(self._rejoin.wait())
+                    done, _ = await asyncio.wait({read, stopped, sender, rejoin}, return_when=asyncio.FIRST_COMPLETED)
                     stopped.cancel()
+                    rejoin.cancel()
                     if read not in done:
                         read.cancel()
                         if sender in done:

@@ -179,6 +179,24 @@ class ModelManager:
             except Exception as exc:  # one bad model never stops the rest of the repository
                 log.error("model %s failed to load: %s", name, exc)
 
+    async def rescan(self, repo: Path) -> tuple[list[str], list[str]]:
+        """Serve `repo` as it is now (SIGHUP): load the models that appeared in it, unload those gone from it.
+        Returns (loaded, unloaded); a model that fails to load is logged and the rest go on."""
+        self.repo = repo
+        names = set(self._repo_names())
+        gone = sorted(n for n in self.models if n not in self.sources and n not in names)
+        for name in gone:
+            await self.unload(name)
+        appeared = sorted(n for n in names if n not in self.models and n not in self.sources)
+        loaded = []
+        for name in appeared:
+            try:
+                await self.load(name)
+                loaded.append(name)
+            except Exception as exc:  # one bad model never stops the rest of the repository
+                log.error("model %s failed to load: %s", name, exc)
+        return loaded, gone
+
     def _source(self, name: str) -> ModelSource:
         """A model given in memory, else read afresh from the repository."""
         if name in self.sources:
