@@ -29,8 +29,9 @@ def _check(running: AgentConfig, new: AgentConfig, agent: RunningAgent) -> None:
     if new.model_repo is not None and agent.manager is not None and agent.manager.repo is not None \
             and not Path(new.model_repo).is_dir():
         raise ReloadRefused(f"model repository {new.model_repo!r} is not a directory")
-    if _tls(new) != _tls(running) and running.secured and new.secured:
+    if running.secured and new.secured:
         ServerCertificates.configuration(_tls(new))  # CredentialsError names the file
+    if _tls(new).enabled and agent.link is not None:
         channel_credentials(_tls(new))
 
 
@@ -45,16 +46,15 @@ async def apply(agent: RunningAgent, running: AgentConfig, new: AgentConfig) -> 
     names = [f.name for f in dataclasses.fields(AgentConfig)]
     restart = [n for n in names if n not in LIVE and getattr(new, n) != getattr(running, n)]
     done = []
-    if _tls(new) != _tls(running):
-        if running.secured != new.secured:
-            restart.append("tls_ca/tls_cert/tls_key (TLS turned on or off)")
-        else:
-            if agent.certificates is not None:
-                agent.certificates.replace(_tls(new))
-            if agent.link is not None and _tls(new).enabled:
-                agent.link.credentials = channel_credentials(_tls(new))  # from the next connection on
-            done.append("TLS certificates")
-            running.tls_ca, running.tls_cert, running.tls_key = new.tls_ca, new.tls_cert, new.tls_key
+    if running.secured != new.secured:
+        restart.append("tls_ca/tls_cert/tls_key (TLS turned on or off)")
+    elif _tls(new).enabled:  # read again even under the same names: renewed files are usually written in place
+        if agent.certificates is not None:
+            agent.certificates.replace(_tls(new))
+        if agent.link is not None:
+            agent.link.credentials = channel_credentials(_tls(new))  # from the next connection on
+        done.append("TLS certificates")
+        running.tls_ca, running.tls_cert, running.tls_key = new.tls_ca, new.tls_cert, new.tls_key
     if new.log_level != running.log_level:
         logging.getLogger().setLevel(getattr(logging, (new.log_level or "info").upper()))
         done.append(f"log level {new.log_level or 'info'}")

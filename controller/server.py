@@ -78,7 +78,7 @@ class RunningController:
         nothing of that part changes) when the new files cannot be used."""
         changed = []
         tls, replacements = live.tls, []
-        if tls is not None and self.certificates and tls != self.certificates[0].tls:
+        if tls is not None and self.certificates:  # read again even when named alike: renewed in place
             with_ca, without = TlsFiles(tls.ca, tls.cert, tls.key), TlsFiles(None, tls.cert, tls.key)
             replacements = [(c, with_ca if c.tls.ca else without) for c in self.certificates]
             for _, files in replacements:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +11,11 @@ from helpers import AgentProcess
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a real NVIDIA GPU and driver (skipped elsewhere)")
+    # The processes tests start read no /etc/xpud/*.toml and no XPUD_AGENT_*/XPUD_CONTROLLER_* of the shell
+    # that runs the tests: a test that wants them sets them itself.
+    os.environ["XPUD_CONFIG_DIR"] = tempfile.mkdtemp(prefix="xpud-no-config-")
+    for name in [n for n in os.environ if n.startswith(("XPUD_AGENT_", "XPUD_CONTROLLER_"))]:
+        del os.environ[name]
 
 
 @pytest.fixture

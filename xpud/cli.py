@@ -204,6 +204,11 @@ def build_parser() -> Parser:
 
     add_commands(sub, Parser, controller_flag)
     add_certs(sub, Parser)
+    from xpud.settings import COMMANDS as SETTINGS_COMMANDS
+    from xpud.settings import settings
+
+    for command in SETTINGS_COMMANDS:
+        settings(parser, command)  # defaults move out of argparse: an unset flag parses as None
     return parser
 
 
@@ -361,7 +366,6 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return certs_main(args)
 
 
-SETTINGS_COMMANDS = ("agent", "controller")  # whose every flag is also a variable and a file key
 COMMANDS = {"devices": cmd_devices, "agent": cmd_agent, "controller": cmd_controller, "up": cmd_up,
             "certs": cmd_certs}
 
@@ -372,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # argparse would report these as the top-level parser's, without the subcommand
         prog = f"xpud {args.command}"
         usage_error(prog, f"unrecognized arguments: {' '.join(extra)} (see '{prog} --help')")
+    from xpud.settings import COMMANDS as SETTINGS_COMMANDS
+
     if args.command in SETTINGS_COMMANDS:
         from xpud.settings import SettingsError, resolve
 
