@@ -81,3 +81,20 @@ def test_the_bound_port_is_logged_and_a_taken_port_is_refused(tmp_path):
                           str(tmp_path / "other"), "--metrics-port", str(port))
     assert result.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr and "--metrics-port" in result.stderr
+
+
+def test_stream_requests_are_counted_each(pool):
+    c, _agent = pool
+    before = metric_values(c.scrape(), "xpud_router_requests_total").get(frozenset({("model", "iris"),
+                                                                                    ("code", "OK")}), 0)
+    answers: list[object] = []
+    with grpcclient.InferenceServerClient(c.inference_url) as client:
+        client.start_stream(callback=lambda result, error: answers.append(error))
+        for i in range(3):
+            x = grpcclient.InferInput("X", [1, 4], "FP32")
+            x.set_data_from_numpy(np.array(SETOSA, np.float32))
+            client.async_stream_infer("iris", [x], request_id=str(i))
+        wait_for(lambda: len(answers) == 3, what="three stream answers")
+        client.stop_stream()
+    assert answers == [None, None, None]
+    assert metric(c.scrape(), "xpud_router_requests_total", model="iris", code="OK") == before + 3
