@@ -18,6 +18,7 @@ class EventLog:
     def __init__(self, store: StateStore, thread: StoreThread) -> None:
         self.store, self.thread = store, thread
         self.listeners: set[asyncio.Queue[EventRecord]] = set()
+        self.counts: dict[str, int] = {}  # events told by kind since this process started (/metrics)
 
     async def emit(self, events: Sequence[Event], actor: str = "") -> None:
         """Write several events (caused by `actor`, "" for the controller itself) in one transaction, then tell the
@@ -34,6 +35,7 @@ class EventLog:
             for queue in list(self.listeners):
                 queue.put_nowait(record)
         for kind, group in kinds.items():
+            self.counts[kind] = self.counts.get(kind, 0) + len(group)
             if len(group) < LOG_EACH:
                 for record in group:
                     log.info("event %s %s: %s", kind, record.subject, record.message)

@@ -52,6 +52,7 @@ class Scheduling:
         self.measured = Measured(state.pool)
         self.planner = Planner()  # the scheduler with its state between passes (shortcuts for settled pools)
         self.schedules = 0
+        self.timed: Callable[[float], None] | None = None  # told each pass's duration in seconds (/metrics)
         self._dirty = asyncio.Event()
         self.lock = asyncio.Lock()  # one pass at a time
         self._committed = False  # whether the pass running now has written its transaction
@@ -177,6 +178,8 @@ class Scheduling:
         state.placement, state.pending = placement, dict(decision.pending)
         push(pool, state.shares, pushes, generations, state.generations)
         pushed = time.perf_counter()
+        if self.timed is not None:
+            self.timed(pushed - started)
         self.events.notify(records)
         state.routes(set())  # deployments added or deleted, why one has no ready replica: after every pass
         self.tuning.grown(len(pool.nodes), joined=joined)

@@ -22,6 +22,7 @@ from xpud.proto.oip import pb, pb_grpc
 from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
 from xpud.proto.status import NotFound, StatusError, grpc_status
 
+from .metrics import RouterMetrics
 from .policy import RoundRobin, RouteRequest, RoutingPolicy
 from .routes import READY, DeploymentRoutes, ReplicaEndpoint, RouteUpdate
 
@@ -75,7 +76,9 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     SWEEP_INTERVAL_S = 10.0  # how often channels of endpoints no deployment lists any more are looked for
 
     def __init__(self, *, policy: RoutingPolicy | None = None, max_message_bytes: int = 64 << 20,
-                 forward_timeout_s: float = 30.0, credentials: grpc.ChannelCredentials | None = None) -> None:
+                 forward_timeout_s: float = 30.0, credentials: grpc.ChannelCredentials | None = None,
+                 metrics: RouterMetrics | None = None) -> None:
+        self.metrics = metrics
         self.policy: RoutingPolicy = policy if policy is not None else RoundRobin()
         self.forward_timeout_s = forward_timeout_s
         self.channel_options: list[tuple[str, Any]] = [
@@ -315,9 +318,29 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
                             f"use `xpud undeploy` to remove {request.model_name or 'a deployment'}")
 
     # -- inference --------------------------------------------------------------------------
+    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Forward one inference request, counted in ``metrics`` with the status code the client gets."""
+        if self.metrics is None:
+            return await self._forward(request.model_name, "ModelInfer", request, context)
+        started, code = time.perf_counter(), grpc.StatusCode.INTERNAL  # unless it ends otherwise
+        try:
+            reply = await self._forward(request.model_name, "ModelInfer", request, context)
+            code = grpc.StatusCode.OK
+            return reply
+        except StatusError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            # a name no deployment has is counted as "": clients cannot grow the label set at will
+            model = request.model_name if request.model_name in self.routes else ""
+            self.metrics.done(model, code, time.perf_counter() - started)
+
     @_aborts
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
-        return await self._forward(request.model_name, "ModelInfer", request, context)
+        return await self._infer(request, context)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -326,7 +349,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
         async def answer(req: pb.ModelInferRequest) -> Any:
             try:
-                reply = await self._forward(req.model_name, "ModelInfer", req, context)
+                reply = await self._infer(req, context)
                 return pb.ModelStreamInferResponse(infer_response=reply)
             except StatusError as exc:
                 return stream_error(req, exc.code.name, exc.message)

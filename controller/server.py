@@ -24,6 +24,7 @@ from .admin import AUDITED, AdminService
 from .audit import KEEP, MAX_BYTES, AuditLog
 from .control import Controller
 from .linkservice import AgentLinkService
+from .metrics import ControllerMetrics
 from .router import Router, add_router
 from .store import ArtifactStore, SqliteStore, StateStore, open_store
 from .tuning import ProcessTuning
@@ -71,6 +72,8 @@ class RunningController:
     token_port: int | None = None  # the admin API for token clients (no client certificate), if asked for
     audit: AuditLog | None = None
     inference_token_port: int | None = None
+    metrics: ControllerMetrics | None = None
+    metrics_port: int | None = None  # where /metrics is served, if it is
     certificates: list[ServerCertificates] = field(default_factory=list)  # each TLS port's, replaced on reload
 
     def reload(self, live: Live) -> list[str]:
@@ -97,6 +100,8 @@ class RunningController:
         return changed
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         await self.router_server.stop(grace)
         await self.server.stop(grace)
         await self.router.close()
@@ -120,7 +125,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
                            interval: float = 1.0, lease: float = 3.0, tls: TlsFiles | None = None,
                            store_url: str | None = None, token_listen: str | None = None,
                            audit_log: Path | None = None, audit_max_bytes: int = MAX_BYTES,
-                           audit_keep: int = KEEP, inference_token_port: int | None = None) -> RunningController:
+                           audit_keep: int = KEEP, inference_token_port: int | None = None,
+                           metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> RunningController:
     """Serve a controller whose state is in `store_url` (None: SQLite in `state_dir`), model files in `state_dir`'s
     artifacts/ folder either way; with this process's tuning installed (`tuning.ProcessTuning`).
 
@@ -129,7 +135,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     ask for one, so clients with a token and no certificate use a second port, `token_listen` (TLS only). The
     router is secured alike: mTLS on `inference_port` (role inference or above), tokens on `inference_token_port`,
     and it reaches agents that take mTLS with the controller's certificate.
-    State-changing admin calls are recorded in `audit_log` (default: audit.log in `state_dir`)."""
+    State-changing admin calls are recorded in `audit_log` (default: audit.log in `state_dir`). Prometheus
+    /metrics (`metrics.ControllerMetrics`) is served on `metrics_host`:`metrics_port` when a port is given."""
     certificates: list[ServerCertificates] = []
 
     def serving(files: TlsFiles) -> grpc.ServerCredentials:  # CredentialsError: bad files
@@ -164,7 +171,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(controller, audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents)
+    metrics = ControllerMetrics(controller, asyncio.get_running_loop())
+    router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents, metrics=metrics.router)
     controller.routes.subscribe(router.update)  # the endpoint table, pushed as it changes
     router_checks = [Authorize(ROUTER_RULES, controller.tokens.verify)] if secured else []
     router_server = grpc.aio.server(options=OPTIONS, interceptors=[*router_checks, *interceptors()])
@@ -179,6 +187,7 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         inference_tokens = _bind(router_server, f"{host}:{inference_token_port}", "inference for tokens",
                                  serving(TlsFiles(None, tls.cert, tls.key))) \
             if inference_token_port is not None and tls else None
+        served = _serve_metrics(metrics, metrics_host, metrics_port) if metrics_port is not None else None
     except StartupError:
         controller.tuning.close()
         audit.close()
@@ -193,11 +202,22 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         else ""
     if inference_tokens is not None:
         tokens += f", inference for tokens at {host}:{inference_tokens} (TLS)"
+    if served is not None:
+        tokens += f", metrics at http://{metrics_host}:{served}/metrics"
     log.info("xpud controller: agents and admin at %s:%d (%s)%s, inference at %s:%d (%s), state in %s",
              listen.rpartition(":")[0], port, security, tokens, host, inference, "mTLS" if secured else "plaintext",
              store_url or state_dir)
     return RunningController(controller, server, router_server, router, port, inference, token_port, audit,
-                             inference_tokens, certificates)
+                             inference_tokens, metrics, served,
+                             certificates=certificates)
+
+
+def _serve_metrics(metrics: ControllerMetrics, host: str, port: int) -> int:
+    try:
+        return metrics.serve(port, host)
+    except OSError as exc:
+        raise StartupError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} (is another controller "
+                           "running? choose another --metrics-port)") from None
 
 
 async def run_controller(listen: str, inference_port: int, state_dir: Path, stop: asyncio.Event | None = None,

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +123,17 @@ def free_port() -> int:
 
 
 class ControllerProcess(ChildProcess):
-    """A real `xpud controller` on 127.0.0.1; --listen port fixed (agents must find it again after a restart)."""
+    """A real `xpud controller` on 127.0.0.1; --listen port fixed (agents must find it again after a restart);
+    /metrics on an ephemeral port unless ``args`` name one."""
 
     def __init__(self, state: str, port: int | None = None, *args: str) -> None:
         self.port = port or free_port()
+        metrics = [] if "--metrics-port" in args else ["--metrics-port", "0"]
         super().__init__(xpud_command("controller", "--listen", f"127.0.0.1:{self.port}", "--inference-port", "0",
-                                      "--state", state, *args))
+                                      "--state", state, *metrics, *args))
         self.inference_port = int(self.wait_for_line(r"inference at 127\.0\.0\.1:(\d+)", "controller").group(1))
+        found = re.search(r"metrics at http://127\.0\.0\.1:(\d+)/metrics", self.lines[-1])
+        self.metrics_port = int(found.group(1)) if found else None
         self.address = f"127.0.0.1:{self.port}"
         self.inference_url = f"127.0.0.1:{self.inference_port}"
 
@@ -141,6 +147,9 @@ class ControllerProcess(ChildProcess):
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def scrape(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as resp:
+            return resp.read().decode()
 
 
 def linked_agent(controller: ControllerProcess, node: str, cache: str, *extra: str) -> AgentProcess:
@@ -178,3 +187,45 @@ def expect_status(code: str, *fragments: str) -> Any:
             return True
 
     return Check()
+
+
+# -- a small real pool for the /metrics tests ------------------------------------------------------------------
+IRIS = Path(__file__).resolve().parent.parent / "models" / "iris"
+SETOSA = [[5.1, 3.5, 1.4, 0.2]]
+
+
+def infer(url: str, name: str = "iris") -> int:
+    """One iris request (a setosa) through `url`; the label."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        x = grpcclient.InferInput("X", [1, 4], "FP32")
+        x.set_data_from_numpy(np.array(SETOSA, np.float32))
+        return int(client.infer(name, [x]).as_numpy("label")[0])
+
+
+def ready_replicas(c: ControllerProcess, name: str) -> float | None:
+    """xpud_deployment_replicas_ready of one deployment, as the controller's /metrics shows it."""
+    return metric_values(c.scrape(), "xpud_deployment_replicas_ready").get(frozenset({("deployment", name)}))
+
+
+@contextmanager
+def deployed_pool(tmp: Path, replicas: int = 2) -> Iterator[tuple[ControllerProcess, AgentProcess]]:
+    """Controller and agent n1 (two sim GPUs), iris deployed with `replicas` replicas, Running; killed after."""
+    started: list[AgentProcess | ControllerProcess] = []
+    try:
+        c = ControllerProcess(str(tmp / "state"))
+        started.append(c)
+        agent = linked_agent(c, "n1", str(tmp / "n1"), "--sim", "2")
+        started.append(agent)
+        pushed = c.admin("models", "push", str(IRIS), "--name", "iris")
+        assert pushed.returncode == 0, pushed.stderr
+        result = c.admin("deploy", "iris", "--model", "iris", "--replicas", str(replicas), "--device", "gpu",
+                         "--max-batch", "8")
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: ready_replicas(c, "iris") == replicas, what=f"{replicas} ready replicas in /metrics")
+        yield c, agent
+    finally:
+        for proc in reversed(started):
+            proc.kill()

@@ -87,7 +87,8 @@ def test_controller_unit_verifies_and_the_controller_notifies_systemd(tmp_path):
         sock.bind(path)
         sock.settimeout(20)
         env = {**os.environ, "NOTIFY_SOCKET": path, "STATE_DIRECTORY": str(tmp_path / "st")}
-        proc = sp.Popen(xpud_command("controller", "--listen", f"127.0.0.1:{free_port()}", "--inference-port", "0"),
+        proc = sp.Popen(xpud_command("controller", "--listen", f"127.0.0.1:{free_port()}", "--inference-port", "0",
+                                     "--metrics-port", "0"),
                         env=env, stdout=sp.DEVNULL, stderr=sp.DEVNULL)
         try:
             assert "READY=1" in sock.recv(4096).decode()

@@ -14,7 +14,8 @@ from helpers import drain, wait_for, xpud_command
 
 def test_up_serves_the_demo_through_the_router(tmp_path):
     cmd = xpud_command("up", "--listen", "127.0.0.1:0", "--inference-port", "0", "--grpc-port", "0",
-                       "--metrics-port", "0", "--state", str(tmp_path / "state"), "--cache-dir", str(tmp_path / "c"))
+                       "--metrics-port", "0", "--controller-metrics-port", "0", "--state", str(tmp_path / "state"),
+                       "--cache-dir", str(tmp_path / "c"))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = drain(proc, lines)

@@ -179,6 +179,10 @@ def build_parser() -> Parser:
     controller.add_argument("--audit-log-keep", type=_keep, default=5, metavar="N",
                             help="rotated audit logs kept: FILE.1 .. FILE.N (default 5)")
     _log_level(controller)
+    controller.add_argument("--metrics-port", type=_port, default=9102, metavar="P",
+                            help="Prometheus /metrics port (default 9102; 0: any free port, logged)")
+    controller.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                            help="address for /metrics (default 127.0.0.1; 0.0.0.0 for a Prometheus elsewhere)")
 
     up = sub.add_parser("up", help="all in one: a controller, a local agent and the demo model deployed")
     up.add_argument("--state", metavar="DIR", help="controller state directory")
@@ -188,6 +192,8 @@ def build_parser() -> Parser:
     up.add_argument("--inference-port", type=_port, default=8000, metavar="P")
     up.add_argument("--grpc-port", type=_port, default=8001, metavar="P")
     up.add_argument("--metrics-port", type=_port, default=8002, metavar="P")
+    up.add_argument("--controller-metrics-port", type=_port, default=9102, metavar="P",
+                    help="the controller's /metrics port (default 9102; 0: any free port)")
     up.add_argument("--cache-dir", metavar="DIR", help="the local agent's artifact cache and state")
     up.add_argument("--insecure", action="store_true", help="listen on a non-loopback --listen address anyway")
 
@@ -333,6 +339,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
                                           audit_log=Path(args.audit_log) if args.audit_log else None,
                                           audit_max_bytes=args.audit_log_max_bytes, audit_keep=args.audit_log_keep,
                                           inference_token_port=args.inference_token_port,
+                                          metrics_port=args.metrics_port, metrics_host=args.metrics_host,
                                           notify=SystemdNotifier().notify, reload=reload))
     except AuditError as exc:
         usage_error("xpud controller", str(exc))

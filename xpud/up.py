@@ -54,7 +54,8 @@ async def run_up(args: argparse.Namespace, state: Path) -> int:
                          "controller` with TLS (`xpud certs init`), or pass --insecure\n")
         return 2
     try:
-        controller = await start_controller(args.listen, args.inference_port, state, store_url=args.store)
+        controller = await start_controller(args.listen, args.inference_port, state, store_url=args.store,
+                                            metrics_port=args.controller_metrics_port)
     except (StartupError, StoreError) as exc:
         sys.stderr.write(f"xpud up: error: {exc}\n")
         return 1
@@ -79,6 +80,8 @@ async def run_up(args: argparse.Namespace, state: Path) -> int:
             f"  this node's own endpoint:                        127.0.0.1:{agent.grpc_port}\n"
             f"  admin (xpud nodes/pool/deploy ...):              {admin}\n"
             f"  metrics:                                         http://127.0.0.1:{agent.metrics_port}/metrics\n"
+            f"  controller metrics:                              "
+            f"http://127.0.0.1:{controller.metrics_port}/metrics\n"
             f"  demo deployment '{DEMO}': try `xpud deployments --controller {admin}`",
             flush=True,
         )
