@@ -15,12 +15,15 @@ tick feeds each device's sample (``observe``) and the serving layer each request
 from __future__ import annotations
 
 import enum
+import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from xpud.plugins.base import DeviceSample, Health
+
+log = logging.getLogger(__name__)
 
 
 class HealthState(enum.StrEnum):
@@ -75,15 +78,21 @@ class Transition:
     device_id: str
     from_state: HealthState
     to_state: HealthState
-    reason: str
+    reason: str  # for people: "XID storm: 5 XIDs in 60 s"
+    cause: str  # one of CAUSES, for a metric label: "xid_storm"
+
+
+# what moves a device, as a short word (bounded label values: reasons carry numbers)
+CAUSES = ("failed", "lost", "xid_fatal", "xid_storm", "xid", "ecc_uncorrected", "ecc_corrected", "throttled",
+          "inference_failures", "clean", "recovered")
 
 
 @dataclass
 class _Findings:
-    """What one tick (or one request) showed: the worst reason at each level."""
+    """What one tick (or one request) showed, as (cause, reason) at each level."""
 
-    fatal: list[str] = field(default_factory=list)
-    suspect: list[str] = field(default_factory=list)
+    fatal: list[tuple[str, str]] = field(default_factory=list)
+    suspect: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -141,34 +150,34 @@ class DeviceHealth:
     def _hardware(self, s: DeviceSample, now: float, found: _Findings) -> None:
         p = self.policy
         if s.health is Health.FAILED:
-            found.fatal.append(f"device failed: {s.health_reason}" if s.health_reason else "device failed")
+            found.fatal.append(("failed", f"device failed: {s.health_reason}" if s.health_reason else "device failed"))
         for e in s.events:
             if e.kind == "lost":
-                found.fatal.append(f"device lost: {e.message}")
+                found.fatal.append(("lost", f"device lost: {e.message}"))
             elif e.kind == "xid" and e.code is not None:
                 if e.code in p.fatal_xids:
-                    found.fatal.append(f"fatal XID {e.code}")
+                    found.fatal.append(("xid_fatal", f"fatal XID {e.code}"))
                 else:
                     self._xids.append(now)
-                    found.suspect.append(f"XID {e.code}")
+                    found.suspect.append(("xid", f"XID {e.code}"))
         while self._xids and self._xids[0] <= now - p.xid_window_s:
             self._xids.popleft()
         if p.xid_storm and len(self._xids) >= p.xid_storm and any(e.kind == "xid" for e in s.events):
-            found.fatal.append(f"XID storm: {len(self._xids)} XIDs in {p.xid_window_s:g} s")
+            found.fatal.append(("xid_storm", f"XID storm: {len(self._xids)} XIDs in {p.xid_window_s:g} s"))
         ecc = (_max(s.ecc_volatile_corrected, s.ecc_aggregate_corrected),
                _max(s.ecc_volatile_uncorrected, s.ecc_aggregate_uncorrected))
         if self._ecc is not None:
             corrected = _growth(self._ecc[0], ecc[0])
             uncorrected = _growth(self._ecc[1], ecc[1])
             if uncorrected > 0:
-                found.fatal.append(f"uncorrected ECC errors +{uncorrected}")
+                found.fatal.append(("ecc_uncorrected", f"uncorrected ECC errors +{uncorrected}"))
             if p.ecc_corrected_per_tick and corrected >= p.ecc_corrected_per_tick:
-                found.suspect.append(f"corrected ECC errors +{corrected}")
+                found.suspect.append(("ecc_corrected", f"corrected ECC errors +{corrected}"))
         if s.health is not Health.FAILED:  # a failed device reads nothing: keep the last counts to compare
             self._ecc = ecc
         throttled = sorted(set(s.throttle_reasons or ()) & p.throttle_reasons)
         if throttled:
-            found.suspect.append(f"throttled: {', '.join(throttled)}")
+            found.suspect.append(("throttled", f"throttled: {', '.join(throttled)}"))
 
     def _age(self, now: float) -> None:
         while self._outcomes and self._outcomes[0][0] + 1 <= now - self.policy.failure_window_s:
@@ -185,9 +194,9 @@ class DeviceHealth:
         ratio = self._failures / total
         what = f"{self._failures}/{total} requests failed in {p.failure_window_s:g} s"
         if ratio >= p.unhealthy_failures:
-            found.fatal.append(what)
+            found.fatal.append(("inference_failures", what))
         elif ratio >= p.suspect_failures:
-            found.suspect.append(what)
+            found.suspect.append(("inference_failures", what))
 
     # -- the state machine ----------------------------------------------------------------------------------
 
@@ -196,27 +205,34 @@ class DeviceHealth:
         if not found.clean:
             self._last_fault = now
         if found.fatal and state is not HealthState.UNHEALTHY:
-            return self._move(HealthState.UNHEALTHY, "; ".join(found.fatal), now)
+            return self._move(HealthState.UNHEALTHY, *_joined(found.fatal), now)
         if state is HealthState.HEALTHY and found.suspect:
-            return self._move(HealthState.SUSPECT, "; ".join(found.suspect), now)
+            return self._move(HealthState.SUSPECT, *_joined(found.suspect), now)
         if state is HealthState.RECOVERING and found.suspect:
-            return self._move(HealthState.UNHEALTHY, "; ".join(found.suspect) + " while recovering", now)
+            cause, reason = _joined(found.suspect)
+            return self._move(HealthState.UNHEALTHY, cause, reason + " while recovering", now)
         if not tick or not found.clean:
             return None
         if state is HealthState.UNHEALTHY:
             self._outcomes.clear()  # recovery is judged on fresh requests only
             self._requests = self._failures = 0
-            return self._move(HealthState.RECOVERING, "cause cleared; holding before returning to the pool", now)
+            return self._move(HealthState.RECOVERING, "clean", "cause cleared; holding before returning to the pool",
+                              now)
         if state is HealthState.SUSPECT and now - self._last_fault >= p.clean_s:
-            return self._move(HealthState.HEALTHY, f"nothing wrong for {p.clean_s:g} s", now)
+            return self._move(HealthState.HEALTHY, "clean", f"nothing wrong for {p.clean_s:g} s", now)
         if state is HealthState.RECOVERING and now - self.since >= p.hold_s:
-            return self._move(HealthState.HEALTHY, f"recovery checks passed for {p.hold_s:g} s", now)
+            return self._move(HealthState.HEALTHY, "recovered", f"recovery checks passed for {p.hold_s:g} s", now)
         return None
 
-    def _move(self, to: HealthState, reason: str, now: float) -> Transition:
-        t = Transition(self.device_id, self.state, to, reason)
+    def _move(self, to: HealthState, cause: str, reason: str, now: float) -> Transition:
+        t = Transition(self.device_id, self.state, to, reason, cause)
         self.state, self.reason, self.since = to, reason, now
         return t
+
+
+def _joined(found: list[tuple[str, str]]) -> tuple[str, str]:
+    """The first finding's cause, and every finding's reason."""
+    return found[0][0], "; ".join(reason for _, reason in found)
 
 
 def _max(a: int | None, b: int | None) -> int | None:
@@ -228,3 +244,40 @@ def _growth(before: int | None, after: int | None) -> int:
     if before is None or after is None or after < before:
         return 0
     return after - before
+
+
+class HealthBook:
+    """Every device's state machine on this node: fed each tick's samples (which then carry their state), logs
+    each transition once and counts them for /metrics."""
+
+    def __init__(self, policy: HealthPolicy | None = None) -> None:
+        self.policy = policy or HealthPolicy()
+        self.devices: dict[str, DeviceHealth] = {}
+        # (device id, from, to, cause) -> transitions since the agent started; read by /metrics on its thread
+        self.transitions: dict[tuple[str, str, str, str], int] = {}
+
+    def device(self, device_id: str) -> DeviceHealth:
+        if (h := self.devices.get(device_id)) is None:
+            h = self.devices[device_id] = DeviceHealth(device_id, self.policy)
+        return h
+
+    def observe(self, samples: Iterable[DeviceSample], now: float) -> list[Transition]:
+        """Feed each sample to its device and write the device's state into the sample."""
+        out = []
+        for s in samples:
+            h = self.device(s.device_id)
+            if (t := h.observe(s, now)) is not None:
+                out.append(self._record(t))
+            s.health_state, s.health_state_reason = h.state.value, h.reason or None
+        return out
+
+    def inference(self, device_id: str, ok: bool, now: float, count: int = 1) -> Transition | None:
+        t = self.device(device_id).inference(ok, now, count)
+        return None if t is None else self._record(t)
+
+    def _record(self, t: Transition) -> Transition:
+        key = (t.device_id, t.from_state.value, t.to_state.value, t.cause)
+        self.transitions = {**self.transitions, key: self.transitions.get(key, 0) + 1}  # swapped whole
+        level = logging.WARNING if t.to_state in (HealthState.UNHEALTHY, HealthState.SUSPECT) else logging.INFO
+        log.log(level, "device %s: %s -> %s: %s", t.device_id, t.from_state.value, t.to_state.value, t.reason)
+        return t
