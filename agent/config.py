@@ -22,6 +22,12 @@ Example (all keys optional)::
     max_message_bytes = 67108864          # grpc max receive/send message length
     default_max_batch_size = 4            # for models without config.pbtxt whose graph batches
 
+    [health]                   # the device health state machine's thresholds (agent/telemetry/health.py)
+    hold_s = 60                # a recovering device returns to the pool after this long with nothing wrong
+    clean_s = 60               # a suspect one turns healthy after this long with nothing wrong
+    xid_storm = 5              # recoverable XIDs within xid_window_s that make a device unhealthy
+    xid_window_s = 60
+
     [plugins]
     enabled = ["cpu", "nvidia", "jetson", "amd"]   # default: every installed plugin but "sim"
 
@@ -41,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from xpud.proto.units import SizeError, parse_size
+
+from .telemetry.health import HealthPolicy
 
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_GRPC_PORT = 8001
@@ -79,6 +87,7 @@ class AgentConfig:
     log_level: str | None = None  # None: info, or debug with -v
     enabled: list[str] | None = None  # None: every installed plugin but the opt-in ones
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
 
     def plugins(self, installed: Iterable[str]) -> list[str]:
         """Names of the plugins to run, in a stable order (cpu first)."""
@@ -157,7 +166,7 @@ def load_config(path: str | Path | None) -> AgentConfig:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"agent", "plugins", "serving"}
+    unknown = set(data) - {"agent", "plugins", "serving", "health"}
     if unknown:
         raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(sorted(unknown))}")
     agent = data.get("agent", {})
@@ -190,6 +199,12 @@ def load_config(path: str | Path | None) -> AgentConfig:
         raise ConfigError('[agent] labels must be a table, e.g. labels = { rack = "r1" }')
     config.labels = {str(k): str(v) for k, v in labels.items()}
     _serving(config, data.get("serving", {}))
+    if not isinstance(data.get("health", {}), dict):
+        raise ConfigError("[health] must be a table of thresholds, e.g. hold_s = 60")
+    try:
+        config.health = HealthPolicy.from_mapping(data.get("health", {}))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     plugins = dict(data.get("plugins", {}))
     enabled = plugins.pop("enabled", None)
     if enabled is not None:

@@ -16,6 +16,7 @@ from xpud.proto.devices import GPU_VENDORS
 
 from .config import AgentConfig
 from .sdnotify import SystemdNotifier
+from .telemetry.health import HealthBook
 from .telemetry.inventory import Inventory, available_plugins, plugin_slots
 from .telemetry.metrics import AgentMetrics
 from .telemetry.sampling import Snapshot, Telemetry
@@ -67,13 +68,14 @@ def build_inventory(config: AgentConfig) -> Inventory:
 async def start_agent(config: AgentConfig) -> RunningAgent:
     inventory = build_inventory(config)
     await inventory.discover()
-    telemetry = Telemetry(inventory, config.interval)
+    telemetry = Telemetry(inventory, config.interval, health=HealthBook(config.health))
     await telemetry.tick()  # /metrics never answers empty
     metrics = AgentMetrics(
         devices=lambda: inventory.devices,
         snapshot=lambda: telemetry.snapshot,
         plugin_statuses=lambda: inventory.statuses,
         node=config.node,
+        health=telemetry.health,
     )
     try:
         port = metrics.serve(config.metrics_port, config.metrics_host)

@@ -23,6 +23,7 @@ class DeviceView:
     memory_total: int  # bytes
     runnable: bool = True  # the node can run ONNX Runtime on it (a GPU EP for a GPU, or a simulated device)
     health: str = "ok"  # ok, degraded, failed, unknown
+    health_state: str = "healthy"  # the agent's judgement: healthy, suspect, unhealthy, recovering
     memory_used: int | None = None  # live reading, bytes
     utilization: float | None = None  # live reading, 0..1
 

@@ -78,7 +78,12 @@ def runnable(device: DeviceView, spec: DeploymentSpec) -> Rejection | None:
 
 
 def healthy(device: DeviceView, spec: DeploymentSpec) -> Rejection | None:
-    return ("has failed", "have failed") if device.health == "failed" else None
+    """Failed devices, and those the agent judges unhealthy or still recovering, take no new replicas."""
+    if device.health == "failed":
+        return "has failed", "have failed"
+    if device.health_state in ("unhealthy", "recovering"):
+        return f"is {device.health_state}", f"are {device.health_state}"
+    return None
 
 
 def memory_fits(free: int, spec: DeploymentSpec, most_free: int | None = None) -> Rejection | None:
@@ -138,7 +143,7 @@ def displacement(
     """Why a replica placed on node_name/device_id must leave it, or None when it stays.
 
     Cordoned and Suspect nodes keep their replicas; Lost, gone and draining ones do not; a device that is
-    gone, failed or no longer runnable loses its replicas, and so does one whose node or kind no longer
+    gone, failed, unhealthy or no longer runnable loses its replicas, and so does one whose node or kind no longer
     satisfies the deployment's labels, zone or device kind. Memory is checked by the caller.
     """
     where = f"{node_name}/{device_id}"
@@ -152,8 +157,10 @@ def displacement(
         return f"node {node_name} draining"
     if device is None:
         return f"device {where} gone"
-    if healthy(device, spec):
+    if device.health == "failed":
         return f"device {where} failed"
+    if device.health_state == "unhealthy":  # a recovering device keeps what it has: nothing is placed there
+        return f"device {where} unhealthy"
     if runnable(device, spec):
         return f"device {where} no longer runnable"
     if kind_matches(device, spec):

@@ -47,8 +47,8 @@ def same_but_load(old: NodeView, new: NodeView) -> bool:
     if (old.name, old.state, old.cordoned, old.zone, len(old.devices)) != \
             (new.name, new.state, new.cordoned, new.zone, len(new.devices)) or old.labels != new.labels:
         return False
-    return all((a.node, a.id, a.kind, a.memory_total, a.runnable, a.health)
-               == (b.node, b.id, b.kind, b.memory_total, b.runnable, b.health)
+    return all((a.node, a.id, a.kind, a.memory_total, a.runnable, a.health, a.health_state)
+               == (b.node, b.id, b.kind, b.memory_total, b.runnable, b.health, b.health_state)
                for a, b in zip(old.devices, new.devices, strict=True))
 
 

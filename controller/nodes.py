@@ -103,6 +103,7 @@ class Nodes:
         kind = message.WhichOneof("kind")
         if kind == "telemetry":
             if pool.telemetry(node, message.telemetry):  # a device's health changed
+                self._health_events()
                 self.changed()
         elif kind == "status":
             before = {k: v.state for k, v in node.instances.items()}
@@ -127,6 +128,14 @@ class Nodes:
                 self._node_events.append(("ReplicaRecovered", name, f"on {node.name}: serving again"))
         for name in set(before) - set(after):
             self._failed.discard((node.name, name))
+
+    def _health_events(self) -> None:
+        """A device whose health state moved is an event (DeviceUnhealthy, ...), with the agent's reason; written
+        with the failure detector's next batch."""
+        for node, device, before, now, reason in self.pool.health_moves:
+            self._node_events.append((f"Device{now.capitalize()}", f"{node}/{device}",
+                                      f"{before} -> {now}: {reason or 'no reason given'}"))
+        self.pool.health_moves.clear()
 
     def back(self, node: NodeState) -> None:
         """Ready at once, its event written with the failure detector's next batch: the reader does not wait for

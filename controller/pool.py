@@ -26,6 +26,11 @@ from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, DeviceView, NodeView
 
 HEALTH = {tpb.HEALTH_OK: "ok", tpb.HEALTH_DEGRADED: "degraded", tpb.HEALTH_FAILED: "failed",
           tpb.HEALTH_UNKNOWN: "unknown", tpb.HEALTH_UNSPECIFIED: "unknown"}
+# the agent's health state machine; unspecified: an agent that does not judge, taken as healthy
+HEALTH_STATE = {tpb.DEVICE_HEALTH_HEALTHY: "healthy", tpb.DEVICE_HEALTH_SUSPECT: "suspect",
+                tpb.DEVICE_HEALTH_UNHEALTHY: "unhealthy", tpb.DEVICE_HEALTH_RECOVERING: "recovering"}
+# (node, device id, state before, state now, the agent's reason): what `Pool.telemetry` saw move
+HealthMove = tuple[str, str, str, str, str]
 
 
 @dataclass
@@ -49,7 +54,8 @@ class NodeState:
     revision: int = 0  # bumped when what the scheduler sees of this node changed (see the module docstring)
     view: NodeView | None = None  # the cached view, valid while view_key matches (revision, state, cordoned)
     view_key: tuple[int, str, bool] = (-1, "", False)
-    health: dict[str, str] = field(default_factory=dict)  # each device's health as last checked (a change bumps)
+    # each device's (health, health state) as last checked (a change bumps)
+    health: dict[str, tuple[str, str]] = field(default_factory=dict)
     changed: set[str] | None = field(default=None, repr=False)  # the pool's names of nodes to view again
     _state: str = field(default=NODE_SUSPECT, repr=False)
     _cordoned: bool = field(default=False, repr=False)
@@ -88,6 +94,10 @@ class NodeState:
 
 def health(sample: tpb.DeviceSample | None) -> str:
     return "unknown" if sample is None else HEALTH.get(sample.health, "unknown")
+
+
+def health_state(sample: tpb.DeviceSample | None) -> str:
+    return "healthy" if sample is None else HEALTH_STATE.get(sample.health_state, "healthy")
 
 
 class LiveLoad:
@@ -139,6 +149,7 @@ class Pool:
         # they are not declared Lost (see `nodes.Nodes.joined`)
         self.returning: set[str] = set()
         self.returning_until = 0.0
+        self.health_moves: list[HealthMove] = []  # devices whose health state moved, since the caller took them
 
     def node(self, name: str) -> NodeState:
         if name not in self.nodes:
@@ -171,12 +182,17 @@ class Pool:
         changed = False
         for delta in batch.samples:
             sample = node.samples[delta.device_id] = merge_delta(node.samples.get(delta.device_id), delta)
-            # only a change of health rebuilds the view (live load is read through `load`); HEALTH_UNSPECIFIED: not sent
-            if (delta.full or delta.cleared or delta.health) and delta.device_id in node.health \
-                    and node.health[delta.device_id] != health(sample):
-                node.bump()
-                node.health[delta.device_id] = health(sample)
-                changed = True
+            # only a change of health rebuilds the view (live load is read through `load`); UNSPECIFIED: not sent
+            if (delta.full or delta.cleared or delta.health or delta.health_state) and delta.device_id in node.health:
+                now = (health(sample), health_state(sample))
+                before = node.health[delta.device_id]
+                if before != now:
+                    node.bump()
+                    node.health[delta.device_id] = now
+                    changed = True
+                    if before[1] != now[1]:
+                        self.health_moves.append((node.name, delta.device_id, before[1], now[1],
+                                                  sample.health_state_reason))
         return changed
 
     def status(self, node: NodeState, report: lpb.StatusReport) -> None:
@@ -217,9 +233,11 @@ class Pool:
         for d in node.devices.values():
             if d.HasField("partitionable") and d.partitionable:
                 continue  # a GPU in MIG mode is scheduled through its MIG devices
-            now = node.health[d.id] = health(node.samples.get(d.id))
+            sample = node.samples.get(d.id)
+            now = node.health[d.id] = (health(sample), health_state(sample))
             devices.append(DeviceView(node=node.name, id=d.id, kind=d.kind, memory_total=d.memory_total,
-                                      runnable=runnable(d, node.providers), health=now))  # no live readings
+                                      runnable=runnable(d, node.providers), health=now[0],
+                                      health_state=now[1]))  # no live readings
         return NodeView(node.name, node.state, node.cordoned, dict(node.labels), node.zone, tuple(devices))
 
     def age(self, interval: float, lease: float) -> list[tuple[NodeState, str]]:

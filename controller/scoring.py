@@ -80,7 +80,12 @@ def least_busy(candidate: Candidate, context: Context) -> float:
     return context.utilization(candidate)
 
 
-RANKING: tuple[Scorer, ...] = (least_busy,)
+def not_suspect(candidate: Candidate, context: Context) -> float:
+    """A device its agent judges suspect (a recoverable XID, throttling, some failed requests) after the others."""
+    return float(context.device(candidate).health_state == "suspect")
+
+
+RANKING: tuple[Scorer, ...] = (not_suspect, least_busy)
 
 
 # --- preemption ---------------------------------------------------------------------------------------------

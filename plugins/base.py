@@ -119,6 +119,10 @@ class DeviceSample:
     events: tuple[DeviceEvent, ...] = ()  # since the previous sample
     processes: tuple[ProcessInfo, ...] | None = None
     extra: dict[str, float] = field(default_factory=dict)  # vendor-specific numbers (power rails, EMC)
+    # set by the agent's health state machine after sampling, never by a plugin: healthy, suspect, unhealthy,
+    # recovering, and why it entered that state
+    health_state: str | None = None
+    health_state_reason: str | None = None
 
 
 SAMPLE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DeviceSample) if f.name not in ("device_id",))

@@ -14,11 +14,24 @@ class Health(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEALTH_DEGRADED: _ClassVar[Health]
     HEALTH_FAILED: _ClassVar[Health]
     HEALTH_UNKNOWN: _ClassVar[Health]
+
+class DeviceHealthState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_HEALTH_UNSPECIFIED: _ClassVar[DeviceHealthState]
+    DEVICE_HEALTH_HEALTHY: _ClassVar[DeviceHealthState]
+    DEVICE_HEALTH_SUSPECT: _ClassVar[DeviceHealthState]
+    DEVICE_HEALTH_UNHEALTHY: _ClassVar[DeviceHealthState]
+    DEVICE_HEALTH_RECOVERING: _ClassVar[DeviceHealthState]
 HEALTH_UNSPECIFIED: Health
 HEALTH_OK: Health
 HEALTH_DEGRADED: Health
 HEALTH_FAILED: Health
 HEALTH_UNKNOWN: Health
+DEVICE_HEALTH_UNSPECIFIED: DeviceHealthState
+DEVICE_HEALTH_HEALTHY: DeviceHealthState
+DEVICE_HEALTH_SUSPECT: DeviceHealthState
+DEVICE_HEALTH_UNHEALTHY: DeviceHealthState
+DEVICE_HEALTH_RECOVERING: DeviceHealthState
 
 class PartitionInfo(_message.Message):
     __slots__ = ("parent_id", "profile", "gpu_instance_id", "compute_instance_id")
@@ -112,7 +125,7 @@ class ProcessList(_message.Message):
     def __init__(self, processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ...) -> None: ...
 
 class DeviceSample(_message.Message):
-    __slots__ = ("device_id", "timestamp", "health", "health_reason", "utilization", "memory_utilization", "memory_used", "memory_free", "temperature", "temperature_memory", "power_draw", "power_limit", "energy", "clock_sm", "clock_memory", "fan_speed", "ecc_volatile_corrected", "ecc_volatile_uncorrected", "ecc_aggregate_corrected", "ecc_aggregate_uncorrected", "pcie_tx", "pcie_rx", "throttle_reasons", "events", "processes", "extra", "cleared", "full")
+    __slots__ = ("device_id", "timestamp", "health", "health_reason", "utilization", "memory_utilization", "memory_used", "memory_free", "temperature", "temperature_memory", "power_draw", "power_limit", "energy", "clock_sm", "clock_memory", "fan_speed", "ecc_volatile_corrected", "ecc_volatile_uncorrected", "ecc_aggregate_corrected", "ecc_aggregate_uncorrected", "pcie_tx", "pcie_rx", "throttle_reasons", "events", "processes", "extra", "cleared", "full", "health_state", "health_state_reason")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +161,8 @@ class DeviceSample(_message.Message):
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     CLEARED_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_STATE_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     timestamp: float
     health: Health
@@ -176,4 +191,6 @@ class DeviceSample(_message.Message):
     extra: _containers.ScalarMap[str, float]
     cleared: _containers.RepeatedScalarFieldContainer[str]
     full: bool
-    def __init__(self, device_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., health: _Optional[_Union[Health, str]] = ..., health_reason: _Optional[str] = ..., utilization: _Optional[float] = ..., memory_utilization: _Optional[float] = ..., memory_used: _Optional[int] = ..., memory_free: _Optional[int] = ..., temperature: _Optional[float] = ..., temperature_memory: _Optional[float] = ..., power_draw: _Optional[float] = ..., power_limit: _Optional[float] = ..., energy: _Optional[float] = ..., clock_sm: _Optional[float] = ..., clock_memory: _Optional[float] = ..., fan_speed: _Optional[float] = ..., ecc_volatile_corrected: _Optional[int] = ..., ecc_volatile_uncorrected: _Optional[int] = ..., ecc_aggregate_corrected: _Optional[int] = ..., ecc_aggregate_uncorrected: _Optional[int] = ..., pcie_tx: _Optional[float] = ..., pcie_rx: _Optional[float] = ..., throttle_reasons: _Optional[_Union[ThrottleReasons, _Mapping]] = ..., events: _Optional[_Iterable[_Union[DeviceEvent, _Mapping]]] = ..., processes: _Optional[_Union[ProcessList, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., cleared: _Optional[_Iterable[str]] = ..., full: _Optional[bool] = ...) -> None: ...
+    health_state: DeviceHealthState
+    health_state_reason: str
+    def __init__(self, device_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., health: _Optional[_Union[Health, str]] = ..., health_reason: _Optional[str] = ..., utilization: _Optional[float] = ..., memory_utilization: _Optional[float] = ..., memory_used: _Optional[int] = ..., memory_free: _Optional[int] = ..., temperature: _Optional[float] = ..., temperature_memory: _Optional[float] = ..., power_draw: _Optional[float] = ..., power_limit: _Optional[float] = ..., energy: _Optional[float] = ..., clock_sm: _Optional[float] = ..., clock_memory: _Optional[float] = ..., fan_speed: _Optional[float] = ..., ecc_volatile_corrected: _Optional[int] = ..., ecc_volatile_uncorrected: _Optional[int] = ..., ecc_aggregate_corrected: _Optional[int] = ..., ecc_aggregate_uncorrected: _Optional[int] = ..., pcie_tx: _Optional[float] = ..., pcie_rx: _Optional[float] = ..., throttle_reasons: _Optional[_Union[ThrottleReasons, _Mapping]] = ..., events: _Optional[_Iterable[_Union[DeviceEvent, _Mapping]]] = ..., processes: _Optional[_Union[ProcessList, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., cleared: _Optional[_Iterable[str]] = ..., full: _Optional[bool] = ..., health_state: _Optional[_Union[DeviceHealthState, str]] = ..., health_state_reason: _Optional[str] = ...) -> None: ...

@@ -90,6 +90,21 @@ def test_a_node_view_is_rebuilt_only_when_what_the_filters_read_changes():
     assert pool.views()[0] is not same and pool.views()[0].cordoned and pool.views()[0].state == NODE_READY
 
 
+def test_a_health_state_change_rebuilds_the_view_and_is_recorded_as_a_move():
+    pool = Pool(Clock())
+    node = pool.node("n1")
+    pool.hello(node, hello("n1"), 0.0)
+    pool.telemetry(node, telemetry(full=True, health=tpb.HEALTH_OK, health_state=tpb.DEVICE_HEALTH_HEALTHY))
+    first = pool.views()[0]
+    assert first.devices[0].health_state == "healthy" and pool.health_moves == []
+    assert not pool.telemetry(node, telemetry(utilization=0.5))  # no health_state in a delta: unchanged
+    assert pool.telemetry(node, telemetry(health_state=tpb.DEVICE_HEALTH_UNHEALTHY,
+                                          health_state_reason="XID storm: 5 XIDs in 60 s"))
+    assert pool.views()[0].devices[0].health_state == "unhealthy"
+    assert pool.health_moves == [("n1", "sim:0", "healthy", "unhealthy", "XID storm: 5 XIDs in 60 s")]
+    assert not pool.telemetry(node, telemetry(health_state=tpb.DEVICE_HEALTH_UNHEALTHY))
+
+
 def test_views_keep_their_places_as_nodes_join():
     pool = Pool(Clock())
     for name in ("b", "c", "a"):

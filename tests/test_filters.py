@@ -50,6 +50,10 @@ DEVICE_CASES = [
     (filters.healthy, {"health": "degraded"}, {}, None),
     (filters.healthy, {"health": "unknown"}, {}, None),
     (filters.healthy, {"health": "failed"}, {}, "failed"),
+    (filters.healthy, {"health_state": "suspect"}, {}, None),  # allowed, ranked after the others
+    (filters.healthy, {"health_state": "unhealthy"}, {}, "are unhealthy"),
+    (filters.healthy, {"health_state": "recovering"}, {}, "are recovering"),
+    (filters.healthy, {"health": "degraded", "health_state": "healthy"}, {}, None),
 ]
 
 
@@ -103,6 +107,9 @@ DISPLACEMENT_CASES = [
     ({"name": "drained"}, {}, {}, "node drained draining"),
     ({}, {"health": "failed"}, {}, "device n1/nvidia:0 failed"),
     ({}, {"health": "degraded"}, {}, None),
+    ({}, {"health_state": "unhealthy"}, {}, "device n1/nvidia:0 unhealthy"),
+    ({}, {"health_state": "suspect"}, {}, None),
+    ({}, {"health_state": "recovering"}, {}, None),  # nothing is placed there; what is there stays
     ({}, {"runnable": False}, {}, "no longer runnable"),
     ({}, {}, {"device": "cpu"}, "is gpu (want cpu)"),
     ({}, {}, {"labels": {"gpu": "h100"}}, "node n1 no longer has labels gpu=h100"),

@@ -177,3 +177,19 @@ async def test_a_model_unloaded_by_hand_is_loaded_again_whichever_report_found_i
     assert [r.state for r in reconciler.statuses()] == ["READY"]
     assert (await answer(manager, "web")).shape == (3,)
     await manager.close()
+
+
+async def test_a_replica_moved_to_other_devices_is_reported_ready_until_the_new_one_serves(tmp_path):
+    manager, reconciler = node(tmp_path)
+    await reconciler.apply(1, [assignment(devices=("sim:0",))], fetcher([]))
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    def changed() -> None:  # what a status report would say at each change
+        seen.extend((r.state, r.devices) for r in reconciler.statuses())
+
+    reconciler.on_change = changed
+    await reconciler.apply(2, [assignment(devices=("sim:1",))], fetcher([]))  # off an unhealthy sim:0, say
+    assert ("LOADING", ("sim:1",)) not in seen and seen[-1] == ("READY", ("sim:1",)), seen
+    assert all(state == "READY" for state, _ in seen)
+    assert (await answer(manager, "web")).shape == (3,)
+    await manager.close()

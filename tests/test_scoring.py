@@ -89,8 +89,15 @@ def test_least_busy(util_a: float | None, util_b: float | None, load: dict[str, 
     assert min(devices, key=lambda k: scoring.least_busy(k, ctx)) == (best, "d")
 
 
+def test_suspect_devices_rank_after_the_others() -> None:
+    devices = {("a", "d"): DeviceView("a", "d", "gpu", GiB, health_state="suspect", utilization=0.0),
+               ("b", "d"): DeviceView("b", "d", "gpu", GiB, utilization=0.9)}
+    ctx = TableContext(dep(), devices)
+    assert min(devices, key=lambda k: tuple(s(k, ctx) for s in scoring.RANKING)) == ("b", "d")
+
+
 def test_the_ranking_table_holds_plain_scorers() -> None:
-    assert scoring.RANKING == (scoring.least_busy,)
+    assert scoring.RANKING == (scoring.not_suspect, scoring.least_busy)
 
 
 # --- preemption -------------------------------------------------------------------------------------------------

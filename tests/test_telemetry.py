@@ -113,3 +113,42 @@ def test_a_delta_names_fields_that_became_absent():
     held = apply_delta(sample_to_proto(a), delta)
     assert held == sample_to_proto(b) and held.HasField("throttle_reasons") and not held.throttle_reasons.reasons
     assert encode_sample(DeviceSample("g", 3.0, utilization=0.5, throttle_reasons=()), b) is None  # only time moved
+
+
+async def test_ticks_judge_each_device_and_its_state_travels_in_deltas():
+    from xpud.agent.telemetry.health import HealthBook, HealthPolicy
+    from xpud.agent.telemetry.metrics import HealthCollector
+
+    clock = Clock()
+    storm = {"kind": "xid_storm", "device": 1, "at_s": 1, "duration_s": 3, "rate_hz": 2, "code": 13}
+    inv = sim_inventory(clock, {"count": 2, "faults": [storm]})
+    await inv.discover()
+    book = HealthBook(HealthPolicy(hold_s=2, xid_window_s=10))
+    telemetry = Telemetry(inv, 1.0, clock=clock, health=book)
+    held: pb.DeviceSample | None = None
+    sent = None
+    seen = []
+    for t in range(10):
+        clock.t = float(t)
+        snapshot = await telemetry.tick()
+        sample = snapshot.samples["sim:1"]
+        delta = encode_sample(sample, sent)
+        if delta is not None:
+            held, sent = apply_delta(held, delta), sample
+        assert held is not None
+        seen.append((sample.health_state, pb.DeviceHealthState.Name(held.health_state)))
+        assert snapshot.samples["sim:0"].health_state == "healthy"
+    states = [s for s, _ in seen]
+    assert states[:2] == ["healthy", "suspect"] and "unhealthy" in states and states[-1] == "healthy"
+    assert all(f"DEVICE_HEALTH_{ours.upper()}" == wire for ours, wire in seen)  # the peer always holds the state
+    assert held.health_state_reason == "recovery checks passed for 2 s"
+    families = {m.name: m for m in HealthCollector(book, lambda: telemetry.snapshot).collect()}
+    moves = {(s.labels["from_state"], s.labels["to_state"], s.labels["reason"]) for s in
+             families["xpud_device_health_transitions"].samples if s.name.endswith("_total")}
+    assert moves == {("healthy", "suspect", "xid"), ("suspect", "unhealthy", "xid_storm"),
+                     ("unhealthy", "recovering", "clean"), ("recovering", "healthy", "recovered")}
+    xids = [s for s in families["xpud_device_xid_errors"].samples if s.name.endswith("_total")]
+    assert [(s.labels, s.value) for s in xids] == [({"hw_id": "sim:1", "xid": "13"}, 6)]
+    current = {s.labels["state"]: s.value for s in families["xpud_device_health_state"].samples
+               if s.labels["hw_id"] == "sim:1"}
+    assert current == {"healthy": 1, "suspect": 0, "unhealthy": 0, "recovering": 0}

@@ -256,6 +256,9 @@ def run(args: argparse.Namespace) -> int:
                 free = d.device.memory_total - d.memory_allocated
                 util = f"{s.utilization * 100:.0f}%" if s is not None and s.HasField("utilization") else NA
                 health = {1: "ok", 2: "degraded", 3: "failed"}.get(s.health, "unknown") if s is not None else "unknown"
+                judged = {2: "suspect", 3: "unhealthy", 4: "recovering"}.get(s.health_state) if s is not None else None
+                if judged:  # the agent's health state, when the device is not healthy
+                    health += f", {judged}"
                 rows.append([d.node, d.device.id, d.device.model, f"{_gib(d.memory_allocated)}/"
                              f"{_gib(d.device.memory_total)} GiB", f"{_gib(free)} GiB", util, health,
                              ",".join(d.replicas) or "-"])

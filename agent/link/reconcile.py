@@ -88,8 +88,11 @@ class Reconciler:
 
     async def _install(self, a: Assignment, fetch: Fetch | None, keep: set[str]) -> None:
         report = InstanceReport(a.deployment, a.model, a.version, a.digest, "LOADING", devices=a.devices)
-        self.reports[a.deployment] = report
-        self._changed()
+        if not self._ready(a.deployment):
+            self.reports[a.deployment] = report
+            self._changed()
+        # else the loaded model serves (and is reported READY) until the new one replaces it: a move to
+        # other devices here (off an unhealthy one) makes before it breaks
         try:
             if fetch is None:
                 path = self.cache.path(a.digest)
@@ -98,12 +101,14 @@ class Reconciler:
             else:
                 path = await self.cache.ensure(a.digest, a.size_bytes, fetch, keep)
             versions = await self.manager.load(a.deployment, model_source(a, path))
+            self.reports[a.deployment] = report
             report.state = "READY"
             report.execution_provider = versions[0].provider if versions else ""
             report.memory_bytes = sum(v.memory_bytes for v in versions)
             log.info("deployment %s: model %s:%s READY on %s (priority %d)", a.deployment, a.model, a.version,
                      ", ".join(a.devices), a.priority)
         except Exception as exc:
+            self.reports[a.deployment] = report
             report.state, report.reason = "FAILED", str(exc)
             log.error("deployment %s: %s", a.deployment, exc)
 

@@ -18,10 +18,13 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from xpud import __version__
 from xpud.plugins.base import DeviceInfo, DeviceSample, Health
 
+from .health import HealthBook, HealthState
 from .inventory import PluginStatus
 from .sampling import Snapshot
 
@@ -87,6 +90,7 @@ class AgentMetrics:
         snapshot: Callable[[], Snapshot],
         plugin_statuses: Callable[[], Iterable[PluginStatus]],
         node: str,
+        health: HealthBook | None = None,
     ) -> None:
         self._devices = devices
         self._snapshot = snapshot
@@ -126,6 +130,8 @@ class AgentMetrics:
         meter.create_observable_gauge(
             "xpud.plugin.sample.duration", [self._plugin_duration], unit="s", description="Last sample call duration"
         )
+        if health is not None:
+            self.registry.register(HealthCollector(health, snapshot))
         self._server: Any = None
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
@@ -194,3 +200,42 @@ class AgentMetrics:
         for status in self._statuses():
             if status.last_duration_s is not None:
                 yield Observation(status.last_duration_s, {"plugin": status.name})
+
+
+class HealthCollector(Collector):
+    """The device health series, by the names alerts and dashboards use (``xpud_device_*``), read at scrape time
+    from the health book and the last tick's snapshot."""
+
+    def __init__(self, health: HealthBook, snapshot: Callable[[], Snapshot]) -> None:
+        self._health = health
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        state = GaugeMetricFamily("xpud_device_health_state", "1 for the device's current health state, else 0",
+                                  labels=["hw_id", "state"])
+        for device_id, h in sorted(dict(self._health.devices).items()):
+            for s in HealthState:
+                state.add_metric([device_id, s.value], float(h.state is s))
+        yield state
+        moves = CounterMetricFamily("xpud_device_health_transitions", "Device health state transitions, by cause",
+                                    labels=["hw_id", "from_state", "to_state", "reason"])
+        for (device_id, before, after, cause), n in sorted(self._health.transitions.items()):
+            moves.add_metric([device_id, before, after, cause], n)
+        yield moves
+        snapshot = self._snapshot()
+        xids = CounterMetricFamily("xpud_device_xid_errors", "XID errors since the agent started",
+                                   labels=["hw_id", "xid"])
+        for (device_id, kind, code), n in sorted(snapshot.event_totals.items()):
+            if kind == "xid":
+                xids.add_metric([device_id, code], n)
+        yield xids
+        throttled = GaugeMetricFamily("xpud_device_throttled", "1 while the device's clocks are throttled for the "
+                                      "reason, else 0", labels=["hw_id", "reason"])
+        watched = self._health.policy.throttle_reasons
+        for device_id, sample in sorted(snapshot.samples.items()):
+            if sample.throttle_reasons is None:
+                continue  # the device does not say
+            active = set(sample.throttle_reasons)
+            for reason in sorted(watched | active):
+                throttled.add_metric([device_id, reason], float(reason in active))
+        yield throttled

@@ -18,6 +18,7 @@ from types import MappingProxyType
 
 from xpud.plugins.base import DeviceSample
 
+from .health import HealthBook
 from .inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Telemetry:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_tick: Callable[[Snapshot], Awaitable[None] | None] | None = None,
+        health: HealthBook | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("telemetry interval must be > 0 seconds")
@@ -51,6 +53,7 @@ class Telemetry:
         self.interval = interval
         self._clock = clock
         self.on_tick = on_tick
+        self.health = health or HealthBook()  # each device's health state, judged every tick
         self._totals: Counter[tuple[str, str, str]] = Counter()
         self.snapshot = Snapshot()
 
@@ -59,6 +62,7 @@ class Telemetry:
         for sample in samples:
             for event in sample.events:
                 self._totals[(sample.device_id, event.kind, "" if event.code is None else str(event.code))] += 1
+        self.health.observe(samples, self._clock())  # before the snapshot: samples carry their health state
         self.snapshot = Snapshot(
             tick=self.snapshot.tick + 1,
             timestamp=time.time(),

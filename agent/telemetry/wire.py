@@ -23,6 +23,13 @@ HEALTH = {
     Health.UNKNOWN: pb.HEALTH_UNKNOWN,
 }
 
+HEALTH_STATE = {
+    "healthy": pb.DEVICE_HEALTH_HEALTHY,
+    "suspect": pb.DEVICE_HEALTH_SUSPECT,
+    "unhealthy": pb.DEVICE_HEALTH_UNHEALTHY,
+    "recovering": pb.DEVICE_HEALTH_RECOVERING,
+}
+
 
 def device_info_to_proto(d: DeviceInfo) -> pb.DeviceInfo:
     msg = pb.DeviceInfo(id=d.id, vendor=d.vendor, kind=d.kind, model=d.model, plugin=d.plugin, extra=dict(d.extra))
@@ -72,6 +79,8 @@ def sample_to_proto(sample: DeviceSample, changed: Mapping[str, Any] | None = No
                 msg.cleared.append(name)
         elif name == "health":
             msg.health = HEALTH[value]
+        elif name == "health_state":
+            msg.health_state = HEALTH_STATE[value]
         elif name == "events":
             msg.events.extend(_event(e) for e in value)
         elif name == "processes":
