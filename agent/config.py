@@ -67,6 +67,7 @@ class AgentConfig:
     interval: float = 1.0
     metrics_host: str = "127.0.0.1"  # loopback unless asked: /metrics has no TLS
     metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_tls: bool = False  # /metrics over HTTPS with tls_cert/tls_key (with tls_ca: client certificates)
     sample_budget: float = 0.5
     model_repo: str | None = None  # None: serve nothing (the agent then never imports onnxruntime)
     grpc_host: str = ""  # "": every address with TLS (a CA, certificate and key), else loopback only
@@ -171,8 +172,8 @@ def load_config(path: str | Path | None) -> AgentConfig:
         raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(sorted(unknown))}")
     agent = data.get("agent", {})
     known = {"node", "interval", "metrics_host", "metrics_port", "sample_budget", "controller", "labels", "zone",
-             "cache_dir", "advertise", "insecure", "standalone", "log_level", "cache_size", "tls_ca", "tls_cert",
-             "tls_key"}
+             "cache_dir", "advertise", "insecure", "standalone", "metrics_tls", "log_level", "cache_size", "tls_ca",
+             "tls_cert", "tls_key"}
     if set(agent) - known:
         raise ConfigError(f"[agent] unknown key(s) {', '.join(sorted(set(agent) - known))}")
     config.node = str(agent.get("node", config.node))
@@ -180,7 +181,7 @@ def load_config(path: str | Path | None) -> AgentConfig:
     config.metrics_host = str(agent.get("metrics_host", config.metrics_host))
     config.metrics_port = _number(agent, "metrics_port", config.metrics_port, minimum=0, maximum=65535, integer=True)
     config.sample_budget = float(_number(agent, "sample_budget", config.sample_budget, minimum=0.01))
-    for key in ("insecure", "standalone"):
+    for key in ("insecure", "standalone", "metrics_tls"):
         if key in agent:
             if not isinstance(agent[key], bool):
                 raise ConfigError(f"[agent] {key} must be true or false")

@@ -77,8 +77,18 @@ async def start_agent(config: AgentConfig) -> RunningAgent:
         node=config.node,
         health=telemetry.health,
     )
+    from xpud.proto.credentials import CredentialsError, TlsFiles
+
     try:
-        port = metrics.serve(config.metrics_port, config.metrics_host)
+        if config.metrics_tls and not (config.tls_cert and config.tls_key):
+            raise CredentialsError("--metrics-tls serves /metrics with this agent's certificate: give --tls-cert "
+                                   "and --tls-key")
+        port = metrics.serve(config.metrics_port, config.metrics_host,
+                             TlsFiles(config.tls_ca, config.tls_cert, config.tls_key) if config.metrics_tls else None)
+    except CredentialsError as exc:
+        metrics.close()
+        await inventory.close()
+        raise StartupError(str(exc)) from None
     except OSError as exc:
         metrics.close()
         await inventory.close()
@@ -254,10 +264,11 @@ async def serve_agent(agent: RunningAgent, config: AgentConfig, stop: asyncio.Ev
     notifier = SystemdNotifier()
     devices = agent.inventory.devices
     log.info(
-        "xpud agent on node %s: %d device(s) [%s]; metrics at http://%s:%d/metrics",
+        "xpud agent on node %s: %d device(s) [%s]; metrics at http%s://%s:%d/metrics",
         config.node,
         len(devices),
         ", ".join(d.id for d in devices),
+        "s" if config.metrics_tls else "",
         config.metrics_host,
         agent.metrics_port,
     )

@@ -20,6 +20,8 @@ import grpc
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from xpud.proto.metricshttp import MetricsServer
+
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT
 from .pool import health
 from .views import deployment_status
@@ -153,11 +155,11 @@ class StateCollector:
         yield from (nodes, node_state, devices, desired, ready, events)
 
 
-class ControllerMetrics:
+class ControllerMetrics(MetricsServer):
     """Owns the controller's registry and its ``/metrics`` HTTP server."""
 
     def __init__(self, controller: Controller, loop: asyncio.AbstractEventLoop) -> None:
-        self.registry = prometheus_client.CollectorRegistry()
+        super().__init__(prometheus_client.CollectorRegistry())
         prometheus_client.ProcessCollector(registry=self.registry)
         prometheus_client.PlatformCollector(registry=self.registry)
         self.registry.register(StateCollector(controller, loop))
@@ -168,23 +170,7 @@ class ControllerMetrics:
             "xpud_scheduler_pass_duration_seconds", "Time a scheduling pass took, from its inputs to its pushes",
             buckets=PASS_BUCKETS, registry=self.registry)
         controller.scheduling.timed = self.pass_done
-        self._server: Any = None
 
     def pass_done(self, seconds: float) -> None:
         self.passes.inc()
         self.pass_duration.observe(seconds)
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Start the HTTP server; returns the bound port (useful with port 0). OSError when it cannot bind."""
-        server, _thread = prometheus_client.start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
-
-    def render(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

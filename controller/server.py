@@ -126,7 +126,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
                            store_url: str | None = None, token_listen: str | None = None,
                            audit_log: Path | None = None, audit_max_bytes: int = MAX_BYTES,
                            audit_keep: int = KEEP, inference_token_port: int | None = None,
-                           metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> RunningController:
+                           metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                           metrics_tls: bool = False) -> RunningController:
     """Serve a controller whose state is in `store_url` (None: SQLite in `state_dir`), model files in `state_dir`'s
     artifacts/ folder either way; with this process's tuning installed (`tuning.ProcessTuning`).
 
@@ -136,7 +137,11 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     router is secured alike: mTLS on `inference_port` (role inference or above), tokens on `inference_token_port`,
     and it reaches agents that take mTLS with the controller's certificate.
     State-changing admin calls are recorded in `audit_log` (default: audit.log in `state_dir`). Prometheus
-    /metrics (`metrics.ControllerMetrics`) is served on `metrics_host`:`metrics_port` when a port is given."""
+    /metrics (`metrics.ControllerMetrics`) is served on `metrics_host`:`metrics_port` when a port is given, over
+    HTTPS with `metrics_tls` (the controller's certificate; with a CA, clients need a certificate signed by it)."""
+    if metrics_tls and not (tls is not None and tls.cert and tls.key):
+        raise StartupError("--metrics-tls serves /metrics with the controller's certificate: give --tls-cert and "
+                           "--tls-key")
     certificates: list[ServerCertificates] = []
 
     def serving(files: TlsFiles) -> grpc.ServerCredentials:  # CredentialsError: bad files
@@ -187,7 +192,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         inference_tokens = _bind(router_server, f"{host}:{inference_token_port}", "inference for tokens",
                                  serving(TlsFiles(None, tls.cert, tls.key))) \
             if inference_token_port is not None and tls else None
-        served = _serve_metrics(metrics, metrics_host, metrics_port) if metrics_port is not None else None
+        served = _serve_metrics(metrics, metrics_host, metrics_port, tls if metrics_tls else None) \
+            if metrics_port is not None else None
     except StartupError:
         controller.tuning.close()
         audit.close()
@@ -203,7 +209,7 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     if inference_tokens is not None:
         tokens += f", inference for tokens at {host}:{inference_tokens} (TLS)"
     if served is not None:
-        tokens += f", metrics at http://{metrics_host}:{served}/metrics"
+        tokens += f", metrics at http{'s' if metrics_tls else ''}://{metrics_host}:{served}/metrics"
     log.info("xpud controller: agents and admin at %s:%d (%s)%s, inference at %s:%d (%s), state in %s",
              listen.rpartition(":")[0], port, security, tokens, host, inference, "mTLS" if secured else "plaintext",
              store_url or state_dir)
@@ -212,9 +218,9 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
                              certificates=certificates)
 
 
-def _serve_metrics(metrics: ControllerMetrics, host: str, port: int) -> int:
+def _serve_metrics(metrics: ControllerMetrics, host: str, port: int, tls: TlsFiles | None) -> int:
     try:
-        return metrics.serve(port, host)
+        return metrics.serve(port, host, tls)
     except OSError as exc:
         raise StartupError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} (is another controller "
                            "running? choose another --metrics-port)") from None

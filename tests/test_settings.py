@@ -80,6 +80,7 @@ AGENT_SAMPLES: dict[str, tuple[Any, str, Any]] = {  # dest -> (file value, Agent
     "standalone": (True, "standalone", True),
     "metrics_port": (9999, "metrics_port", 9999),
     "metrics_host": ("0.0.0.0", "metrics_host", "0.0.0.0"),
+    "metrics_tls": (True, "metrics_tls", True),
     "sim": (3, "plugin_options", {"sim": {"count": 3}}),
     "scenario": ("faults", "plugin_options", {"sim": {"scenario": "faults"}}),
     "interval": (2.5, "interval", 2.5),

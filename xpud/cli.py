@@ -125,6 +125,9 @@ def build_parser() -> Parser:
     agent.add_argument("--metrics-port", type=_port, metavar="P", help="Prometheus /metrics port (default 8002)")
     agent.add_argument("--metrics-host", metavar="HOST",
                        help="address for /metrics (default 127.0.0.1; 0.0.0.0 for a Prometheus elsewhere)")
+    agent.add_argument("--metrics-tls", action="store_true",
+                       help="serve /metrics over HTTPS with --tls-cert/--tls-key; with --tls-ca, scrapers need a "
+                            "certificate signed by it")
     agent.add_argument("--sim", type=_count, metavar="N", help=sim_help)
     agent.add_argument("--scenario", metavar="FILE", help=scenario_help)
     agent.add_argument("--config", type=_existing_file, metavar="FILE",
@@ -183,6 +186,9 @@ def build_parser() -> Parser:
                             help="Prometheus /metrics port (default 9102; 0: any free port, logged)")
     controller.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                             help="address for /metrics (default 127.0.0.1; 0.0.0.0 for a Prometheus elsewhere)")
+    controller.add_argument("--metrics-tls", action="store_true",
+                            help="serve /metrics over HTTPS with --tls-cert/--tls-key; with --tls-ca, scrapers need "
+                                 "a certificate signed by it")
 
     up = sub.add_parser("up", help="all in one: a controller, a local agent and the demo model deployed")
     up.add_argument("--state", metavar="DIR", help="controller state directory")
@@ -231,7 +237,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         config.enable_sim(args.sim, args.scenario)
     for name in ("metrics_port", "metrics_host", "interval", "node", "model_repo", "grpc_port", "grpc_host",
                  "max_message_bytes", "controller", "zone", "cache_dir", "advertise", "tls_ca", "tls_cert",
-                 "tls_key", "insecure", "standalone", "log_level"):
+                 "tls_key", "insecure", "standalone", "log_level", "metrics_tls"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
@@ -340,6 +346,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
                                           audit_max_bytes=args.audit_log_max_bytes, audit_keep=args.audit_log_keep,
                                           inference_token_port=args.inference_token_port,
                                           metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                                          metrics_tls=args.metrics_tls,
                                           notify=SystemdNotifier().notify, reload=reload))
     except AuditError as exc:
         usage_error("xpud controller", str(exc))

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from xpud import __version__
 from xpud.plugins.base import DeviceInfo, DeviceSample, Health
+from xpud.proto.metricshttp import MetricsServer
 
 from .health import HealthBook, HealthState
 from .inventory import PluginStatus
@@ -81,7 +82,7 @@ def device_attributes(device: DeviceInfo) -> dict[str, str]:
     return attrs
 
 
-class AgentMetrics:
+class AgentMetrics(MetricsServer):
     """Owns the meter provider, the Prometheus registry and the ``/metrics`` HTTP server."""
 
     def __init__(
@@ -95,7 +96,7 @@ class AgentMetrics:
         self._devices = devices
         self._snapshot = snapshot
         self._statuses = plugin_statuses
-        self.registry = prometheus_client.CollectorRegistry()
+        super().__init__(prometheus_client.CollectorRegistry())
         prometheus_client.ProcessCollector(registry=self.registry)
         prometheus_client.PlatformCollector(registry=self.registry)
         self._reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
@@ -132,22 +133,9 @@ class AgentMetrics:
         )
         if health is not None:
             self.registry.register(HealthCollector(health, snapshot))
-        self._server: Any = None
-
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
-        """Start the HTTP server; returns the bound port (useful with port 0)."""
-        server, _thread = prometheus_client.start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
-
-    def render(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        super().close()
         self.provider.shutdown()
 
     # -- callbacks (run at scrape time, on the HTTP server's thread) --------------------
