@@ -72,6 +72,7 @@ class AgentConfig:
     model_repo: str | None = None  # None: serve nothing (the agent then never imports onnxruntime)
     grpc_host: str = ""  # "": every address with TLS (a CA, certificate and key), else loopback only
     grpc_port: int = DEFAULT_GRPC_PORT
+    inference_token_port: int | None = None  # OIP over TLS for clients with the pool's tokens (no certificate)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     default_max_batch_size: int = 4
     controller: str | None = None  # HOST:PORT of the controller; None: standalone
@@ -220,7 +221,8 @@ def load_config(path: str | Path | None) -> AgentConfig:
 
 
 def _serving(config: AgentConfig, table: Mapping[str, Any]) -> None:
-    known = {"model_repo", "grpc_host", "grpc_port", "max_message_bytes", "default_max_batch_size"}
+    known = {"model_repo", "grpc_host", "grpc_port", "max_message_bytes", "default_max_batch_size",
+             "inference_token_port"}
     if set(table) - known:
         raise ConfigError(f"[serving] unknown key(s) {', '.join(sorted(set(table) - known))}")
     if "model_repo" in table:
@@ -228,6 +230,9 @@ def _serving(config: AgentConfig, table: Mapping[str, Any]) -> None:
     config.grpc_host = str(table.get("grpc_host", config.grpc_host))
     config.grpc_port = _number(table, "grpc_port", config.grpc_port, minimum=0, maximum=65535, integer=True,
                                section="serving")
+    if "inference_token_port" in table:
+        config.inference_token_port = _number(table, "inference_token_port", 0, minimum=0, maximum=65535,
+                                              integer=True, section="serving")
     config.max_message_bytes = _number(table, "max_message_bytes", config.max_message_bytes, minimum=1024,
                                        integer=True, section="serving")
     config.default_max_batch_size = _number(table, "default_max_batch_size", config.default_max_batch_size,

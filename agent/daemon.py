@@ -25,12 +25,14 @@ if TYPE_CHECKING:
 
     from xpud.proto.auth import Rules
     from xpud.proto.credentials import ServerCertificates
+    from xpud.proto.tokens import TokenKey, TokenVerifier
 
     from .link.client import LinkClient
     from .serving.manager import ModelManager
     from .serving.servicer import InferenceServer
 
 log = logging.getLogger(__name__)
+TOKENS_FILE = "tokens.json"  # in the cache directory: the pool's token hashes, as the controller last sent them
 
 
 class StartupError(RuntimeError):
@@ -50,6 +52,9 @@ class RunningAgent:
     grpc_port: int | None = None
     link: LinkClient | None = None
     certificates: ServerCertificates | None = None  # the OIP endpoint's, replaced on reload
+    token_certificates: ServerCertificates | None = None  # the OIP token port's (TLS, no client certificate)
+    tokens: TokenVerifier | None = None  # the pool's live tokens, as the controller last sent them
+    token_port: int | None = None
 
     async def close(self) -> None:
         if self.server is not None:
@@ -120,6 +125,13 @@ async def _start_linked(agent: RunningAgent, config: AgentConfig) -> None:
         await agent.close()
         raise StartupError(f"cannot use cache directory {str(cache)!r}: {exc.strerror} (set --cache-dir)") from None
     shutil.rmtree(cache / "repo", ignore_errors=True)  # hard links into the artifacts, made by older agents
+    tokens_file = cache / TOKENS_FILE
+    if config.secured:  # the pool's tokens, as last heard: they work before (and without) the controller
+        from xpud.proto.tokens import TokenVerifier
+
+        from .link.tokenfile import load_tokens
+
+        agent.tokens = TokenVerifier(load_tokens(tokens_file))
     await _start_serving(agent, config, None)
     assert agent.manager is not None and agent.grpc_port is not None
     reconciler = Reconciler(agent.manager, artifacts, cache / "desired.json")
@@ -138,7 +150,16 @@ async def _start_linked(agent: RunningAgent, config: AgentConfig) -> None:
         endpoint=config.endpoint(agent.grpc_port), telemetry=agent.telemetry, reconciler=reconciler,
         providers=available_providers, credentials=credentials,
         inference_tls=config.secured,  # as _serving_security decided
+        on_tokens=(lambda keys: _tokens_heard(agent, tokens_file, keys)) if agent.tokens is not None else None,
     )
+
+
+def _tokens_heard(agent: RunningAgent, path: Path, keys: list[TokenKey]) -> None:
+    from .link.tokenfile import save_tokens
+
+    assert agent.tokens is not None
+    agent.tokens.replace(keys)
+    save_tokens(path, keys)
 
 
 def serving_gpus(inventory: Inventory) -> list[int]:
@@ -172,20 +193,44 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | 
         raise
     credentials = agent.certificates.credentials if agent.certificates is not None else None
     agent.server = InferenceServer(agent.manager, max_message_bytes=config.max_message_bytes,
-                                   credentials=credentials, rules=rules)
+                                   credentials=credentials, rules=rules,
+                                   tokens=agent.tokens.verify if agent.tokens is not None else None)
     try:
+        if config.inference_token_port is not None:
+            agent.token_port = _token_port(agent, config)
         agent.grpc_port = await agent.server.start(config.serving_host(), config.grpc_port)
+    except StartupError:
+        agent.server = None
+        await agent.close()
+        raise
     except OSError as exc:
         agent.server = None
         await agent.close()
         raise StartupError(f"{exc} (is another server on that port? choose another --grpc-port)") from None
-    log.info("inference endpoint (OIP gRPC) at %s:%d (%s); loading models from %s", config.serving_host(),
-             agent.grpc_port, "mTLS, roles checked" if credentials is not None else "plaintext",
+    tokens = f", tokens at {config.serving_host()}:{agent.token_port} (TLS)" if agent.token_port else ""
+    log.info("inference endpoint (OIP gRPC) at %s:%d (%s)%s; loading models from %s", config.serving_host(),
+             agent.grpc_port, "mTLS, roles checked" if credentials is not None else "plaintext", tokens,
              repo or "the controller's assignments")
     if repo is not None:
         await agent.manager.load_all()
     await agent.server.set_ready(True)
     log.info("models ready: %s", ", ".join(sorted(agent.manager.models)) or "none")
+
+
+def _token_port(agent: RunningAgent, config: AgentConfig) -> int:
+    """The OIP token port: TLS with this agent's certificate, callers named by the pool's tokens."""
+    from xpud.proto.credentials import CredentialsError, ServerCertificates, TlsFiles
+
+    assert agent.server is not None and config.inference_token_port is not None
+    if agent.tokens is None:
+        raise StartupError("--inference-token-port takes the pool's tokens: it needs --controller, --tls-ca, "
+                           "--tls-cert and --tls-key")
+    try:
+        agent.token_certificates = ServerCertificates(TlsFiles(None, config.tls_cert, config.tls_key))
+    except CredentialsError as exc:
+        raise StartupError(str(exc)) from None
+    return agent.server.add_token_port(config.serving_host(), config.inference_token_port,
+                                       agent.token_certificates.credentials)
 
 
 def _serving_security(config: AgentConfig) -> tuple[ServerCertificates | None, Rules | None]:

@@ -51,6 +51,8 @@ async def apply(agent: RunningAgent, running: AgentConfig, new: AgentConfig) -> 
     elif _tls(new).enabled:  # read again even under the same names: renewed files are usually written in place
         if agent.certificates is not None:
             agent.certificates.replace(_tls(new))
+        if agent.token_certificates is not None:
+            agent.token_certificates.replace(TlsFiles(None, new.tls_cert, new.tls_key))
         if agent.link is not None:
             agent.link.credentials = channel_credentials(_tls(new))  # from the next connection on
         done.append("TLS certificates")

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from xpud.proto import identity
 from xpud.proto import link_pb2 as lpb
@@ -57,9 +58,21 @@ class Controller:
         self.nodes = Nodes(self.state, store, self.thread, self.events, self.tuning, self.scheduling.changed,
                            interval=interval, lease=lease)
         self.tokens = Tokens(store, self.thread, self.events)
+        self.tokens.changed = self._push_tokens
+        self.token_sessions: set[Any] = set()  # secured links (Session.push) told the live tokens
         self.routes = RouteTable(self._unrouted)  # the router's endpoint table, kept by the routes hook
         self.state.routes_changed.append(self._route)
         self._tasks: list[asyncio.Task[None]] = []
+
+    def tokens_message(self) -> lpb.ControllerMessage:
+        """The live tokens as an agent checks them (hashes, never tokens)."""
+        keys = [lpb.TokenKey(id=k.id, name=k.name, role=k.role, salt=k.salt, hash=k.hash) for k in self.tokens.keys()]
+        return lpb.ControllerMessage(tokens=lpb.Tokens(tokens=keys))
+
+    def _push_tokens(self) -> None:
+        message = self.tokens_message()
+        for session in self.token_sessions:
+            session.push(message)
 
     def _unrouted(self, name: str) -> str | None:
         """Why a deployment has no ready replica (None: no such deployment)."""

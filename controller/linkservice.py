@@ -62,6 +62,9 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
         yield lpb.ControllerMessage(welcome=lpb.Welcome(
             telemetry_interval_s=controller.interval, lease_s=controller.lease, controller_version=__version__))
         controller.welcomed(node)
+        if who.via == "certificate":  # a secured link: the agent takes the pool's tokens on its OIP endpoint too
+            controller.token_sessions.add(session)
+            yield controller.tokens_message()
         reader = asyncio.create_task(self._read(iterator, node, session))
         try:
             await controller.node_joined(node, hello)
@@ -71,6 +74,7 @@ class AgentLinkService(link_pb2_grpc.AgentLinkServicer):
                     break
                 yield message
         finally:
+            controller.token_sessions.discard(session)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             if node.session is session:

@@ -1,34 +1,28 @@
 """API tokens: an alternative to client certificates, sent as ``authorization: Bearer TOKEN``.
 
 A token reads ``xpud_<id>_<secret>``: the id (public) finds its row, the secret (256 random bits) is kept only as
-a salted scrypt hash. The first use of a token pays for one scrypt (in a worker thread); a verified token is then
-remembered in memory by its SHA-256 until it is revoked, so later calls cost a dictionary lookup.
+a salted scrypt hash (proto/tokens.py checks it). Agents of a secured pool are told the live set over the link, so
+they take the same tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import secrets
 import time
-
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from collections.abc import Callable
 
 from xpud.proto.identity import ROLES, Principal, name_problem
 from xpud.proto.status import InvalidArgument, NotFound
+from xpud.proto.tokens import PREFIX, TokenKey, TokenVerifier, hash_secret
 
 from .events import EventLog
 from .store import StateStore, TokenRecord
 from .storethread import StoreThread
 
-PREFIX = "xpud"
-# scrypt cost: 16 MiB and some tens of milliseconds per check (RFC 7914's interactive parameters)
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 
-
-def _hash(secret: str, salt: bytes) -> bytes:
-    return Scrypt(salt=salt, length=32, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P).derive(secret.encode())
+def key_of(record: TokenRecord) -> TokenKey:
+    return TokenKey(record.id, record.name, record.role, record.salt, record.hash)
 
 
 def check_name(name: str) -> None:
@@ -47,10 +41,15 @@ class Tokens:
     def __init__(self, store: StateStore, thread: StoreThread, events: EventLog) -> None:
         self.store, self.thread, self.events = store, thread, events
         self.records: dict[str, TokenRecord] = {}  # by id
-        self._verified: dict[bytes, TokenRecord] = {}  # sha256 of a token checked once -> its record
+        self.verifier = TokenVerifier()
+        self.changed: Callable[[], None] = lambda: None  # the live set changed (the link tells the agents)
 
     async def load(self) -> None:
         self.records = {r.id: r for r in await self.thread.run(self.store.tokens)}
+        self.verifier.replace(key_of(r) for r in self.records.values())
+
+    def keys(self) -> list[TokenKey]:
+        return [key_of(r) for r in self.list()]
 
     def list(self) -> list[TokenRecord]:
         return sorted(self.records.values(), key=lambda r: r.name)
@@ -61,12 +60,14 @@ class Tokens:
         check_role(role)
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)
-        digest = await asyncio.to_thread(_hash, secret, salt)
+        digest = await asyncio.to_thread(hash_secret, secret, salt)
         record = TokenRecord(name, token_id, role, salt, digest, time.time(), creator)
         written = await self.thread.run(self.store.add_token, record,
                                         ("TokenCreated", name, f"role {role}"), time.time())
         self.records[token_id] = record
+        self.verifier.add(key_of(record))
         self.events.notify(written)
+        self.changed()
         return record, f"{PREFIX}_{token_id}_{secret}"
 
     async def revoke(self, name: str, actor: str) -> TokenRecord:
@@ -77,24 +78,11 @@ class Tokens:
         written = await self.thread.run(self.store.delete_token, name, ("TokenRevoked", name, f"role {found.role}"),
                                         time.time(), actor)
         self.records.pop(found.id, None)
-        self._verified = {k: r for k, r in self._verified.items() if r.id != found.id}
+        self.verifier.remove(found.id)
         self.events.notify(written or [])
+        self.changed()
         return found
 
     async def verify(self, token: str) -> Principal | None:
         """The principal of a live token; None for a malformed, unknown or revoked one."""
-        key = hashlib.sha256(token.encode()).digest()
-        record = self._verified.get(key)
-        if record is None:
-            prefix, _, rest = token.partition("_")
-            token_id, _, secret = rest.partition("_")
-            record = self.records.get(token_id) if prefix == PREFIX and secret else None
-            if record is None:
-                return None
-            digest = await asyncio.to_thread(_hash, secret, record.salt)
-            if not hmac.compare_digest(digest, record.hash) or self.records.get(token_id) is not record:
-                return None  # a wrong secret, or revoked while it was being checked
-            if len(self._verified) > 10_000:
-                self._verified.clear()
-            self._verified[key] = record
-        return Principal(record.name, record.role, "token")
+        return await self.verifier.verify(token)

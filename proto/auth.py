@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 OPEN = ""  # a rule: any caller the transport let in (health checks)
 # full method name ("/xpud.v1.Admin/ListNodes") -> the role it needs, or several roles any of which will do
 Rules = Mapping[str, str | tuple[str, ...]]
-TokenVerifier = Callable[[str], Awaitable[Principal | None]]  # None: no such token (or revoked)
+TokenCheck = Callable[[str], Awaitable[Principal | None]]  # None: no such token (or revoked)
 # told of each refused call: (method, the caller's actor or "unauthenticated", status, message)
 DeniedHook = Callable[[str, str, grpc.StatusCode, str], None]
 LOG_INTERVAL = 60.0  # seconds between two log lines about one caller's refused calls to one method
@@ -86,7 +86,7 @@ def bearer(metadata: Any) -> str | None:
 class Authorize(WrapHandlers):
     """Wrap each method's handler so that it authenticates the caller and checks its role first."""
 
-    def __init__(self, rules: Rules, tokens: TokenVerifier | None = None,
+    def __init__(self, rules: Rules, tokens: TokenCheck | None = None,
                  clock: Callable[[], float] = time.monotonic, denied: DeniedHook | None = None) -> None:
         super().__init__()
         self.rules = rules

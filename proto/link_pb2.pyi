@@ -126,13 +126,35 @@ class DesiredState(_message.Message):
     assignments: _containers.RepeatedCompositeFieldContainer[ModelAssignment]
     def __init__(self, generation: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ...) -> None: ...
 
+class TokenKey(_message.Message):
+    __slots__ = ("id", "name", "role", "salt", "hash")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    role: str
+    salt: bytes
+    hash: bytes
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ..., salt: _Optional[bytes] = ..., hash: _Optional[bytes] = ...) -> None: ...
+
+class Tokens(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenKey]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenKey, _Mapping]]] = ...) -> None: ...
+
 class ControllerMessage(_message.Message):
-    __slots__ = ("welcome", "desired")
+    __slots__ = ("welcome", "desired", "tokens")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     DESIRED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     desired: DesiredState
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., desired: _Optional[_Union[DesiredState, _Mapping]] = ...) -> None: ...
+    tokens: Tokens
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., desired: _Optional[_Union[DesiredState, _Mapping]] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ...) -> None: ...
 
 class FetchArtifactRequest(_message.Message):
     __slots__ = ("digest", "offset")

@@ -87,6 +87,7 @@ AGENT_SAMPLES: dict[str, tuple[Any, str, Any]] = {  # dest -> (file value, Agent
     "node": ("gpu-07", "node", "gpu-07"),
     "model_repo": ("/srv/models", "model_repo", "/srv/models"),
     "grpc_port": (9001, "grpc_port", 9001),
+    "inference_token_port": (9011, "inference_token_port", 9011),
     "grpc_host": ("127.0.0.2", "grpc_host", "127.0.0.2"),
     "insecure": (True, "insecure", True),
     "max_message_bytes": (1 << 20, "max_message_bytes", 1 << 20),

@@ -138,6 +138,9 @@ def build_parser() -> Parser:
     agent.add_argument("--grpc-port", type=_port, metavar="P", help="inference endpoint port (default 8001)")
     agent.add_argument("--grpc-host", metavar="HOST",
                        help="inference endpoint address (default 0.0.0.0 with TLS, else 127.0.0.1)")
+    agent.add_argument("--inference-token-port", type=_port, metavar="P",
+                       help="also serve inference over TLS to clients with one of the pool's tokens and no "
+                            "certificate (a secured pool)")
     agent.add_argument("--insecure", action="store_true", default=None,
                        help="serve inference on a non-loopback address without TLS anyway")
     agent.add_argument("--max-message-bytes", type=_size, metavar="BYTES",
@@ -237,7 +240,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         config.enable_sim(args.sim, args.scenario)
     for name in ("metrics_port", "metrics_host", "interval", "node", "model_repo", "grpc_port", "grpc_host",
                  "max_message_bytes", "controller", "zone", "cache_dir", "advertise", "tls_ca", "tls_cert",
-                 "tls_key", "insecure", "standalone", "log_level", "metrics_tls"):
+                 "tls_key", "insecure", "standalone", "log_level", "metrics_tls", "inference_token_port"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)

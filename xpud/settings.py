@@ -23,7 +23,8 @@ NO_KEY = frozenset({"config"})  # the file itself
 # Agent flags kept outside the [agent] table (the file's layout predates the flags).
 AGENT_KEYS = {
     "model_repo": "serving.model_repo", "grpc_host": "serving.grpc_host", "grpc_port": "serving.grpc_port",
-    "max_message_bytes": "serving.max_message_bytes", "sim": "plugins.sim.count", "scenario": "plugins.sim.scenario",
+    "max_message_bytes": "serving.max_message_bytes", "inference_token_port": "serving.inference_token_port",
+    "sim": "plugins.sim.count", "scenario": "plugins.sim.scenario",
 }
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

@@ -23,6 +23,7 @@ from xpud import __version__
 from xpud.plugins.base import DeviceSample
 from xpud.proto import link_pb2 as lpb
 from xpud.proto import link_pb2_grpc
+from xpud.proto.tokens import TokenKey
 
 from ..telemetry.sampling import Telemetry
 from ..telemetry.wire import device_info_to_proto, encode_sample
@@ -50,8 +51,10 @@ class LinkClient:
         rng: Callable[[], float] = random.random,
         credentials: grpc.ChannelCredentials | None = None,
         inference_tls: bool = False,
+        on_tokens: Callable[[list[TokenKey]], None] | None = None,
     ) -> None:
         self.credentials = credentials
+        self.on_tokens = on_tokens  # the pool's live tokens, when the controller sends them (a secured link)
         self.inference_tls = inference_tls
         self.target = target
         self.node, self.labels, self.zone, self.endpoint = node, dict(labels), zone, endpoint
@@ -171,8 +174,11 @@ class LinkClient:
                     message = read.result()
                     if message is grpc.aio.EOF:
                         raise ConnectionError("controller ended the link")
-                    if message.WhichOneof("kind") == "desired":
+                    kind = message.WhichOneof("kind")
+                    if kind == "desired":
                         self._desired(message.desired)
+                    elif kind == "tokens" and self.on_tokens is not None:
+                        self.on_tokens([TokenKey(t.id, t.name, t.role, t.salt, t.hash) for t in message.tokens.tokens])
             finally:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)

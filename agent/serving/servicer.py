@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpud import __version__
-from xpud.proto.auth import Authorize, Rules
+from xpud.proto.auth import Authorize, Rules, TokenCheck
 from xpud.proto.decoding import interceptors
 from xpud.proto.oip import SERVICE_NAME, TensorError, config_to_triton, pb, pb_grpc
 from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
@@ -175,8 +175,10 @@ class InferenceServer:
     """The grpc.aio server: OIP + health on one port."""
 
     def __init__(self, manager: ModelManager, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
-                 credentials: grpc.ServerCredentials | None = None, rules: Rules | None = None) -> None:
-        """With `credentials` (mTLS) and `rules` the endpoint checks each caller's certificate and role."""
+                 credentials: grpc.ServerCredentials | None = None, rules: Rules | None = None,
+                 tokens: TokenCheck | None = None) -> None:
+        """With `credentials` (mTLS) and `rules` the endpoint checks each caller's certificate (or bearer token,
+        with `tokens`) and role."""
         self.manager = manager
         self.credentials = credentials
         options = [
@@ -184,7 +186,7 @@ class InferenceServer:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        checks = [Authorize(rules)] if rules is not None else []
+        checks = [Authorize(rules, tokens)] if rules is not None else []
         self.server = grpc.aio.server(options=options, interceptors=[*checks, *interceptors()])
         self.servicer = InferenceServicer(manager)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
@@ -203,6 +205,16 @@ class InferenceServer:
             raise OSError(f"cannot listen on {host}:{port}: address in use or not available")
         await self.server.start()
         return self.port
+
+    def add_token_port(self, host: str, port: int, credentials: grpc.ServerCredentials) -> int:
+        """A second, TLS-only port for clients with a token and no certificate (before `start`)."""
+        try:
+            bound = self.server.add_secure_port(f"{host}:{port}", credentials)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {host}:{port} for tokens: {exc}") from None
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port} for tokens: address in use or not available")
+        return bound
 
     async def set_ready(self, ready: bool) -> None:
         self.servicer.ready = ready
