@@ -163,3 +163,32 @@ def test_linked_agent_reload_sends_its_new_labels(tmp_path: Path) -> None:
         if agent is not None:
             agent.kill()
         c.kill()
+
+
+def test_controller_reload_serves_a_renewed_certificate_on_every_tls_port(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    assert run_xpud("certs", "init", "--dir", str(pki)).returncode == 0
+    assert run_xpud("certs", "issue", "--dir", str(pki), "--user", "app", "--role", "inference").returncode == 0
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(pki / "controller.pem", live / "c.pem")
+    shutil.copy(pki / "controller.key", live / "c.key")
+    token_port = free_port()
+    c = ControllerProcess(str(tmp_path / "state"), None, "--tls-ca", str(pki / "ca.pem"), "--tls-cert",
+                          str(live / "c.pem"), "--tls-key", str(live / "c.key"), "--token-listen",
+                          f"127.0.0.1:{token_port}")
+    try:
+        ports = (c.port, c.inference_port, token_port)
+        first = [served_serial(p, pki) for p in ports]
+        assert run_xpud("certs", "issue", "--dir", str(pki), "--controller", "renewed").returncode == 0
+        shutil.copy(pki / "controller-renewed.pem", live / "c.pem")
+        shutil.copy(pki / "controller-renewed.key", live / "c.key")
+        hangup(c, "configuration reloaded")
+        assert logged(c, "TLS certificates"), c.lines[-3:]
+        renewed = [served_serial(p, pki) for p in ports]
+        assert all(a != b for a, b in zip(first, renewed, strict=True)) and len(set(renewed)) == 1
+        (live / "c.key").write_text("garbage\n")
+        hangup(c, "reload refused, the running configuration stays")
+        assert [served_serial(p, pki) for p in ports] == renewed
+    finally:
+        c.kill()
