@@ -101,9 +101,21 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             else:
                 self.routes[name] = routes
                 for r in routes.replicas:
-                    if r.tls:
-                        self._tls[r.address] = r.node
+                    wanted = r.node if r.tls else None
+                    if self._tls.get(r.address) != wanted:  # new, or it turned TLS on or off: a fresh channel
+                        self._drop(r.address)
+                        if wanted is not None:
+                            self._tls[r.address] = wanted
         self.policy.update(changed)
+
+    def renew(self, credentials: grpc.ChannelCredentials) -> None:
+        """Present `credentials` to agents from now on (a reload renewed the controller's certificate): TLS
+        channels are made again; calls in flight finish on the old ones."""
+        self.credentials = credentials
+        for endpoint in [e for e in self._channels if e in self._tls]:
+            node = self._tls[endpoint]
+            self._drop(endpoint)
+            self._tls[endpoint] = node
 
     # -- channels ---------------------------------------------------------------------------
     def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:

@@ -92,7 +92,7 @@ class RunningController:
             for certificates, files in replacements:
                 certificates.replace(files)
             if self.router.credentials is not None:
-                self.router.credentials = channel_credentials(tls)
+                self.router.renew(channel_credentials(tls))
             changed.append("TLS certificates")
         if live.lease != self.controller.lease:
             self.controller.lease = self.controller.nodes.lease = live.lease

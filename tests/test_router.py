@@ -366,3 +366,26 @@ def test_a_policy_sees_the_request_the_replicas_and_each_outcome(loop_thread):
                                ("z1", "z1", grpc.StatusCode.OK), ("z3", "z3", grpc.StatusCode.UNAVAILABLE),
                                ("z3", "z1", grpc.StatusCode.OK)]
     assert policy.updates == [{"m"}]
+
+
+async def test_an_endpoint_that_turns_tls_on_or_off_gets_a_fresh_channel() -> None:
+    router = Router(credentials=grpc.ssl_channel_credentials())
+    address = "127.0.0.1:1"
+
+    def routes(tls: bool) -> RouteUpdate:
+        return {"m": DeploymentRoutes("m", (ReplicaEndpoint(address, "n1", ("cpu:0",), "1", "", tls),))}
+
+    router.update(routes(True))
+    secure = router._stub(address)
+    router.update(routes(True))
+    assert router._stub(address) is secure  # unchanged: the same channel
+    router.update(routes(False))
+    assert router._stub(address) is not secure and address not in router._tls  # now plaintext
+    plain = router._stub(address)
+    router.renew(grpc.ssl_channel_credentials())  # a renewed certificate remakes TLS channels only
+    assert router._stub(address) is plain
+    router.update(routes(True))
+    renewed = router._stub(address)
+    router.renew(grpc.ssl_channel_credentials())
+    assert router._stub(address) is not renewed and router._tls[address] == "n1"
+    await router.close()
