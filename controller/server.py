@@ -187,8 +187,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         port = _bind(server, listen, "the agent link and admin API", creds)
         token_port = _bind(server, token_listen, "the admin API for tokens",
                            serving(TlsFiles(None, tls.cert, tls.key))) if token_listen and tls else None
-        inference = _bind(router_server, f"{host}:{inference_port}", "inference",
-                          serving(tls) if secured and tls else None)
+        inference = _bind(router_server, f"{host}:{inference_port}", "inference",  # TLS whenever it has a cert
+                          serving(tls) if creds is not None and tls else None)
         inference_tokens = _bind(router_server, f"{host}:{inference_token_port}", "inference for tokens",
                                  serving(TlsFiles(None, tls.cert, tls.key))) \
             if inference_token_port is not None and tls else None
@@ -211,7 +211,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     if served is not None:
         tokens += f", metrics at http{'s' if metrics_tls else ''}://{metrics_host}:{served}/metrics"
     log.info("xpud controller: agents and admin at %s:%d (%s)%s, inference at %s:%d (%s), state in %s",
-             listen.rpartition(":")[0], port, security, tokens, host, inference, "mTLS" if secured else "plaintext",
+             listen.rpartition(":")[0], port, security, tokens, host, inference,
+             "mTLS" if secured else "TLS" if creds is not None else "plaintext",
              store_url or state_dir)
     return RunningController(controller, server, router_server, router, port, inference, token_port, audit,
                              inference_tokens, metrics, served,

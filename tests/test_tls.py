@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 from helpers import AgentProcess, ControllerProcess, run_xpud, wait_for
 
@@ -87,3 +88,16 @@ def test_controller_tls_flags_are_checked(tmp_path, pki):
     result = run_xpud("controller", "--listen", "127.0.0.1:0", "--state", str(tmp_path), "--tls-cert",
                       str(pki / "server.csr"), "--tls-key", str(pki / "server.key"))  # a CSR, not a certificate
     assert result.returncode == 1 and "server.csr' holds no BEGIN CERTIFICATE block" in result.stderr, result.stderr
+
+
+def test_a_tls_only_controller_serves_its_router_over_tls_too(pki, tmp_path):
+    c = ControllerProcess(str(tmp_path / "state"), None, "--tls-cert", str(pki / "server.pem"),
+                          "--tls-key", str(pki / "server.key"))
+    try:
+        line = next(x for x in c.lines if "inference at" in x)
+        assert "agents and admin at 127.0.0.1" in line and "(TLS)" in line and "(plaintext)" not in line, line
+        with grpcclient.InferenceServerClient(c.inference_url, ssl=True,
+                                              root_certificates=str(pki / "ca.pem")) as client:
+            assert client.is_server_live()
+    finally:
+        c.kill()
