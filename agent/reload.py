@@ -1,5 +1,6 @@
 """SIGHUP on the agent: the configuration read again and what can change while serving applied (log level,
-labels and zone, telemetry interval, the model repository, TLS certificates); what needs a restart is named.
+labels and zone, telemetry interval, the model repository, TLS certificates, health thresholds); what needs a
+restart is named.
 A configuration that is refused (bad file, unusable certificate, missing repository) changes nothing."""
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     from .daemon import RunningAgent
 
 log = logging.getLogger(__name__)
-LIVE = frozenset({"log_level", "labels", "zone", "interval", "model_repo", "tls_ca", "tls_cert", "tls_key"})
+LIVE = frozenset({"log_level", "labels", "zone", "interval", "model_repo", "tls_ca", "tls_cert", "tls_key",
+                  "health"})
 
 
 class ReloadRefused(ValueError):
@@ -63,6 +65,12 @@ async def apply(agent: RunningAgent, running: AgentConfig, new: AgentConfig) -> 
     if new.interval != running.interval:
         agent.telemetry.interval = new.interval
         done.append(f"interval {new.interval:g} s")
+    if new.health != running.health:  # the thresholds; each device keeps its state and history
+        book = agent.telemetry.health
+        book.policy = new.health
+        for device in book.devices.values():
+            device.policy = new.health
+        done.append("health thresholds")
     if (new.labels, new.zone) != (running.labels, running.zone):
         if agent.link is not None:
             agent.link.rejoin(new.labels, new.zone)
@@ -72,6 +80,6 @@ async def apply(agent: RunningAgent, running: AgentConfig, new: AgentConfig) -> 
         done.append(f"model repository {new.model_repo} ({len(loaded)} loaded, {len(unloaded)} unloaded)")
     elif new.model_repo != running.model_repo:
         restart.append("model_repo")
-    for name in ("log_level", "interval", "labels", "zone", "model_repo"):
+    for name in ("log_level", "interval", "labels", "zone", "model_repo", "health"):
         setattr(running, name, getattr(new, name))
     return done, restart

@@ -82,13 +82,15 @@ def test_standalone_agent_reload_rescans_its_repository_and_sets_the_log_level(t
         with grpcclient.InferenceServerClient(agent.grpc_url) as client:
             assert client.is_model_ready("iris")
             shutil.copytree(IRIS, repo / "iris2")
-            config.write_text(f'[agent]\nlog_level = "debug"\n[serving]\nmodel_repo = "{repo}"\ngrpc_port = 0\n')
+            config.write_text(f'[agent]\nlog_level = "debug"\n[serving]\nmodel_repo = "{repo}"\ngrpc_port = 0\n'
+                              "[health]\nhold_s = 5.0\n")
             hangup(agent, "configuration reloaded")
             assert logged(agent, "log level debug") and logged(agent, "(1 loaded, 0 unloaded)"), agent.lines[-3:]
+            assert logged(agent, "health thresholds"), agent.lines[-3:]
             assert client.is_model_ready("iris2")
             shutil.rmtree(repo / "iris")
             config.write_text(f'[agent]\nlog_level = "debug"\nnode = "other"\n[serving]\nmodel_repo = "{repo}"\n'
-                              "grpc_port = 0\n")
+                              "grpc_port = 0\n[health]\nhold_s = 5.0\n")
             hangup(agent, "configuration reloaded")
             assert logged(agent, "node changed: restart the agent"), agent.lines[-3:]
             assert not client.is_model_ready("iris") and client.is_model_ready("iris2")
