@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9102
+DEFAULT_PORT = 8003
 NODE_STATES = (NODE_READY, NODE_SUSPECT, NODE_LOST)
 # seconds: a routed request is a forward to an agent (sub-millisecond on loopback) up to its 30 s timeout
 ROUTER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)

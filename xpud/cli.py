@@ -185,8 +185,8 @@ def build_parser() -> Parser:
     controller.add_argument("--audit-log-keep", type=_keep, default=5, metavar="N",
                             help="rotated audit logs kept: FILE.1 .. FILE.N (default 5)")
     _log_level(controller)
-    controller.add_argument("--metrics-port", type=_port, default=9102, metavar="P",
-                            help="Prometheus /metrics port (default 9102; 0: any free port, logged)")
+    controller.add_argument("--metrics-port", type=_port, default=8003, metavar="P",
+                            help="Prometheus /metrics port (default 8003; 0: any free port, logged)")
     controller.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                             help="address for /metrics (default 127.0.0.1; 0.0.0.0 for a Prometheus elsewhere)")
     controller.add_argument("--metrics-tls", action="store_true",
@@ -201,8 +201,8 @@ def build_parser() -> Parser:
     up.add_argument("--inference-port", type=_port, default=8000, metavar="P")
     up.add_argument("--grpc-port", type=_port, default=8001, metavar="P")
     up.add_argument("--metrics-port", type=_port, default=8002, metavar="P")
-    up.add_argument("--controller-metrics-port", type=_port, default=9102, metavar="P",
-                    help="the controller's /metrics port (default 9102; 0: any free port)")
+    up.add_argument("--controller-metrics-port", type=_port, default=8003, metavar="P",
+                    help="the controller's /metrics port (default 8003; 0: any free port)")
     up.add_argument("--cache-dir", metavar="DIR", help="the local agent's artifact cache and state")
     up.add_argument("--insecure", action="store_true", help="listen on a non-loopback --listen address anyway")
 
