@@ -133,6 +133,14 @@ class ModelVersion:
         return run
 
 
+def device_outcome(error: BaseException | None) -> bool | None:
+    """What a batch's end says of its device: True (it ran), False (the device failed the run), None (nothing:
+    the request's tensors were refused, the model was unloading, ...)."""
+    if error is None:
+        return True
+    return False if isinstance(error, RunFailed) else None
+
+
 def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
@@ -330,16 +338,13 @@ class ModelManager:
         logged = [-RUN_FAILURE_LOG_S] * len(devices)  # when each instance's failure was last logged
 
         def done(index: int, requests: int, error: BaseException | None) -> None:
-            if error is None:
-                ok = True
-            elif isinstance(error, RunFailed):
-                ok = False
-                if (now := time.monotonic()) - logged[index] >= RUN_FAILURE_LOG_S:
-                    logged[index] = now
-                    log.warning("model %s version %d: a run failed on %s: %s", mv.name, mv.version,
-                                ", ".join(devices[index]) or "its device", error)
-            else:
+            ok = device_outcome(error)
+            if ok is None:
                 return
+            if not ok and (now := time.monotonic()) - logged[index] >= RUN_FAILURE_LOG_S:
+                logged[index] = now
+                log.warning("model %s version %d: a run failed on %s: %s", mv.name, mv.version,
+                            ", ".join(devices[index]) or "its device", error)
             for device in devices[index]:
                 record(device, ok, requests)
 
