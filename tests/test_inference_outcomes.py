@@ -162,6 +162,6 @@ async def test_a_fault_active_at_load_fails_the_warm_up_as_a_broken_gpu_would(tm
     path = tmp_path / "model.onnx"
     path.write_bytes(model.SerializeToString())
     a = Assignment("web", "mlp", "1", "0" * 64, 1, ("sim:0",))
-    with pytest.raises(SessionError, match="warm-up .* failed on cpu: .*RUNTIME_EXCEPTION"):
+    with pytest.raises(SessionError, match=r"warm-up .* failed on cpu: .*RUNTIME_EXCEPTION"):
         await manager.load("web", model_source(a, path))
     await manager.close()
