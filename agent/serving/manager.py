@@ -323,7 +323,8 @@ class ModelManager:
             self.failures.pop(name, None)
             for mv in built.values():
                 log.info("model %s version %d READY on %s (%s), max_batch_size %d, %s MiB %s", name, mv.version,
-                         ", ".join(i.placement.label() for i in mv.instances), mv.provider, mv.config.max_batch_size,
+                         ", ".join(" ".join(i.placement.devices) or i.placement.label() for i in mv.instances),
+                         mv.provider, mv.config.max_batch_size,
                          f"{mv.memory_bytes / 2**20:.1f}", "of GPU memory" if mv.memory_on_gpu else "of host memory")
         await self._retire(list(old.values()))
         return list(built.values())
