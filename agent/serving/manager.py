@@ -329,13 +329,12 @@ class ModelManager:
         await self._retire(list(old.values()))
         return list(built.values())
 
-    def _outcome_sink(self, mv: ModelVersion) -> BatchDone | None:
+    def _outcome_sink(self, mv: ModelVersion) -> BatchDone:
         """Each batch's outcome, counted against the device(s) its instance ran on: a success, or a RunFailed
-        (the device failed the run). Anything else (the request's tensors, an unload) is not the device's doing."""
+        (the device failed the run; logged, at most once per instance per RUN_FAILURE_LOG_S). Anything else (the
+        request's tensors, an unload) is not the device's doing."""
         record = self.outcomes
         devices = [inst.placement.devices for inst in mv.instances]
-        if record is None or not any(devices):
-            return None
         logged = [-RUN_FAILURE_LOG_S] * len(devices)  # when each instance's failure was last logged
 
         def done(index: int, requests: int, error: BaseException | None) -> None:
@@ -345,9 +344,10 @@ class ModelManager:
             if not ok and (now := time.monotonic()) - logged[index] >= RUN_FAILURE_LOG_S:
                 logged[index] = now
                 log.warning("model %s version %d: a run failed on %s: %s", mv.name, mv.version,
-                            ", ".join(devices[index]) or "its device", error)
-            for device in devices[index]:
-                record(device, ok, requests)
+                            ", ".join(devices[index]) or mv.instances[index].placement.label(), error)
+            if record is not None:
+                for device in devices[index]:
+                    record(device, ok, requests)
 
         return done
 
