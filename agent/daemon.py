@@ -162,12 +162,25 @@ def _tokens_heard(agent: RunningAgent, path: Path, keys: list[TokenKey]) -> None
     save_tokens(path, keys)
 
 
-def serving_gpus(inventory: Inventory) -> list[int]:
-    """Device ids the execution providers can use: whole NVIDIA/AMD GPUs (not MIG slices, not simulated)."""
-    return sorted(
-        d.index for d in inventory.devices
-        if d.plugin in GPU_VENDORS and d.kind == "gpu" and d.partition is None and d.index is not None
-    )
+def gpu_devices(inventory: Inventory) -> dict[int, str]:
+    """The node's device id ("nvidia:0") of each GPU index the execution providers can use: whole NVIDIA/AMD
+    GPUs (not MIG slices, not simulated)."""
+    return {d.index: d.id for d in inventory.devices
+            if d.plugin in GPU_VENDORS and d.kind == "gpu" and d.partition is None and d.index is not None}
+
+
+def inference_checks(inventory: Inventory) -> dict[str, Callable[[], None]]:
+    """Per device id, what its plugin wants called before each model run on it: the simulator's injected
+    inference faults (``inference_check``, an optional plugin method); real devices fail on their own."""
+    checks = {}
+    for slot in inventory.slots:
+        hook: Callable[[str], Callable[[], None] | None] | None = getattr(slot.plugin, "inference_check", None)
+        if hook is None:
+            continue
+        for d in slot.devices:
+            if (check := hook(d.id)) is not None:
+                checks[d.id] = check
+    return checks
 
 
 async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | None) -> None:
@@ -180,12 +193,16 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | 
     if repo is not None and not repo.is_dir():
         await agent.close()
         raise StartupError(f"model repository {str(repo)!r} is not a directory (check --model-repo)")
-    gpus = serving_gpus(agent.inventory)
+    by_index = gpu_devices(agent.inventory)
+    gpus = sorted(by_index)
     nvidia = any(d.plugin == "nvidia" and d.index in gpus for d in agent.inventory.devices)
+    # each run's outcome counts against the devices it ran on, for their health (agent.telemetry.health)
     agent.manager = ModelManager(repo, gpus=gpus,
                                  metrics=InferenceMetrics(agent.metrics.registry),
                                  default_max_batch_size=config.default_max_batch_size,
-                                 gpu_memory=GpuMemory() if nvidia else None)
+                                 gpu_memory=GpuMemory() if nvidia else None,
+                                 gpu_devices=by_index, outcomes=agent.telemetry.inference,
+                                 device_checks=inference_checks(agent.inventory))
     try:
         agent.certificates, rules = _serving_security(config)
     except StartupError:

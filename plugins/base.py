@@ -154,7 +154,9 @@ class DevicePlugin(Protocol):
     The entry point names a class (or factory) called as ``factory(options)`` with a
     mapping of plugin options from the agent configuration. ``discover`` and
     ``sample`` are blocking and are called off the event loop, one at a time per
-    plugin, under a time budget.
+    plugin, under a time budget. A simulator may also offer ``inference_check(device_id)
+    -> Callable[[], None] | None``: the agent calls the check before each model run on that
+    device (from the instance's thread), and it raises as the device's driver would.
     """
 
     name: ClassVar[str]

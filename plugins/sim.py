@@ -16,13 +16,19 @@ Scenario (JSON), every key optional::
         {"kind": "xid_storm", "device": 1, "at_s": 10, "duration_s": 5, "rate_hz": 4, "code": 13},
         {"kind": "lost", "device": 2, "at_s": 30},
         {"kind": "ecc_growth", "device": 0, "at_s": 0, "rate_per_s": 0.5, "uncorrected_every": 10},
-        {"kind": "thermal", "device": 3, "at_s": 20, "duration_s": 10, "temperature": 95}
+        {"kind": "thermal", "device": 3, "at_s": 20, "duration_s": 10, "temperature": 95},
+        {"kind": "inference_errors", "device": 1, "at_s": 40, "duration_s": 10, "ratio": 0.5}
       ]
     }
+
+``inference_errors`` fails that share of the model runs on the device (evenly spread: 0.5 is every other run)
+while active, as a GPU whose kernels fail does; a lost device fails every run from then on. The serving layer
+asks ``inference_check(device_id)`` for a check to call just before each run (the only hook besides sampling).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -35,7 +41,7 @@ from typing import Any, ClassVar
 from .base import DeviceEvent, DeviceInfo, DeviceSample, Health, PluginUnavailable, option
 
 GIB = 1024**3
-FAULT_KINDS = ("xid_storm", "lost", "ecc_growth", "thermal")
+FAULT_KINDS = ("xid_storm", "lost", "ecc_growth", "thermal", "inference_errors")
 LOAD_SHAPES = ("sine", "constant", "ramp", "square")
 
 
@@ -54,6 +60,7 @@ class Fault:
     code: int = 79
     temperature: float = 95.0
     uncorrected_every: float = 0.0
+    ratio: float = 1.0  # inference_errors: the share of runs that fail while active
 
     def active(self, t: float) -> bool:
         return self.at_s <= t < self.at_s + self.duration_s
@@ -107,6 +114,8 @@ def build_devices(scenario: Mapping[str, Any], count: int | None) -> list[SimDev
         if kind not in FAULT_KINDS:
             raise ScenarioError(f"sim fault kind {kind!r} is not one of {', '.join(FAULT_KINDS)}")
         known = {k: v for k, v in raw.items() if k in Fault.__dataclass_fields__}
+        if kind == "inference_errors" and not 0 <= float(known.get("ratio", 1.0)) <= 1:
+            raise ScenarioError(f"sim fault inference_errors: ratio {known['ratio']!r} must be within 0..1")
         faults.setdefault(int(raw.get("device", 0)), []).append(Fault(**known))
     devices = []
     for i in range(n):
@@ -196,6 +205,30 @@ class SimPlugin:
     def close(self) -> None:
         return None
 
+    def inference_check(self, device_id: str) -> Callable[[], None] | None:
+        """A check to call just before each model run on ``device_id`` (from any thread): it raises a
+        RuntimeError worded like ONNX Runtime's for a kernel that failed on the GPU while an
+        ``inference_errors`` fault is active (or once the device is lost). None when no fault can fail it."""
+        d = next((d for d in self._devices if f"sim:{d.index}" == device_id), None)
+        faults = tuple(f for f in d.faults if f.kind in ("inference_errors", "lost")) if d is not None else ()
+        if not faults:
+            return None
+        runs = itertools.count()  # runs while a fault is active; next() is atomic, so threads share it
+
+        def check() -> None:
+            t = self._clock() - self._t0
+            for f in faults:
+                if f.kind == "lost" and t >= f.at_s:
+                    raise RuntimeError(_ort_failure(device_id, "cudaErrorDevicesUnavailable",
+                                                    "all CUDA-capable devices are busy or unavailable"))
+                if f.kind == "inference_errors" and f.active(t):
+                    n = next(runs)
+                    if math.floor((n + 1) * f.ratio) > math.floor(n * f.ratio):  # ratio of runs, evenly spread
+                        raise RuntimeError(_ort_failure(device_id, "cudaErrorLaunchFailure",
+                                                        "unspecified launch failure"))
+
+        return check
+
     def _sample_device(self, d: SimDevice, t: float, prev_t: float | None, now: float) -> DeviceSample:
         device_id = f"sim:{d.index}"
         for fault in d.faults:
@@ -262,6 +295,12 @@ class SimPlugin:
             s.events = tuple(events)
         if reasons:
             s.health, s.health_reason = Health.DEGRADED, "; ".join(reasons)
+
+
+def _ort_failure(device_id: str, error: str, text: str) -> str:
+    """What ONNX Runtime's session.run raises when a CUDA kernel fails (RUNTIME_EXCEPTION), for a sim device."""
+    return (f"[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running the model "
+            f"on {device_id}. Status Message: CUDA error {error}: {text} (simulated)")
 
 
 def _storm_count(f: Fault, t: float) -> int:

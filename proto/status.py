@@ -56,6 +56,12 @@ def status_of(exc: BaseException, table: StatusTable = ()) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def unmapped(exc: BaseException, table: StatusTable = ()) -> bool:
+    """A bug of ours: no status of its own and no row of `table` (an INTERNAL the table names, such as a model
+    run failing on its device, is an outcome, not a bug: no traceback)."""
+    return not isinstance(exc, StatusError) and not any(isinstance(exc, kind) for kind, _ in table)
+
+
 def grpc_status(table: StatusTable = (), logger: logging.Logger | None = None
                 ) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Decorate a unary (or stream-unary) servicer method: an exception it raises ends the call with
@@ -73,7 +79,7 @@ def grpc_status(table: StatusTable = (), logger: logging.Logger | None = None
                 if isinstance(exc, grpc.aio.AbortError):  # context.abort was called inside: already answered
                     raise
                 code = status_of(exc, table)
-                if code is grpc.StatusCode.INTERNAL:
+                if unmapped(exc, table):
                     log.exception("%s failed", method.__name__)
                 await context.abort(code, str(exc) or type(exc).__name__)
                 raise  # unreachable: abort raises

@@ -467,3 +467,39 @@ async def test_instance_thread_that_stops_fails_its_batch_instead_of_hanging(mak
     for thread in b._threads:
         await asyncio.to_thread(thread.join, 2)
     assert [type(e.exc_value) for e in ended] == [SystemExit]
+
+
+async def test_each_run_batch_is_told_once_with_its_requests(make):
+    """on_done (for the device's health) hears of the batches that ran, never of requests that timed out or were
+    cancelled in the queue: those never reached a device."""
+    gate = threading.Event()
+    told: list[tuple[int, int, str]] = []
+    runner = FakeRunner(fail_on="bad")
+    b = await make(dyn(preferred_batch_sizes=(2,), max_queue_delay_s=0.05, default_timeout_s=0.1,
+                       allow_timeout_override=True), runner,
+                   on_done=lambda i, n, e: told.append((i, n, "" if e is None else type(e).__name__)))
+    await asyncio.wait_for(asyncio.gather(*(b.submit(Request(p, 1)) for p in ["a", "b"])), 2)
+    with pytest.raises(RuntimeError, match="boom"):
+        await asyncio.wait_for(b.submit(Request("bad", 1)), 2)
+    runner.gate = gate
+    runner.started.clear()
+    held = await hold(b, runner)
+    with pytest.raises(QueueTimeout):
+        await b.submit(Request("late", 1))
+    doomed = asyncio.create_task(b.submit(Request("doomed", 1, timeout_s=5)))
+    await settle()
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    gate.set()
+    await asyncio.wait_for(held, 2)
+    assert told == [(0, 2, ""), (0, 1, "RuntimeError"), (0, 1, "")]  # requests, not rows
+
+
+async def test_on_done_names_the_instance_that_ran_the_batch(make):
+    told: list[tuple[int, bool]] = []
+    fine, broken = FakeRunner(), FakeRunner(fail_on="x")
+    b = await make(BatchPolicy(), fine, broken, on_done=lambda i, n, e: told.append((i, e is None)))
+    await asyncio.wait_for(asyncio.gather(*(b.submit(Request("x", 1)) for _ in range(20)),
+                                          return_exceptions=True), 5)
+    assert len(told) == 20 and all(ok == (i == 0) for i, ok in told)  # instance 1 fails every run

@@ -106,12 +106,47 @@ def test_ecc_growth_and_thermal():
     assert b.health is Health.OK and b.throttle_reasons == ()
 
 
+def failures(check, runs: int) -> int:  # type: ignore[no-untyped-def]
+    """How many of ``runs`` runs the check fails, each with ONNX Runtime's wording."""
+    failed = 0
+    for _ in range(runs):
+        try:
+            check()
+        except RuntimeError as exc:
+            assert str(exc).startswith("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION") and "CUDA error" in str(exc)
+            failed += 1
+    return failed
+
+
+def test_inference_errors_fail_their_share_of_runs_while_active():
+    fault = {"kind": "inference_errors", "device": 1, "at_s": 10, "duration_s": 5, "ratio": 0.25}
+    p, clock = plugin({"count": 2, "faults": [fault]})
+    p.discover()
+    assert p.inference_check("sim:0") is None  # no fault can fail it: nothing to call per run
+    check = p.inference_check("sim:1")
+    assert check is not None and failures(check, 8) == 0  # before at_s
+    clock.t += 10
+    assert failures(check, 8) == 2  # a quarter, evenly spread
+    clock.t += 5
+    assert failures(check, 8) == 0  # ended
+    assert all(s.health is Health.OK and s.events == () for s in p.sample())  # runs fail; telemetry sees nothing
+
+
+def test_a_lost_gpu_fails_every_run():
+    p, clock = plugin({"count": 1, "faults": [{"kind": "lost", "device": 0, "at_s": 10}]})
+    check = p.inference_check("sim:0")
+    assert check is not None and failures(check, 3) == 0
+    clock.t += 10
+    assert failures(check, 3) == 3
+
+
 @pytest.mark.parametrize(
     ("scenario", "message"),
     [
         ({"faults": [{"kind": "meteor"}]}, "sim fault kind 'meteor'"),
         ({"load": {"shape": "zigzag"}}, "sim load shape 'zigzag'"),
         ("no-such-bundled-scenario", "no bundled sim scenario"),
+        ({"faults": [{"kind": "inference_errors", "ratio": 1.5}]}, "ratio 1.5 must be within 0..1"),
     ],
 )
 def test_bad_scenarios_name_what_to_fix(scenario, message):

@@ -65,4 +65,4 @@ def model_config(a: Assignment) -> mc.ModelConfig:
 
 def model_source(a: Assignment, path: Path) -> ModelSource:
     """What the model manager loads for ``a``: its configuration and the artifact as its one version."""
-    return ModelSource(model_config(a), {a.version_number(): path})
+    return ModelSource(model_config(a), {a.version_number(): path}, a.devices)

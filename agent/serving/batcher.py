@@ -26,6 +26,7 @@ touched on the event loop. Queue delays use ``time.monotonic``; the injectable `
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -35,7 +36,9 @@ from typing import Any
 
 from .batchpolicy import BatchPolicy
 
-__all__ = ["BatchPolicy", "Batcher", "BatcherClosed", "QueueFull", "QueueTimeout", "Request", "Runner"]
+__all__ = ["BatchDone", "BatchPolicy", "Batcher", "BatcherClosed", "QueueFull", "QueueTimeout", "Request", "Runner"]
+
+log = logging.getLogger(__name__)
 
 # A condition wait may wake a little early; treat a queue-delay deadline this close as reached.
 _EPS = 2e-5
@@ -80,6 +83,9 @@ class Request:
 # Runs one batch on one model instance and returns one result per request, in order. It blocks: it is called
 # on that instance's own thread, never on the event loop.
 Runner = Callable[[list[Request]], Sequence[Any]]
+# Told on the event loop of each batch an instance ran: (instance index, requests in the batch, the error the
+# batch failed with or None). One call per batch, for the health of the instance's device.
+BatchDone = Callable[[int, int, BaseException | None], None]
 
 
 class Batcher:
@@ -92,6 +98,7 @@ class Batcher:
         runners: list[Runner],
         *,
         clock: Callable[[], float] = time.monotonic,
+        on_done: BatchDone | None = None,
     ) -> None:
         if not runners:
             raise ValueError(f"model '{name}': needs at least one model instance (runner)")
@@ -100,6 +107,7 @@ class Batcher:
         self.policy = policy
         self._runners = list(runners)
         self._clock = clock
+        self._on_done = on_done
         self._dynamic = policy.dynamic and policy.max_batch_size > 0
         self._max_preferred = max(policy.preferred_batch_sizes, default=policy.max_batch_size)
         self._preferred = frozenset(policy.preferred_batch_sizes)
@@ -139,7 +147,7 @@ class Batcher:
         self._exited = self._loop.create_future()
         self._alive = len(self._runners)
         for i, runner in enumerate(self._runners):
-            thread = threading.Thread(target=self._instance, args=(runner,), name=f"model-{self.name}-{i}",
+            thread = threading.Thread(target=self._instance, args=(i, runner), name=f"model-{self.name}-{i}",
                                       daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -256,8 +264,14 @@ class Batcher:
             ),
         )
 
-    def _deliver(self, batch: list[Request], results: Sequence[Any] | None, error: BaseException | None) -> None:
-        """On the loop: resolve the futures of a batch an instance thread has run."""
+    def _deliver(self, index: int, batch: list[Request], results: Sequence[Any] | None,
+                 error: BaseException | None) -> None:
+        """On the loop: resolve the futures of a batch instance ``index`` has run."""
+        if self._on_done is not None:
+            try:
+                self._on_done(index, len(batch), error)
+            except Exception:  # a bookkeeping bug must not leave the batch's callers waiting
+                log.exception("model '%s': batch outcome not recorded", self.name)
         for i, request in enumerate(batch):
             _cancel_timer(request)
             fut = request._future
@@ -345,7 +359,7 @@ class Batcher:
                 self._forming = False
                 self._cond.notify_all()  # the next free instance may form
 
-    def _instance(self, runner: Runner) -> None:
+    def _instance(self, index: int, runner: Runner) -> None:
         """One model instance's thread: form a batch, run it, hand the results to the loop; until closed."""
         loop = self._loop
         assert loop is not None
@@ -357,21 +371,22 @@ class Batcher:
                         raise RuntimeError(f"model '{self.name}': instance returned {len(results)} results for a "
                                            f"batch of {len(batch)}")
                 except Exception as exc:  # fails this batch only; the instance goes on
-                    self._finish(loop, batch, None, exc)
+                    self._finish(loop, index, batch, None, exc)
                 except BaseException:  # SystemExit and the like end this thread: its batch must not hang
-                    self._finish(loop, batch, None, BatcherClosed(f"model '{self.name}': its instance stopped"))
+                    self._finish(loop, index, batch, None,
+                                 BatcherClosed(f"model '{self.name}': its instance stopped"))
                     raise
                 else:
-                    self._finish(loop, batch, results, None)
+                    self._finish(loop, index, batch, results, None)
         finally:
             _call_soon(loop, self._instance_exited)
 
-    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[Request], results: Sequence[Any] | None,
-                error: BaseException | None) -> None:
+    def _finish(self, loop: asyncio.AbstractEventLoop, index: int, batch: list[Request],
+                results: Sequence[Any] | None, error: BaseException | None) -> None:
         with self._cond:
             self._in_flight -= len(batch)
             self.batches_executed += 1
-        _call_soon(loop, self._deliver, batch, results, error)
+        _call_soon(loop, self._deliver, index, batch, results, error)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:

@@ -12,7 +12,7 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,18 @@ import psutil
 
 from xpud.proto.oip import config_to_triton, mc
 
-from .batcher import Batcher, BatcherClosed, Request
+from .batcher import BatchDone, Batcher, BatcherClosed, Request
 from .gpumemory import GpuMemory, growth
-from .modelconfig import batch_policy, placements, report_placement, session_options, warmup_inputs
+from .modelconfig import batch_policy, bind_devices, placements, report_placement, session_options, warmup_inputs
 from .repository import ModelConfigError, ModelSource, TensorSpec, complete_config, model_names, read_model
-from .runtime import CPU, OrtInstance, SessionError, available_providers
+from .runtime import CPU, OrtInstance, RunFailed, SessionError, available_providers
 from .stats import InferenceMetrics, ModelStats
 
 log = logging.getLogger(__name__)
+
+# One model run's outcome on one device: (device id, ok, requests). The telemetry's health book takes it.
+Outcome = Callable[[str, bool, int], None]
+RUN_FAILURE_LOG_S = 10.0  # a failing device is logged at most once per instance in this long
 
 
 class ModelState(enum.StrEnum):
@@ -129,6 +133,14 @@ class ModelVersion:
         return run
 
 
+def device_outcome(error: BaseException | None) -> bool | None:
+    """What a batch's end says of its device: True (it ran), False (the device failed the run), None (nothing:
+    the request's tensors were refused, the model was unloading, ...)."""
+    if error is None:
+        return True
+    return False if isinstance(error, RunFailed) else None
+
+
 def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
@@ -151,9 +163,18 @@ class ModelManager:
         metrics: InferenceMetrics | None = None,
         default_max_batch_size: int = 4,
         gpu_memory: GpuMemory | None = None,
+        gpu_devices: Mapping[int, str] | None = None,
+        outcomes: Outcome | None = None,
+        device_checks: Mapping[str, Callable[[], None]] | None = None,
     ) -> None:
+        """``gpu_devices``: the node's device id of each GPU index (for repository models); ``outcomes``: told
+        each batch's outcome on each device it ran on (successes, and failures of the device's own, not the
+        request's); ``device_checks``: per device id, called before each run (a simulated fault raises)."""
         self.repo = repo
         self.gpus = gpus or []
+        self.gpu_devices = dict(gpu_devices or {})
+        self.outcomes = outcomes
+        self.device_checks = dict(device_checks or {})
         self.gpu_memory = gpu_memory  # NVML readings, to report a GPU model's memory on its device
         self.metrics = metrics
         self.default_max_batch_size = default_max_batch_size
@@ -216,7 +237,8 @@ class ModelManager:
         for version in files:
             vconfig = mc.ModelConfig()
             vconfig.CopyFrom(source.config)
-            plans[version] = (vconfig, placements(vconfig, self.gpus, providers))
+            where = placements(vconfig, self.gpus, providers)
+            plans[version] = (vconfig, bind_devices(where, source.devices, self.gpu_devices))
         on_gpus = sorted({p.device_id for _, where in plans.values() for p in where
                           if p.kind == "gpu" and p.device_id is not None})
         gpu_before = {d: self.gpu_memory.read(d) for d in on_gpus} if self.gpu_memory else {}
@@ -231,7 +253,8 @@ class ModelManager:
                 mv = ModelVersion(name, version, vconfig, instances, ModelStats(name, str(version), CPU))
                 built[version] = mv
                 for i, placement in enumerate(where):
-                    instances.append(OrtInstance(path, placement, options, f"{name}_{version}_{i}", name))
+                    checks = tuple(c for d in placement.devices if (c := self.device_checks.get(d)) is not None)
+                    instances.append(OrtInstance(path, placement, options, f"{name}_{version}_{i}", name, checks))
                 report_placement(vconfig, instances)
                 inputs, outputs = graph_specs(instances[0])
                 complete_config(vconfig, inputs, outputs, self.default_max_batch_size)
@@ -292,7 +315,7 @@ class ModelManager:
                 raise SessionError(f"{name}: load failed: {type(exc).__name__}: {exc}") from exc
             for mv in built.values():
                 mv.batcher = Batcher(f"{name}:{mv.version}", batch_policy(mv.config),
-                                     [mv.runner(i) for i in mv.instances])
+                                     [mv.runner(i) for i in mv.instances], on_done=self._outcome_sink(mv))
                 await mv.batcher.start()
                 mv.state = ModelState.READY
             old = self.models.get(name, {})
@@ -300,10 +323,33 @@ class ModelManager:
             self.failures.pop(name, None)
             for mv in built.values():
                 log.info("model %s version %d READY on %s (%s), max_batch_size %d, %s MiB %s", name, mv.version,
-                         ", ".join(i.placement.label() for i in mv.instances), mv.provider, mv.config.max_batch_size,
+                         ", ".join(" ".join(i.placement.devices) or i.placement.label() for i in mv.instances),
+                         mv.provider, mv.config.max_batch_size,
                          f"{mv.memory_bytes / 2**20:.1f}", "of GPU memory" if mv.memory_on_gpu else "of host memory")
         await self._retire(list(old.values()))
         return list(built.values())
+
+    def _outcome_sink(self, mv: ModelVersion) -> BatchDone:
+        """Each batch's outcome, counted against the device(s) its instance ran on: a success, or a RunFailed
+        (the device failed the run; logged, at most once per instance per RUN_FAILURE_LOG_S). Anything else (the
+        request's tensors, an unload) is not the device's doing."""
+        record = self.outcomes
+        devices = [inst.placement.devices for inst in mv.instances]
+        logged = [-RUN_FAILURE_LOG_S] * len(devices)  # when each instance's failure was last logged
+
+        def done(index: int, requests: int, error: BaseException | None) -> None:
+            ok = device_outcome(error)
+            if ok is None:
+                return
+            if not ok and (now := time.monotonic()) - logged[index] >= RUN_FAILURE_LOG_S:
+                logged[index] = now
+                log.warning("model %s version %d: a run failed on %s: %s", mv.name, mv.version,
+                            ", ".join(devices[index]) or mv.instances[index].placement.label(), error)
+            if record is not None:
+                for device in devices[index]:
+                    record(device, ok, requests)
+
+        return done
 
     async def unload(self, name: str, *, forget: bool = False) -> None:
         """Unload every version of a model; ``forget`` also drops the source it was given (it is gone)."""

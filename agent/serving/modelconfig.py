@@ -5,9 +5,12 @@ Plain functions of a Triton ModelConfig (completed from the graph or not) that b
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 
-from xpud.proto.devices import DEFAULT_GPU_PROVIDERS, GPU_VENDORS
+from xpud.proto.devices import DEFAULT_GPU_PROVIDERS, GPU_VENDORS, gpu_index
 from xpud.proto.oip import config_to_triton, mc, numpy_dtype
 
 from .batchpolicy import BatchPolicy
@@ -77,6 +80,21 @@ def placements(config: mc.ModelConfig, gpus: list[int], providers: list[str]) ->
             out.extend(Placement("cpu", None, cpu_chain, fallback) for _ in range(count))
         else:
             raise ModelConfigError(f"{config.name}: instance_group kind {kind_names.Name(kind)} is not supported")
+    return out
+
+
+def bind_devices(where: list[Placement], assigned: Sequence[str], gpu_devices: Mapping[int, str]) -> list[Placement]:
+    """Each placement with the device id it runs on, for its outcomes to count against: a GPU one by its index
+    (among the ``assigned`` devices when given, else the node's ``gpu_devices``); the CPU ones take the assigned
+    devices that are no GPU of an execution provider (simulated GPUs, CPUs), in order, as ``model_config`` made
+    one CPU instance for each."""
+    gpus = {i: d for d in assigned if (i := gpu_index(d)) is not None} if assigned else gpu_devices
+    others = iter([d for d in assigned if gpu_index(d) is None])
+    out = []
+    for p in where:
+        device = gpus.get(p.device_id) if p.kind == "gpu" and p.device_id is not None else \
+            next(others, None) if p.kind == "cpu" else None
+        out.append(dataclasses.replace(p, devices=(device,)) if device else p)
     return out
 
 

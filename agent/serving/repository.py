@@ -42,6 +42,8 @@ class ModelSource:
 
     config: mc.ModelConfig
     files: Mapping[int, Path]
+    # the node's device ids assigned to it ("nvidia:0", "sim:1"), one instance each; () for a repository model
+    devices: tuple[str, ...] = ()
 
 
 def model_names(repo: Path) -> list[str]:

@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ class SessionError(Exception):
     """A session that cannot be created as asked (bad model file, missing op, wrong EP)."""
 
 
+class RunFailed(RuntimeError):
+    """A run that failed on its device (ONNX Runtime's Fail/RuntimeException/EPFail, a CUDA error), not because
+    of what the request held: INTERNAL, and counted against the health of the instance's device(s)."""
+
+
+class InputRejected(ValueError):
+    """ONNX Runtime refused the request's tensors (its INVALID_ARGUMENT: type, rank, dimensions): the client's
+    to fix, never counted against the device."""
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where one model instance runs: the providers to ask for, in order, and the device."""
@@ -49,6 +60,9 @@ class Placement:
     device_id: int | None
     providers: tuple[str, ...]  # e.g. (TENSORRT, CUDA) or (CPU,)
     allow_cpu_fallback: bool = False
+    # the node's device ids the instance runs on ("nvidia:0", "sim:1": a simulated GPU runs on the CPU EP);
+    # () when not known (a CPU instance of a repository model): its outcomes count against no device
+    devices: tuple[str, ...] = ()
 
     @property
     def wanted(self) -> str:
@@ -90,11 +104,13 @@ class OrtInstance:
     """
 
     def __init__(self, model_path: Path, placement: Placement, options: SessionOptions, name: str,
-                 model: str | None = None) -> None:
-        """``model``: the model's name in messages (default: the repository folder that holds the file)."""
+                 model: str | None = None, checks: tuple[Callable[[], None], ...] = ()) -> None:
+        """``model``: the model's name in messages (default: the repository folder that holds the file);
+        ``checks``: called before each run, they raise as the device's driver would (a simulated fault)."""
         ort = _ort()
         self.name = name
         self.placement = placement
+        self.checks = checks
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
@@ -144,8 +160,25 @@ class OrtInstance:
         self._bf16_outputs = {o.name for o in self.session.get_outputs() if o.type == "tensor(bfloat16)"}
         self._ort_value = ort.OrtValue
         self._run_options = ort.RunOptions()
+        # ONNX Runtime's own INVALID_ARGUMENT (bad tensors); its other errors are the run failing on the device
+        self._refused: Any = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "InvalidArgument", ())
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        """Blocking. Raises RunFailed when the run fails on the device, InputRejected (or ValueError,
+        SessionError) when the request's tensors are at fault."""
+        try:
+            for check in self.checks:
+                check()
+            return self._run(inputs, outputs)
+        except (SessionError, ValueError, TypeError):  # the feed's content (a missing input, BYTES with BF16)
+            raise
+        except self._refused as exc:
+            raise InputRejected(_short(f"{self.name}: {exc}")) from None
+        except Exception as exc:  # ORT's Fail, RuntimeException, EPFail, ...: the device (or its driver) failed
+            raise RunFailed(_short(f"{self.name} on {', '.join(self.placement.devices) or self.placement.label()}: "
+                                   f"{exc}")) from exc
+
+    def _run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> list[np.ndarray]:
         names = outputs or self.output_names
         if not self._bf16_outputs.intersection(names):
             feed = {k: self._bf16_value(v) if v.dtype == BF16 else v for k, v in inputs.items()}

@@ -20,13 +20,13 @@ from xpud.proto.auth import Authorize, Rules, TokenCheck
 from xpud.proto.decoding import interceptors
 from xpud.proto.oip import SERVICE_NAME, TensorError, config_to_triton, pb, pb_grpc
 from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
-from xpud.proto.status import StatusTable, grpc_status, status_of
+from xpud.proto.status import StatusTable, grpc_status, status_of, unmapped
 
 from .batcher import BatcherClosed, QueueFull, QueueTimeout
 from .inference import InvalidRequest, infer
 from .manager import ModelManager, ModelNotFound, ModelState, ModelUnavailable
 from .repository import ModelConfigError
-from .runtime import SessionError
+from .runtime import RunFailed, SessionError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "sta
 CODES: StatusTable = (
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (RunFailed, grpc.StatusCode.INTERNAL),  # the device failed the run (as Triton answers): logged by the manager
     (BatcherClosed, grpc.StatusCode.UNAVAILABLE),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QueueTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -163,7 +164,7 @@ class InferenceServicer(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServi
                 raise
             except Exception as exc:
                 code = status_of(exc, CODES)
-                if code is grpc.StatusCode.INTERNAL:
+                if unmapped(exc, CODES):
                     log.exception("stream inference failed")
                 return stream_error(req, code.name, str(exc))
 

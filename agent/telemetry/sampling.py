@@ -75,6 +75,11 @@ class Telemetry:
                 await result
         return self.snapshot
 
+    def inference(self, device_id: str, ok: bool, count: int = 1) -> None:
+        """``count`` requests that ran on ``device_id`` ended (ok, or the device failed the run): on the loop, by
+        this loop's clock, into the health book the ticks judge."""
+        self.health.inference(device_id, ok, self._clock(), count)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Tick on a fixed schedule (no drift); a slow tick skips the slots it overran."""
         next_at = self._clock()
