@@ -295,8 +295,11 @@ async def run_standalone(config: AgentConfig, stop: asyncio.Event | None = None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    hangups = asyncio.Event()  # set by SIGHUP, from the start: one during start-up is applied once serving
+    if reread is not None:
+        loop.add_signal_handler(signal.SIGHUP, hangups.set)
     agent = await start_agent(config)
-    return await serve_agent(agent, config, stop, reread)
+    return await serve_agent(agent, config, stop, reread, hangups)
 
 
 async def _reload(agent: RunningAgent, config: AgentConfig, reread: Callable[[], AgentConfig],
@@ -320,7 +323,7 @@ async def _reload(agent: RunningAgent, config: AgentConfig, reread: Callable[[],
 
 
 async def serve_agent(agent: RunningAgent, config: AgentConfig, stop: asyncio.Event,
-                      reread: Callable[[], AgentConfig] | None = None) -> int:
+                      reread: Callable[[], AgentConfig] | None = None, hangups: asyncio.Event | None = None) -> int:
     """Tick telemetry, keep the controller link, reload on SIGHUP and talk to systemd until ``stop``; then close
     everything."""
     notifier = SystemdNotifier()
@@ -347,15 +350,14 @@ async def serve_agent(agent: RunningAgent, config: AgentConfig, stop: asyncio.Ev
         agent.telemetry.on_tick = status_line
     if agent.link is not None:
         tasks.append(asyncio.create_task(agent.link.run(stop)))
-    if reread is not None:
-        reloading = asyncio.Lock()
-
-        async def reload_once() -> None:
-            async with reloading:  # one reload at a time, in the order the signals came
+    if reread is not None and hangups is not None:
+        async def reloads() -> None:
+            while True:  # one reload at a time; signals during one fold into the next
+                await hangups.wait()
+                hangups.clear()
                 await _reload(agent, config, reread, notifier)
 
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reload_once())))
+        tasks.append(asyncio.create_task(reloads()))
     try:
         await agent.telemetry.run(stop)
     finally:

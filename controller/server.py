@@ -236,18 +236,27 @@ async def run_controller(listen: str, inference_port: int, state_dir: Path, stop
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running = await start_controller(listen, inference_port, state_dir, **kwargs)
-    if reload is not None:
-        def hangup() -> None:
-            if notify is not None:
-                notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-            try:
-                reload(running)
-            finally:
-                if notify is not None:
-                    notify("READY=1")
+    running: RunningController | None = None
+    pending = False  # a SIGHUP during start-up: applied once serving
 
+    def hangup() -> None:
+        nonlocal pending
+        if running is None or reload is None:
+            pending = True
+            return
+        if notify is not None:
+            notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            reload(running)
+        finally:
+            if notify is not None:
+                notify("READY=1")
+
+    if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, hangup)
+    running = await start_controller(listen, inference_port, state_dir, **kwargs)
+    if pending:
+        hangup()
     if notify is not None:
         notify("READY=1", f"STATUS=agents and admin on port {running.port}, inference on {running.inference_port}")
     try:
