@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .access import ROUTER_RULES, RULES
 from .admin import AUDITED, AdminService
 from .audit import KEEP, MAX_BYTES, AuditLog
 from .control import Controller
+from .handover import GRACE as HANDOVER_GRACE
 from .linkservice import AgentLinkService
 from .metrics import ControllerMetrics
 from .router import Router, add_router
@@ -121,6 +123,15 @@ def _bind(server: grpc.aio.Server, address: str, what: str, creds: grpc.ServerCr
     return port
 
 
+def internal_seconds(name: str, default: float, environ: Mapping[str, str] = os.environ) -> float:
+    """An internal time bound from the environment (tests shorten it; no flag): seconds > 0, else the default."""
+    try:
+        value = float(environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
 async def start_controller(listen: str, inference_port: int, state_dir: Path, *, inference_host: str | None = None,
                            interval: float = 1.0, lease: float = 3.0, tls: TlsFiles | None = None,
                            store_url: str | None = None, token_listen: str | None = None,
@@ -158,7 +169,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         store.close()
         raise
     controller = Controller(store, artifacts, interval=interval, lease=lease,
-                            tuning=ProcessTuning(time.monotonic))
+                            tuning=ProcessTuning(time.monotonic),
+                            handover_grace=internal_seconds("XPUD_HANDOVER_GRACE_S", HANDOVER_GRACE))
 
     def refused(method: str, actor: str, code: grpc.StatusCode, message: str) -> None:
         name = method.rpartition("/")[2]
