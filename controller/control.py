@@ -22,6 +22,8 @@ from xpud.proto.status import InvalidArgument, NotFound
 
 from .catalog import Measured, Models, estimate
 from .core import Decision, DeploymentSpec
+from .drift import GRACE as REPLACE_GRACE
+from .drift import Drift
 from .events import EventLog
 from .handover import GRACE as HANDOVER_GRACE
 from .handover import Handover
@@ -46,11 +48,12 @@ CHUNK = 1 << 20
 class Controller:
     def __init__(self, store: StateStore, artifacts: ArtifactStore, *, interval: float = 1.0, lease: float = 3.0,
                  clock: Callable[[], float] = time.monotonic, coalesce: float = COALESCE,
-                 tuning: Tuning | None = None, handover_grace: float = HANDOVER_GRACE) -> None:
+                 tuning: Tuning | None = None, handover_grace: float = HANDOVER_GRACE,
+                 replace_grace: float = REPLACE_GRACE) -> None:
         self.store, self.artifacts = store, artifacts
         self.interval, self.lease, self.clock = interval, lease, clock
         self.tuning = tuning or Tuning()
-        self.state = State(Pool(clock), handover=Handover(handover_grace))
+        self.state = State(Pool(clock), handover=Handover(handover_grace), drift=Drift(replace_grace))
         self.thread = StoreThread(self.tuning.store_call)
         self.events = EventLog(store, self.thread)
         self.models = Models(store, self.thread)

@@ -143,6 +143,9 @@ class Scheduling:
             if (node := pool.nodes.get(name)) is not None:
                 adopt(node, state.specs, state.placement)
         state.joined.clear()
+        now = pool.clock()
+        # replicas that stayed FAILED or unreported past the grace leave their device (`drift`)
+        events = [*events, *state.drift.check(state.placement, pool, state.generations, now)]
         measured = self.measured()
         specs = [replace(spec, memory_bytes=estimate(spec, measured, catalog)) for spec in state.specs.values()]
         old, refreshed = state.placement, self.planner.refreshed
@@ -151,13 +154,13 @@ class Scheduling:
             views = pool.views()
             viewed = time.perf_counter()
             decision = self.planner.schedule(views, specs, old, draining=frozenset(state.draining), load=pool.load,
-                                             reserved=state.handover.reserved())
+                                             reserved=state.handover.reserved(), avoid=state.drift.avoid(now))
         scheduled, cpu = time.perf_counter(), time.thread_time() - cpu
         self.schedules += 1
         placement = {k: list(v) for k, v in decision.replicas.items() if v}
         # cross-node moves keep the old replica while the new one loads (`handover`); those done are dropped
         handed, dropped = state.handover.update(old, placement, state.specs, views, frozenset(state.draining), pool,
-                                                pool.clock())
+                                                now)
         events = [*events, *(("Preempted", name, reason) for name, reason in decision.preempted),
                   *(("Moved", name, reason) for name, reason in decision.moved),
                   *(("Pending", name, reason) for name, reason in decision.pending.items()
@@ -226,12 +229,15 @@ class Scheduling:
         return nodes
 
     def _expire_later(self) -> None:
-        """A pass when the first kept replica's grace ends (a handover that never completes)."""
+        """A pass when the first grace ends: a handover that never completes, a replica that stays FAILED, an
+        avoided device that may be used again."""
         if self._expiring is not None:
             self._expiring.cancel()
             self._expiring = None
-        deadline = self.state.handover.next_deadline()
-        if deadline is not None:
+        deadlines = [t for t in (self.state.handover.next_deadline(), self.state.drift.next_deadline())
+                     if t is not None]
+        if deadlines:
+            deadline = min(deadlines)
             delay = max(deadline - self.state.pool.clock(), 0.0) + self.coalesce
             self._expiring = asyncio.get_running_loop().call_later(delay, self.changed)
 

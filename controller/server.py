@@ -24,6 +24,7 @@ from .access import ROUTER_RULES, RULES
 from .admin import AUDITED, AdminService
 from .audit import KEEP, MAX_BYTES, AuditLog
 from .control import Controller
+from .drift import GRACE as REPLACE_GRACE
 from .handover import GRACE as HANDOVER_GRACE
 from .linkservice import AgentLinkService
 from .metrics import ControllerMetrics
@@ -170,7 +171,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         raise
     controller = Controller(store, artifacts, interval=interval, lease=lease,
                             tuning=ProcessTuning(time.monotonic),
-                            handover_grace=internal_seconds("XPUD_HANDOVER_GRACE_S", HANDOVER_GRACE))
+                            handover_grace=internal_seconds("XPUD_HANDOVER_GRACE_S", HANDOVER_GRACE),
+                            replace_grace=internal_seconds("XPUD_REPLACE_GRACE_S", REPLACE_GRACE))
 
     def refused(method: str, actor: str, code: grpc.StatusCode, message: str) -> None:
         name = method.rpartition("/")[2]
