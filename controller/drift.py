@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from .core import NODE_READY, Replica
 from .pool import Pool
+from .shares import Share
 from .store import Event
 
 GRACE = 30.0  # seconds a replica may stay FAILED or unreported on its node before it is re-placed
@@ -40,26 +41,33 @@ class Drift:
         self.grace, self.avoid_for = grace, avoid_for
         self.since: dict[Spot, float] = {}  # when each replica's spot was first seen not serving
         self.avoided: dict[Spot, float] = {}  # spots avoided, until when
+        self.watched: set[str] = set()  # nodes that reported their instances since the last check
 
-    def check(self, placement: Mapping[str, Sequence[Replica]], pool: Pool, generations: Mapping[str, int],
-              now: float) -> list[Event]:
-        """Before a pass: note the replicas that do not serve; those past the grace are avoided from now on (the
-        pass re-places them). Returns the events."""
+    def check(self, placement: Mapping[str, Sequence[Replica]], shares: Mapping[str, Share], pool: Pool,
+              generations: Mapping[str, int], now: float) -> list[Event]:
+        """Before a pass: note the replicas that do not serve, on the nodes that reported since the last call and
+        those already noted (never a walk over the pool); those past the grace are avoided from now on (the pass
+        re-places them). Returns the events."""
         events: list[Event] = []
         seen = set()
-        for name, replicas in placement.items():
-            for r in replicas:
-                why = failing(pool, r, generations.get(r.node, 0))
-                if why is None:
-                    continue
-                spot = (name, r.node, r.device)
-                seen.add(spot)
-                since = self.since.setdefault(spot, now)
-                if now - since >= self.grace and spot not in self.avoided:
-                    self.avoided[spot] = now + self.avoid_for
-                    events.append(("Replaced", name, f"replica {r.index} on {r.node}/{r.device} {why} for "
-                                   f"{self.grace:g} s: placed elsewhere, avoiding that device for "
-                                   f"{self.avoid_for:g} s"))
+        nodes, self.watched = self.watched | {node for _, node, _ in self.since}, set()
+        for node in sorted(nodes):
+            for a in shares.get(node, ()):
+                for r in placement.get(a.deployment, ()):
+                    if r.node != node:
+                        continue
+                    name = a.deployment
+                    why = failing(pool, r, generations.get(r.node, 0))
+                    if why is None:
+                        continue
+                    spot = (name, r.node, r.device)
+                    seen.add(spot)
+                    since = self.since.setdefault(spot, now)
+                    if now - since >= self.grace and spot not in self.avoided:
+                        self.avoided[spot] = now + self.avoid_for
+                        events.append(("Replaced", name, f"replica {r.index} on {r.node}/{r.device} {why} for "
+                                       f"{self.grace:g} s: placed elsewhere, avoiding that device for "
+                                       f"{self.avoid_for:g} s"))
         self.since = {spot: t for spot, t in self.since.items() if spot in seen}
         return events
 

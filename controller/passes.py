@@ -145,7 +145,7 @@ class Scheduling:
         state.joined.clear()
         now = pool.clock()
         # replicas that stayed FAILED or unreported past the grace leave their device (`drift`)
-        events = [*events, *state.drift.check(state.placement, pool, state.generations, now)]
+        events = [*events, *state.drift.check(state.placement, state.shares.now, pool, state.generations, now)]
         measured = self.measured()
         specs = [replace(spec, memory_bytes=estimate(spec, measured, catalog)) for spec in state.specs.values()]
         old, refreshed = state.placement, self.planner.refreshed
