@@ -23,7 +23,11 @@ from xpud.proto.status import InvalidArgument, NotFound
 
 from .catalog import Measured, Models, estimate
 from .core import Decision, DeploymentSpec
+from .drift import GRACE as REPLACE_GRACE
+from .drift import Drift
 from .events import EventLog
+from .handover import GRACE as HANDOVER_GRACE
+from .handover import Handover
 from .nodes import Nodes
 from .onnxcheck import backfill, inspect_model
 from .passes import COALESCE, Change, Scheduling
@@ -45,11 +49,12 @@ CHUNK = 1 << 20
 class Controller:
     def __init__(self, store: StateStore, artifacts: ArtifactStore, *, interval: float = 1.0, lease: float = 3.0,
                  clock: Callable[[], float] = time.monotonic, coalesce: float = COALESCE,
-                 tuning: Tuning | None = None) -> None:
+                 tuning: Tuning | None = None, handover_grace: float = HANDOVER_GRACE,
+                 replace_grace: float = REPLACE_GRACE) -> None:
         self.store, self.artifacts = store, artifacts
         self.interval, self.lease, self.clock = interval, lease, clock
         self.tuning = tuning or Tuning()
-        self.state = State(Pool(clock))
+        self.state = State(Pool(clock), handover=Handover(handover_grace), drift=Drift(replace_grace))
         self.thread = StoreThread(self.tuning.store_call)
         self.events = EventLog(store, self.thread)
         self.models = Models(store, self.thread)
@@ -60,7 +65,7 @@ class Controller:
         self.tokens = Tokens(store, self.thread, self.events)
         self.tokens.changed = self._push_tokens
         self.token_sessions: set[Any] = set()  # secured links (Session.push) told the live tokens
-        self.routes = RouteTable(self._unrouted)  # the router's endpoint table, kept by the routes hook
+        self.routes = RouteTable(self._unrouted, self.state.unrouted)  # the router's endpoint table, kept by the hook
         self.state.routes_changed.append(self._route)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -84,7 +89,17 @@ class Controller:
             self.routes.deployments(self.state.specs)
         for name in nodes:
             if (node := self.pool.nodes.get(name)) is not None:
+                self._routed_again(node)
                 self.routes.node(node)
+
+    def _routed_again(self, node: NodeState) -> None:
+        """Deployments dropped from a node's share (`state.unrouted`) are forgotten once it no longer reports them
+        READY: a later placement there is routed as usual."""
+        names = self.state.unrouted.get(node.name)
+        if names:
+            names -= {name for name in names if (inst := node.instances.get(name)) is None or inst.state != "READY"}
+            if not names:
+                del self.state.unrouted[node.name]
 
     # -- what the other parts read ----------------------------------------------------------------
     @property

@@ -108,11 +108,15 @@ class Nodes:
         elif kind == "status":
             before = {k: v.state for k, v in node.instances.items()}
             pool.status(node, message.status)
+            self.state.drift.watched.add(node.name)  # the next pass looks for replicas it does not serve
             after = {k: v.state for k, v in node.instances.items()}
             if before != after:
                 self._instance_events(node, before, after)
                 self.state.routes({node.name})
                 self.changed()
+            elif node.generation_observed >= self.state.generations.get(node.name, 0) \
+                    and len(node.instances) < len(self.state.shares.now.get(node.name, ())):
+                self.changed()  # it applied its desired state and some replica is not reported: `drift` notes it
 
     def _instance_events(self, node: NodeState, before: dict[str, str], after: dict[str, str]) -> None:
         """A replica that stopped serving (drift: unloaded by hand, its session failed) and one serving again are

@@ -20,6 +20,7 @@ from xpud.proto.status import NotFound
 from .catalog import Measured, Models, estimate
 from .core import Decision, DeploymentSpec
 from .events import EventLog
+from .handover import Retiring
 from .nodes import adopt
 from .planner import Planner
 from .pushes import push, reachable
@@ -57,6 +58,7 @@ class Scheduling:
         self.lock = asyncio.Lock()  # one pass at a time
         self._committed = False  # whether the pass running now has written its transaction
         self._warming: asyncio.TimerHandle | None = None
+        self._expiring: asyncio.TimerHandle | None = None  # the pass that drops a kept replica past its grace
 
     def changed(self) -> None:
         self._dirty.set()
@@ -65,8 +67,9 @@ class Scheduling:
         return self.lock.locked()
 
     def close(self) -> None:
-        if self._warming is not None:
-            self._warming.cancel()
+        for timer in (self._warming, self._expiring):
+            if timer is not None:
+                timer.cancel()
 
     async def loop(self) -> None:
         while True:
@@ -140,6 +143,9 @@ class Scheduling:
             if (node := pool.nodes.get(name)) is not None:
                 adopt(node, state.specs, state.placement)
         state.joined.clear()
+        now = pool.clock()
+        # replicas that stayed FAILED or unreported past the grace leave their device (`drift`)
+        events = [*events, *state.drift.check(state.placement, state.shares.now, pool, state.generations, now)]
         measured = self.measured()
         specs = [replace(spec, memory_bytes=estimate(spec, measured, catalog)) for spec in state.specs.values()]
         old, refreshed = state.placement, self.planner.refreshed
@@ -147,14 +153,18 @@ class Scheduling:
         with self.tuning.scheduling():
             views = pool.views()
             viewed = time.perf_counter()
-            decision = self.planner.schedule(views, specs, old, draining=frozenset(state.draining), load=pool.load)
+            decision = self.planner.schedule(views, specs, old, draining=frozenset(state.draining), load=pool.load,
+                                             reserved=state.handover.reserved(), avoid=state.drift.avoid(now))
         scheduled, cpu = time.perf_counter(), time.thread_time() - cpu
         self.schedules += 1
         placement = {k: list(v) for k, v in decision.replicas.items() if v}
+        # cross-node moves keep the old replica while the new one loads (`handover`); those done are dropped
+        handed, dropped = state.handover.update(old, placement, state.specs, views, frozenset(state.draining), pool,
+                                                now)
         events = [*events, *(("Preempted", name, reason) for name, reason in decision.preempted),
                   *(("Moved", name, reason) for name, reason in decision.moved),
                   *(("Pending", name, reason) for name, reason in decision.pending.items()
-                    if state.pending.get(name) != reason)]
+                    if state.pending.get(name) != reason), *handed]
         for name, replicas in placement.items():
             if replicas == old.get(name):  # most deployments, most passes (the same replicas: compared by identity)
                 continue
@@ -162,7 +172,7 @@ class Scheduling:
             new = sorted({f"{r.node}/{r.device}" for r in replicas if (r.node, r.device) not in before})
             if new:
                 events.append(("Placed", name, f"on {', '.join(new)}"))
-        state.shares.update(placement, state.specs, catalog.find)
+        state.shares.update(state.handover.desired(placement), state.specs, catalog.find)
         pushes = state.shares.changed(lambda name: reachable(pool, name))
         generations = {name: state.generations.get(name, 0) + 1 for name in pushes}
         moved = [name for name in placement.keys() | stored.keys() if placement.get(name) != stored.get(name)]
@@ -176,7 +186,10 @@ class Scheduling:
         self._committed = True
         committed = time.perf_counter()
         state.placement, state.pending = placement, dict(decision.pending)
+        if withheld := self._withhold(dropped):
+            state.routes(withheld)  # no new request goes to an old replica once its node is told to drop it
         push(pool, state.shares, pushes, generations, state.generations)
+        self._expire_later()
         pushed = time.perf_counter()
         if self.timed is not None:
             self.timed(pushed - started)
@@ -196,6 +209,37 @@ class Scheduling:
         if cancelled:
             raise asyncio.CancelledError  # what the task was asked, now that the pass is whole
         return decision
+
+    def _withhold(self, dropped: Sequence[Retiring]) -> set[str]:
+        """The old replicas handed over whose deployment leaves their node's share are routed there no more (till
+        the node stops reporting them); returns those nodes. Deployments back in a node's share are routed again."""
+        state, nodes = self.state, set()
+        for k in dropped:
+            node, name = k.replica.node, k.replica.deployment
+            if not any(a.deployment == name for a in state.shares.now.get(node, ())):
+                state.unrouted.setdefault(node, set()).add(name)
+                nodes.add(node)
+        for node, names in list(state.unrouted.items()):
+            back = {a.deployment for a in state.shares.now.get(node, ())} & names
+            if back:
+                names -= back
+                nodes.add(node)
+            if not names:
+                del state.unrouted[node]
+        return nodes
+
+    def _expire_later(self) -> None:
+        """A pass when the first grace ends: a handover that never completes, a replica that stays FAILED, an
+        avoided device that may be used again."""
+        if self._expiring is not None:
+            self._expiring.cancel()
+            self._expiring = None
+        deadlines = [t for t in (self.state.handover.next_deadline(), self.state.drift.next_deadline())
+                     if t is not None]
+        if deadlines:
+            deadline = min(deadlines)
+            delay = max(deadline - self.state.pool.clock(), 0.0) + self.coalesce
+            self._expiring = asyncio.get_running_loop().call_later(delay, self.changed)
 
     def _warm_later(self, delay: float | None = None) -> None:
         if self._warming is not None:

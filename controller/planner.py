@@ -1,11 +1,12 @@
 """`schedule` for a caller that schedules again and again (the controller): the same decisions, with shortcuts.
 
 Each pass keeps the `Scheduler` state it ends with (free memory per device, the sorted device pools). The next
-pass takes a shortcut when its draining set and its other deployments are equal, the current placement is the
-last decision's, nothing was left pending, and its nodes are the same or changed in ways that keep every replica
-where it is: views that differ only in live load (`Scheduler.update_live`), nodes that joined, went Suspect or
-came back, were cordoned, relabelled, or whose devices' health changed while `filters.displacement` keeps each
-of their replicas (`Scheduler.refresh`). Then:
+pass takes a shortcut when its draining set, its memory reserved outside the placement, the devices deployments
+avoid and its other deployments are equal, the current placement is the last decision's, nothing was left
+pending, and its nodes are the same or changed in ways that keep every replica where it is: views that differ
+only in live load (`Scheduler.update_live`), nodes that joined, went Suspect or came back, were cordoned,
+relabelled, or whose devices' health changed while `filters.displacement` keeps each of their replicas
+(`Scheduler.refresh`). Then:
   - with no deployment added, the decision is the last one (a full pass would keep every replica and place
     nothing), so nothing is computed;
   - with one deployment added, only that one is placed, against the kept state. A full pass would do the same:
@@ -21,7 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from .core import Decision, DeploymentSpec, NodeView, Replica
-from .memo import PLAIN, FilterMemo, same_but_load
+from .memo import PLAIN, FilterMemo, Key, same_but_load
 from .scheduler import Load, Scheduler
 
 
@@ -41,13 +42,15 @@ class Planner:
 
     def schedule(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec],
                  current: Mapping[str, Sequence[Replica]], *, draining: frozenset[str] = frozenset(),
-                 load: Load | None = None) -> Decision:
+                 load: Load | None = None, reserved: Mapping[Key, int] | None = None,
+                 avoid: Mapping[str, frozenset[Key]] | None = None) -> Decision:
         draining = frozenset(draining)
         specs = {d.name: d for d in deployments}
-        decision = self._shortcut(nodes, specs, current, draining, load)
+        reserved, avoid = dict(reserved or {}), dict(avoid or {})
+        decision = self._shortcut(nodes, specs, current, draining, load, reserved, avoid)
         if decision is None:
             self.last = "full"
-            s = Scheduler(nodes, deployments, draining, self.memo, load)
+            s = Scheduler(nodes, deployments, draining, self.memo, load, reserved, avoid)
             decision = s.run(current)
             for spec in deployments:  # ready for the next deployment of a signature in use (usually the next one's)
                 s.build_pool(spec)
@@ -68,10 +71,13 @@ class Planner:
 
     def _shortcut(self, nodes: Sequence[NodeView], specs: dict[str, DeploymentSpec],
                   current: Mapping[str, Sequence[Replica]], draining: frozenset[str],
-                  load: Load | None) -> Decision | None:
+                  load: Load | None, reserved: dict[Key, int],
+                  avoid: dict[str, frozenset[Key]]) -> Decision | None:
         s, last = self._last, self._decision
-        if s is None or last.pending or draining != s.draining:
-            self.why = "first pass" if s is None else "pending" if last.pending else "draining changed"
+        if s is None or last.pending or draining != s.draining or reserved != s.reserved or avoid != s.avoid:
+            self.why = "first pass" if s is None else "pending" if last.pending else \
+                "draining changed" if draining != s.draining else "reserved memory changed" \
+                if reserved != s.reserved else "avoided devices changed"
             return None
         changed = _changes(self._nodes, nodes)
         if changed is None:

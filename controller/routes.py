@@ -57,13 +57,14 @@ RouteUpdate = Mapping[str, DeploymentRoutes | None]  # the deployments whose rou
 Listener = Callable[[RouteUpdate], None]
 
 
-def node_replicas(node: NodeState) -> dict[str, ReplicaEndpoint]:
-    """What a node serves now, by deployment: its READY instances, while it has an endpoint and is not Lost."""
+def node_replicas(node: NodeState, skip: Collection[str] = ()) -> dict[str, ReplicaEndpoint]:
+    """What a node serves now, by deployment: its READY instances, while it has an endpoint and is not Lost; `skip`:
+    deployments dropped from its desired state that it still reports (no new request goes there)."""
     if node.state == NODE_LOST or not node.endpoint:
         return {}
     return {name: ReplicaEndpoint(node.endpoint, node.name, tuple(inst.devices), inst.version, node.zone,
                                   node.endpoint_tls)
-            for name, inst in node.instances.items() if inst.state == READY}
+            for name, inst in node.instances.items() if inst.state == READY and name not in skip}
 
 
 def _order(replica: ReplicaEndpoint) -> tuple[str, str]:
@@ -93,8 +94,9 @@ class RouteTable:
     no ready replica is asked only when the router reads it (`DeploymentRoutes.reason`); the table itself asks
     only when a deployment loses its last replica (None: it was deleted meanwhile, and leaves the table now)."""
 
-    def __init__(self, reason: Reason) -> None:
+    def __init__(self, reason: Reason, unrouted: Mapping[str, Collection[str]] | None = None) -> None:
         self.reason = reason
+        self.unrouted = unrouted if unrouted is not None else {}  # per node, deployments it serves but is not sent
         self.routes: dict[str, DeploymentRoutes] = {}  # what the listeners hold
         self._served: dict[str, tuple[ReplicaEndpoint, ...]] = {}  # per deployment, known or not: ready replicas
         self._on_node: dict[str, dict[str, ReplicaEndpoint]] = {}  # per node, what it serves (`node_replicas`)
@@ -108,7 +110,7 @@ class RouteTable:
     def node(self, node: NodeState) -> RouteUpdate:
         """The node's routable state may have changed: re-read what it serves, push the deployments whose ready
         replicas changed."""
-        before, now = self._on_node.pop(node.name, {}), node_replicas(node)
+        before, now = self._on_node.pop(node.name, {}), node_replicas(node, self.unrouted.get(node.name, ()))
         if now:
             self._on_node[node.name] = now
         update: dict[str, DeploymentRoutes | None] = {}

@@ -19,6 +19,7 @@ out of the sorted pools. `Scheduler` holds that state, with methods that let the
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ __all__ = ["LOAD_CANDIDATES", "PREEMPTION_CANDIDATES", "Load", "Scheduler", "sch
 # Like Kubernetes' DefaultPreemption (minCandidateNodesAbsolute), preemption compares a bounded number of devices
 # where eviction works (those with the least room that is enough first), not every device of the pool.
 PREEMPTION_CANDIDATES = 100
+RESERVED = sys.maxsize  # the priority reserved memory is held at: above every deployment's
 
 
 class Load(Protocol):
@@ -52,8 +54,11 @@ class Scheduler:
     `scoring.Context` the scorers read during a pick."""
 
     def __init__(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec], draining: frozenset[str],
-                 memo: FilterMemo | None = None, load: Load | None = None):
+                 memo: FilterMemo | None = None, load: Load | None = None, reserved: Mapping[Key, int] | None = None,
+                 avoid: Mapping[str, frozenset[Key]] | None = None):
         self.draining = draining  # read-only: the state is for this draining set
+        self.reserved = dict(reserved or {})  # read-only: memory held outside the placement (`handover`)
+        self.avoid = dict(avoid or {})  # read-only: per deployment, devices its replicas kept failing on (`drift`)
         self._memo_given = memo is not None
         self._memo = memo if memo is not None else FilterMemo()
         self._nodes = {n.name: n for n in nodes}
@@ -78,6 +83,9 @@ class Scheduler:
         self._held: dict[Key, Counter[int]] = defaultdict(Counter)  # device -> priority -> memory of its replicas
         self._any_ready = any(n.state == NODE_READY for n in nodes)
         self._decision = Decision()
+        for key, memory in self.reserved.items():  # held above every priority: neither placed into nor preempted
+            if key in self._free:
+                self._take(key, memory, RESERVED)
 
     # --- the whole pass -----------------------------------------------------------------------------------------
 
@@ -137,7 +145,7 @@ class Scheduler:
                 free = self._free[key]
                 for pool in self._members.pop(key, ()):
                     pool.remove(free, key)
-                if not self._on_device.get(key):  # nothing on it: it starts over from its new view
+                if not self._on_device.get(key) and key not in self.reserved:  # nothing on it: starts over
                     del self._free[key], self._devices[key]
                     self._held.pop(key, None)
                     self._on_device.pop(key, None)
@@ -276,6 +284,8 @@ class Scheduler:
                 cause = filters.displacement(
                     r.node, r.device, self._nodes.get(r.node), self._devices.get(key), spec, self.draining
                 )
+                if cause is None and key in self.avoid.get(spec.name, ()):
+                    cause = f"replica failed on {r.node}/{r.device}"
                 if cause is None and self._free[key] < spec.memory_bytes:
                     cause = f"device {r.node}/{r.device} has no room for {filters.fmt_bytes(spec.memory_bytes)}"
                 if cause is None:
@@ -296,6 +306,20 @@ class Scheduler:
         return pool
 
     def _find(self, spec: DeploymentSpec, pool: CandidatePool) -> Key | None:
+        """`_pick`, with the devices the deployment avoids (a few, if any) out of the pool meanwhile."""
+        avoid = self.avoid.get(spec.name)
+        if not avoid:
+            return self._pick(spec, pool)
+        hidden = [k for k in sorted(avoid) if any(p is pool for p in self._members.get(k, ()))]
+        for k in hidden:
+            pool.remove(self._free[k], k)
+        try:
+            return self._pick(spec, pool)
+        finally:
+            for k in hidden:
+                pool.insert(self._free[k], k)
+
+    def _pick(self, spec: DeploymentSpec, pool: CandidatePool) -> Key | None:
         """The device for the next replica: among the first LOAD_CANDIDATES devices (by names) with the best
         primary key of the strategy (`scoring.STRATEGIES`), the best by `scoring.RANKING`."""
         if spec.strategy == "spread":
@@ -389,6 +413,8 @@ def schedule(
     draining: frozenset[str] = frozenset(),
     memo: FilterMemo | None = None,
     load: Load | None = None,
+    reserved: Mapping[Key, int] | None = None,
+    avoid: Mapping[str, frozenset[Key]] | None = None,
 ) -> Decision:
     """Place every replica of every deployment on a device, keeping `current` placements that still hold.
 
@@ -396,5 +422,8 @@ def schedule(
     replicas per deployment (sorted by index), what is pending and why, what was preempted and what moved.
     `memo` carries static-filter answers from one call to the next (the same decision, sooner). `load` gives
     devices' live utilization by (node, device id), over what their views hold (the controller's views hold none).
+    `reserved` is memory by (node, device id) held outside `current` (old replicas kept while their replacements
+    load): nothing is placed into it. `avoid` names, per deployment, devices its replicas leave and are not
+    placed on (where they kept failing).
     """
-    return Scheduler(nodes, deployments, frozenset(draining), memo, load).run(current)
+    return Scheduler(nodes, deployments, frozenset(draining), memo, load, reserved, avoid).run(current)

@@ -23,6 +23,8 @@ from .access import ROUTER_RULES, RULES
 from .admin import AUDITED, AdminService
 from .audit import KEEP, MAX_BYTES, AuditLog
 from .control import Controller
+from .drift import GRACE as REPLACE_GRACE
+from .handover import GRACE as HANDOVER_GRACE
 from .linkservice import AgentLinkService
 from .metrics import ControllerMetrics
 from .router import Router, add_router
@@ -127,6 +129,7 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
                            audit_log: Path | None = None, audit_max_bytes: int = MAX_BYTES,
                            audit_keep: int = KEEP, inference_token_port: int | None = None,
                            metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                           handover_grace: float = HANDOVER_GRACE, replace_grace: float = REPLACE_GRACE,
                            metrics_tls: bool = False) -> RunningController:
     """Serve a controller whose state is in `store_url` (None: SQLite in `state_dir`), model files in `state_dir`'s
     artifacts/ folder either way; with this process's tuning installed (`tuning.ProcessTuning`).
@@ -163,7 +166,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         store.close()
         raise
     controller = Controller(store, artifacts, interval=interval, lease=lease,
-                            tuning=ProcessTuning(time.monotonic))
+                            tuning=ProcessTuning(time.monotonic),
+                            handover_grace=handover_grace, replace_grace=replace_grace)
 
     def refused(method: str, actor: str, code: grpc.StatusCode, message: str) -> None:
         name = method.rpartition("/")[2]

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .core import DeploymentSpec, Replica
+from .drift import Drift
+from .handover import Handover
 from .pool import Pool
 from .shares import Shares
 
@@ -22,6 +24,9 @@ class State:
     shares: Shares = field(default_factory=Shares)  # each node's share of the placement, and what it was sent
     draining: set[str] = field(default_factory=set)  # nodes whose replicas move off
     joined: set[str] = field(default_factory=set)  # nodes whose running instances the next pass adopts
+    handover: Handover = field(default_factory=Handover)  # old replicas kept while their replacements load
+    drift: Drift = field(default_factory=Drift)  # replicas that stay FAILED or unreported, devices avoided
+    unrouted: dict[str, set[str]] = field(default_factory=dict)  # node -> deployments dropped from it, not routed
     routes_changed: list[RoutesChanged] = field(default_factory=list)
 
     def routes(self, nodes: set[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from xpud.proto import admin_pb2 as apb
 
 from .core import NODE_LOST, DeploymentSpec
@@ -14,14 +16,22 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
     spec = state.specs[name]
     out = apb.DeploymentStatus(spec=deployment_proto(spec))
     failed = 0
+    unreported = ""
+    held: Counter[tuple[str, str]] = Counter()  # instances reported per (node, device), given out to replicas
     for r in sorted(state.placement.get(name, []), key=lambda r: r.index):
         node = state.pool.nodes.get(r.node)
         inst = node.instances.get(name) if node is not None else None
         replica_state, reason = "PENDING", "waiting for the node to load it"
         if node is not None and node.state == NODE_LOST:
             replica_state, reason = "PENDING", f"node {r.node} is lost"
-        elif inst is not None and r.device in inst.devices:
+        elif inst is not None and held[(r.node, r.device)] < sum(d == r.device for d in inst.devices):
+            held[(r.node, r.device)] += 1  # one reported instance per replica: two on a device need two
             replica_state, reason = inst.state, inst.reason
+        elif node is not None and node.generation_observed >= state.generations.get(r.node, 0) > 0:
+            # the node applied the desired state that carries it and does not report it: drift, not running
+            reason = f"node {r.node} does not report it (generation {node.generation_observed} applied)"
+            failed += 1
+            unreported = unreported or reason
         out.replicas.add(node=r.node, device=r.device, state=replica_state, reason=reason)
         out.ready += replica_state == "READY"
         failed += replica_state == "FAILED"
@@ -30,7 +40,7 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
         out.phase, out.reason = "Pending", pending or "not scheduled yet"
     elif failed:
         out.phase = "Degraded"
-        out.reason = next(r.reason for r in out.replicas if r.state == "FAILED")
+        out.reason = next((r.reason for r in out.replicas if r.state == "FAILED"), unreported)
     elif out.ready >= spec.replicas:
         out.phase, out.reason = "Running", ""
     else:

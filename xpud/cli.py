@@ -172,6 +172,12 @@ def build_parser() -> Parser:
                             help="a node silent this long is Lost and its replicas move (default 3)")
     _tls_flags(controller, "require agents and admin clients to present a certificate signed by this CA (mTLS); "
                "their roles are checked", "serve the agent link and admin API over TLS with this certificate")
+    controller.add_argument("--handover-grace", type=_positive, default=60.0, metavar="SECONDS",
+                            help="a replica moved off a draining node or an unhealthy device keeps serving until its "
+                                 "replacement is ready, at most this long (default 60)")
+    controller.add_argument("--replace-grace", type=_positive, default=30.0, metavar="SECONDS",
+                            help="a replica its node keeps reporting failed, or does not report, is placed elsewhere "
+                                 "after this long (default 30)")
     controller.add_argument("--token-listen", type=_address, metavar="HOST:PORT",
                             help="also serve the admin API over TLS to clients with a token and no certificate "
                                  "(needs --tls-ca)")
@@ -349,7 +355,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
                                           audit_max_bytes=args.audit_log_max_bytes, audit_keep=args.audit_log_keep,
                                           inference_token_port=args.inference_token_port,
                                           metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-                                          metrics_tls=args.metrics_tls,
+                                          metrics_tls=args.metrics_tls, handover_grace=args.handover_grace,
+                                          replace_grace=args.replace_grace,
                                           notify=SystemdNotifier().notify, reload=reload))
     except AuditError as exc:
         usage_error("xpud controller", str(exc))
