@@ -15,7 +15,8 @@ _ADMIN = "/xpud.v1.Admin/"
 _LINK = "/xpud.v1.AgentLink/"
 ROLE_OF = {
     "viewer": ("ListNodes", "GetPool", "ListModels", "ListDeployments", "ListEvents", "WatchEvents"),
-    "operator": ("CreateDeployment", "ApplyDeployment", "DeleteDeployment", "SetCordon"),
+    "operator": ("CreateDeployment", "ApplyDeployment", "DeleteDeployment", "SetCordon",
+                 "SetTraffic"),
     "admin": ("PushModel", "CreateToken", "RevokeToken", "ListTokens"),
 }
 RULES: Rules = {

@@ -34,6 +34,7 @@ AUDITED: dict[str, Callable[[Any], str]] = {
     "DeleteDeployment": lambda r: r.name,
     "CreateToken": lambda r: r.name,
     "RevokeToken": lambda r: r.name,
+    "SetTraffic": lambda r: r.name,
 }
 
 
@@ -45,7 +46,7 @@ def spec_of(d: apb.Deployment) -> DeploymentSpec:
     return DeploymentSpec(name=d.name, model=d.model, version=d.version, replicas=d.replicas or 1,
                           memory_bytes=d.memory_bytes, device=d.device or "any", priority=d.priority,
                           labels=dict(d.labels), zone=d.zone, strategy=d.strategy or "binpack",
-                          max_batch_size=d.max_batch_size)
+                          max_batch_size=d.max_batch_size, traffic=tuple((t.version, t.weight) for t in d.traffic))
 
 
 def token_info(r: TokenRecord) -> apb.TokenInfo:
@@ -107,6 +108,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         spec = spec_of(request)
         await self.c.apply_deployment(spec)
         return deployment_status(self.c.state, spec.name)
+
+    @errors
+    @audited
+    async def SetTraffic(self, request: apb.SetTrafficRequest, context: Any) -> apb.DeploymentStatus:
+        await self.c.set_traffic(request.name, [(w.version, w.weight) for w in request.weights])
+        return deployment_status(self.c.state, request.name)
 
     @errors
     async def ListDeployments(self, request: Any, context: Any) -> apb.ListDeploymentsResponse:

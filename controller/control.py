@@ -13,7 +13,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from .state import RoutesChanged, State
 from .store import ArtifactStore, Event, EventRecord, ModelRecord, StateStore
 from .storethread import StoreThread
 from .tokens import Tokens
+from .traffic import Weights, normalized, weights
 from .tuning import Tuning
 from .validation import ONNX_HEAD, check_model, check_placement, check_spec
 from .views import deployment_status
@@ -86,11 +88,15 @@ class Controller:
     def _route(self, nodes: set[str]) -> None:
         """Bring the endpoint table up to date: the nodes named, or the deployments after a pass."""
         if not nodes:
-            self.routes.deployments(self.state.specs)
+            self.routes.deployments(self.state.specs, self._splits())
         for name in nodes:
             if (node := self.pool.nodes.get(name)) is not None:
                 self._routed_again(node)
                 self.routes.node(node)
+
+    def _splits(self) -> dict[str, Weights]:
+        """The weights of the deployments served in several versions (the router splits their requests)."""
+        return {name: spec.traffic for name, spec in self.state.specs.items() if spec.traffic}
 
     def _routed_again(self, node: NodeState) -> None:
         """Deployments dropped from a node's share (`state.unrouted`) are forgotten once it no longer reports them
@@ -133,7 +139,7 @@ class Controller:
         state.generations = await run(self.store.generations)
         self.nodes.restore(await run(self.store.nodes))
         await self.tokens.load()
-        self.routes.deployments(state.specs)  # routable as soon as their agents say Hello again
+        self.routes.deployments(state.specs, self._splits())  # routable as soon as their agents say Hello again
         log.info("controller state: %d deployment(s), %d node(s) known", len(state.specs), len(self.pool.nodes))
         self._tasks = [asyncio.create_task(self.scheduling.loop()),
                        asyncio.create_task(self.nodes.detect_loop(self.scheduling.busy)),
@@ -174,10 +180,45 @@ class Controller:
             raise NotFound(f"unknown model {what!r}; push it first with `xpud models push FILE --name {spec.model}` "
                            f"(models: {', '.join(known) or 'none'})")
         check_placement(spec)
+        if spec.traffic:
+            spec = replace(spec, traffic=normalized(spec.traffic))
+            await self._check_versions(spec)
         kind = "DeploymentCreated" if create else "DeploymentApplied"
         what = f"model {spec.model}{':' + spec.version if spec.version else ''}, {spec.replicas} replica(s) on " \
                f"{spec.device}"
         await self.scheduling.now([(kind, spec.name, what)], Change(apply=spec, create=create), identity.actor())
+
+    async def set_traffic(self, name: str, pairs: Sequence[tuple[str, int]]) -> None:
+        """Split a deployment's requests across model versions (`traffic.py`): NotFound for an unknown deployment
+        or version, InvalidArgument for weights that do not sum to 100. One version at 100 serves it alone."""
+        spec = self.state.specs.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.state.specs)) or "none"
+            raise NotFound(f"unknown deployment {name!r}; deployments: {known}")
+        split = normalized(pairs)
+        if len(split) == 1:
+            new = replace(spec, version=split[0][0], traffic=())
+        else:  # at least one replica per version
+            new = replace(spec, traffic=split, replicas=max(spec.replicas, len(split)))
+        await self._check_versions(new)
+        what = " ".join(f"{v}={w}" for v, w in split)
+        await self.scheduling.now([("TrafficChanged", name, f"model {spec.model} versions {what}")],
+                                  Change(apply=new), identity.actor())
+
+    async def _check_versions(self, spec: DeploymentSpec) -> None:
+        """Every version the deployment names is in the registry (NotFound otherwise)."""
+        wanted = [(spec.model, v) for v, _ in weights(spec)]
+        for _, v in wanted:
+            check_model(spec.model, v)
+        catalog = await self.models.catalog(*wanted)
+        missing = [v for _, v in wanted if catalog.find(spec.model, v) is None]
+        if missing:
+            known = sorted(m.version for m in await self.thread.run(self.store.models) if m.name == spec.model)
+            raise NotFound(f"model {spec.model!r} has no version {', '.join(map(repr, missing))}; push it first "
+                           f"with `xpud models push FILE --name {spec.model}` (versions: {', '.join(known) or 'none'})")
+        if spec.traffic and spec.replicas < len(spec.traffic):
+            raise InvalidArgument(f"{len(spec.traffic)} versions need at least {len(spec.traffic)} replicas, "
+                                  f"not {spec.replicas}")
 
     async def delete_deployment(self, name: str) -> None:
         await self.scheduling.now([("DeploymentDeleted", name, "removed by an operator")], Change(delete=name),

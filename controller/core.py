@@ -51,6 +51,8 @@ class DeploymentSpec:
     zone: str = ""
     strategy: str = "binpack"  # binpack or spread
     max_batch_size: int = 0
+    # (version, percent) per served version, summing to 100 (`traffic.py`); empty: `version` alone, at 100
+    traffic: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -107,10 +107,12 @@ class Nodes:
                 self.changed()
         elif kind == "status":
             before = {k: v.state for k, v in node.instances.items()}
+            versions = {k: v.version for k, v in node.instances.items()}
             pool.status(node, message.status)
             self.state.drift.watched.add(node.name)  # the next pass looks for replicas it does not serve
             after = {k: v.state for k, v in node.instances.items()}
-            if before != after:
+            # a new state, or a version loaded in place (`xpud traffic`): the node's routes change
+            if before != after or versions != {k: v.version for k, v in node.instances.items()}:
                 self._instance_events(node, before, after)
                 self.state.routes({node.name})
                 self.changed()

@@ -136,7 +136,8 @@ class Scheduling:
     async def _reconcile(self, events: Sequence[Event], writes: dict[str, Any]) -> Decision:
         state, pool = self.state, self.state.pool
         started, gc_mark = time.perf_counter(), self.tuning.gc_mark()
-        catalog = await self.models.catalog(*((spec.model, spec.version) for spec in state.specs.values()))
+        catalog = await self.models.catalog(*((spec.model, v) for spec in state.specs.values()
+                                              for v, _ in (spec.traffic or ((spec.version, 0),))))
         stored = {k: list(v) for k, v in state.placement.items()}  # adopting changes it in memory only
         joined = bool(state.joined)
         for name in state.joined:

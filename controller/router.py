@@ -24,7 +24,7 @@ from xpud.proto.status import NotFound, StatusError, grpc_status
 
 from .metrics import RouterMetrics
 from .policy import RoundRobin, RouteRequest, RoutingPolicy
-from .routes import READY, DeploymentRoutes, ReplicaEndpoint, RouteUpdate
+from .routes import READY, DeploymentRoutes, ReplicaEndpoint, RouteUpdate, for_request
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
     async def _forward(self, deployment: str, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Forward to the replica the policy picks; on UNAVAILABLE retry once on the one it picks next, if any."""
-        routes = self._ready(deployment)
+        routes = for_request(self._ready(deployment), request)  # a deployment split across versions: one of them
         route = RouteRequest(deployment, method, request)
         first = self.policy.choose(route, routes)
         if first is None:  # a policy that found none fit among the ready ones

@@ -11,9 +11,16 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import grpc
+
+from xpud.proto.status import StatusError
+
+from . import traffic
 from .core import NODE_LOST
 from .pool import NodeState
+from .traffic import Split, Weights
 
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
 Reason = Callable[[str], str | None]  # why a deployment has no ready replica; None: it does not exist (any more)
@@ -39,6 +46,8 @@ class DeploymentRoutes:
     replicas: tuple[ReplicaEndpoint, ...] = ()
     why: str = ""  # why no replica is ready, when no `ask` is given
     ask: Reason | None = field(default=None, compare=False, repr=False)  # asked for the reason when it is read
+    split: Split | None = None  # a deployment served in several versions: how requests are split (`traffic`)
+    by_version: Mapping[str, DeploymentRoutes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def state(self) -> str:
@@ -53,6 +62,22 @@ class DeploymentRoutes:
         return (self.ask(self.name) or "") if self.ask is not None else self.why
 
 
+def for_request(routes: DeploymentRoutes, message: Any) -> DeploymentRoutes:
+    """The routes a request may take: with a split, those of the version `traffic.choose` picks (an unpinned
+    request whose version has no ready replica yet takes any ready one); else all of them."""
+    if routes.split is None:
+        return routes
+    version = traffic.choose(routes.name, message, routes.split, routes.by_version)
+    chosen = routes.by_version.get(version)
+    if chosen is not None:
+        return chosen
+    if version in routes.split.versions and not (getattr(message, "model_version", "") or
+                                                 getattr(message, "version", "")):
+        return routes
+    raise StatusError(grpc.StatusCode.UNAVAILABLE, f"deployment {routes.name!r} has no ready replica of version "
+                      f"{version!r} yet")
+
+
 RouteUpdate = Mapping[str, DeploymentRoutes | None]  # the deployments whose routes changed; None: deleted
 Listener = Callable[[RouteUpdate], None]
 
@@ -65,6 +90,15 @@ def node_replicas(node: NodeState, skip: Collection[str] = ()) -> dict[str, Repl
     return {name: ReplicaEndpoint(node.endpoint, node.name, tuple(inst.devices), inst.version, node.zone,
                                   node.endpoint_tls)
             for name, inst in node.instances.items() if inst.state == READY and name not in skip}
+
+
+def _versioned(name: str, served: tuple[ReplicaEndpoint, ...], ask: Reason, split: Weights) -> DeploymentRoutes:
+    """A deployment served in several versions: its routes, and per version the routes of that version's replicas."""
+    versions: dict[str, list[ReplicaEndpoint]] = {}
+    for r in served:
+        versions.setdefault(r.version, []).append(r)
+    by_version = {v: DeploymentRoutes(name, tuple(rs), ask=ask) for v, rs in versions.items()}
+    return DeploymentRoutes(name, served, ask=ask, split=Split.of(split), by_version=by_version)
 
 
 def _order(replica: ReplicaEndpoint) -> tuple[str, str]:
@@ -101,6 +135,7 @@ class RouteTable:
         self._served: dict[str, tuple[ReplicaEndpoint, ...]] = {}  # per deployment, known or not: ready replicas
         self._on_node: dict[str, dict[str, ReplicaEndpoint]] = {}  # per node, what it serves (`node_replicas`)
         self._listeners: list[Listener] = []
+        self._splits: dict[str, Weights] = {}  # per deployment served in several versions, its weights
 
     def subscribe(self, listener: Listener) -> None:
         """``listener`` gets the whole table now, then each change."""
@@ -131,25 +166,31 @@ class RouteTable:
                 self._refresh(name, update)
         return self._push(update)
 
-    def deployments(self, names: Collection[str]) -> RouteUpdate:
-        """After a scheduling pass, ``names`` being every deployment: add the new ones, drop the deleted ones."""
+    def deployments(self, names: Collection[str], splits: Mapping[str, Weights] | None = None) -> RouteUpdate:
+        """After a scheduling pass, ``names`` being every deployment (``splits``: the weights of those served in
+        several versions): add the new ones, drop the deleted ones, refresh those whose split changed."""
         update: dict[str, DeploymentRoutes | None] = {name: None for name in self.routes if name not in names}
         for name in update:
             del self.routes[name]
+        splits = dict(splits or {})
+        resplit = {n for n in splits.keys() | self._splits.keys() if splits.get(n) != self._splits.get(n)}
+        self._splits = splits
         for name in names:
-            if name not in self.routes:
-                self._refresh(name, update)
+            if name not in self.routes or name in resplit:
+                self._refresh(name, update, force=name in resplit)
         return self._push(update)
 
-    def _refresh(self, name: str, update: dict[str, DeploymentRoutes | None]) -> None:
+    def _refresh(self, name: str, update: dict[str, DeploymentRoutes | None], force: bool = False) -> None:
         served = self._served.get(name, ())
         if not served and self.reason(name) is None:  # deleted before its pass: gone from the router now
             if self.routes.pop(name, None) is not None:
                 update[name] = None
             return
         held = self.routes.get(name)  # a deployment's tuple is new exactly when its replicas changed
-        if held is None or held.replicas is not served:
-            self.routes[name] = update[name] = DeploymentRoutes(name, served, ask=self.reason)
+        if held is None or held.replicas is not served or force:
+            split = self._splits.get(name)
+            self.routes[name] = update[name] = DeploymentRoutes(name, served, ask=self.reason) if split is None \
+                else _versioned(name, served, self.reason, split)
 
     def _push(self, update: dict[str, DeploymentRoutes | None]) -> RouteUpdate:
         if update:

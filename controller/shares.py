@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from .core import DeploymentSpec, Replica
 from .store import ModelRecord
+from .traffic import replica_versions, weights
 
 
 class Assignment(NamedTuple):
@@ -38,19 +39,30 @@ class _Part(NamedTuple):
 
     replicas: list[Replica]
     spec: DeploymentSpec | None
-    model: ModelRecord | None
+    models: tuple[ModelRecord | None, ...]  # per weighted version (`traffic.weights`)
     per_node: dict[str, Assignment]
 
 
 def _per_node(name: str, replicas: Sequence[Replica], spec: DeploymentSpec | None,
-              model: ModelRecord | None) -> dict[str, Assignment]:
-    if spec is None or model is None:  # deleted meanwhile, or its model gone: nothing to run
+              models: tuple[ModelRecord | None, ...]) -> dict[str, Assignment]:
+    if spec is None or not models or None in models:  # deleted meanwhile, or a model gone: nothing to run
         return {}
+    by_version = {v: m for (v, _), m in zip(weights(spec), models, strict=True) if m is not None}
+    versions = replica_versions(spec) if spec.traffic else []
     devices: dict[str, list[str]] = {}
+    held_versions: dict[str, list[str]] = {}
     for r in replicas:
         devices.setdefault(r.node, []).append(r.device)
-    return {node: Assignment(name, model.name, model.version, model.digest, model.size, tuple(sorted(held)),
-                             spec.max_batch_size, max(spec.priority, 0)) for node, held in devices.items()}
+        held_versions.setdefault(r.node, []).append(versions[r.index] if r.index < len(versions) else spec.version)
+    out = {}
+    for node, held in devices.items():
+        # a node serves one version of a deployment: the one most of its replicas have (ties: the first)
+        wanted = held_versions[node]
+        model = by_version.get(max(wanted, key=wanted.count), models[0])
+        assert model is not None
+        out[node] = Assignment(name, model.name, model.version, model.digest, model.size, tuple(sorted(held)),
+                               spec.max_batch_size, max(spec.priority, 0))
+    return out
 
 
 class Shares:
@@ -69,11 +81,11 @@ class Shares:
             touched |= self._set(name, None)
         for name, replicas in placement.items():
             spec = specs.get(name)
-            model = find(spec.model, spec.version) if spec is not None else None
+            models = tuple(find(spec.model, v) for v, _ in weights(spec)) if spec is not None else ()
             held = self._parts.get(name)
-            if held is not None and held.spec == spec and held.model == model and held.replicas == replicas:
+            if held is not None and held.spec == spec and held.models == models and held.replicas == replicas:
                 continue  # the common case: list equality is by identity first, and replicas are reused
-            touched |= self._set(name, _Part(list(replicas), spec, model, _per_node(name, replicas, spec, model)))
+            touched |= self._set(name, _Part(list(replicas), spec, models, _per_node(name, replicas, spec, models)))
         for node in touched:
             names = self._on_node.get(node)
             if names:

@@ -10,6 +10,7 @@ from .core import NODE_LOST, DeploymentSpec
 from .pool import NodeState
 from .state import State
 from .store import EventRecord, ModelRecord, TensorSpec
+from .traffic import replica_versions, weights
 
 
 def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
@@ -18,6 +19,8 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
     failed = 0
     unreported = ""
     held: Counter[tuple[str, str]] = Counter()  # instances reported per (node, device), given out to replicas
+    versions = replica_versions(spec) if spec.traffic else []
+    per_version: dict[str, list[int]] = {v: [0, 0] for v, _ in weights(spec)}  # version -> [placed, ready]
     for r in sorted(state.placement.get(name, []), key=lambda r: r.index):
         node = state.pool.nodes.get(r.node)
         inst = node.instances.get(name) if node is not None else None
@@ -32,9 +35,20 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
             reason = f"node {r.node} does not report it (generation {node.generation_observed} applied)"
             failed += 1
             unreported = unreported or reason
-        out.replicas.add(node=r.node, device=r.device, state=replica_state, reason=reason)
+        # its version: the split's for its index; with no split, what its node loaded (the latest, resolved)
+        version = versions[r.index] if r.index < len(versions) else (inst.version if inst is not None else "")
+        out.replicas.add(node=r.node, device=r.device, state=replica_state, reason=reason,
+                         version=version or spec.version)
         out.ready += replica_state == "READY"
+        counts = per_version.get(version if spec.traffic else spec.version)
+        if counts is not None:  # with a split, ready counts only once its node loaded the replica's version
+            counts[0] += 1
+            loaded = not spec.traffic or (inst is not None and inst.version == version)
+            counts[1] += replica_state == "READY" and loaded
         failed += replica_state == "FAILED"
+    for v, w in weights(spec):
+        placed, ready = per_version[v]
+        out.versions.add(version=v or "latest", weight=w, replicas=placed, ready=ready)
     pending = state.pending.get(name, "")
     if not out.replicas:
         out.phase, out.reason = "Pending", pending or "not scheduled yet"
@@ -56,7 +70,8 @@ def deployment_proto(spec: DeploymentSpec) -> apb.Deployment:
     return apb.Deployment(name=spec.name, model=spec.model, version=spec.version, replicas=spec.replicas,
                           device=spec.device, memory_bytes=spec.memory_bytes, priority=spec.priority,
                           labels=dict(spec.labels), zone=spec.zone, max_batch_size=spec.max_batch_size,
-                          strategy=spec.strategy)
+                          strategy=spec.strategy,
+                          traffic=[apb.VersionWeight(version=v, weight=w) for v, w in spec.traffic])
 
 
 def node_info(state: State, n: NodeState) -> apb.NodeInfo:

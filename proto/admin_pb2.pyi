@@ -131,7 +131,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model", "version", "replicas", "device", "memory_bytes", "priority", "labels", "zone", "max_batch_size", "strategy")
+    __slots__ = ("name", "model", "version", "replicas", "device", "memory_bytes", "priority", "labels", "zone", "max_batch_size", "strategy", "traffic")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class Deployment(_message.Message):
     ZONE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     version: str
@@ -161,33 +162,58 @@ class Deployment(_message.Message):
     zone: str
     max_batch_size: int
     strategy: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., replicas: _Optional[int] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., zone: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., strategy: _Optional[str] = ...) -> None: ...
+    traffic: _containers.RepeatedCompositeFieldContainer[VersionWeight]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., replicas: _Optional[int] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., zone: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., traffic: _Optional[_Iterable[_Union[VersionWeight, _Mapping]]] = ...) -> None: ...
+
+class VersionWeight(_message.Message):
+    __slots__ = ("version", "weight")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    weight: int
+    def __init__(self, version: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("node", "device", "state", "reason")
+    __slots__ = ("node", "device", "state", "reason", "version")
     NODE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     node: str
     device: str
     state: str
     reason: str
-    def __init__(self, node: _Optional[str] = ..., device: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, node: _Optional[str] = ..., device: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class VersionStatus(_message.Message):
+    __slots__ = ("version", "weight", "replicas", "ready")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    weight: int
+    replicas: int
+    ready: int
+    def __init__(self, version: _Optional[str] = ..., weight: _Optional[int] = ..., replicas: _Optional[int] = ..., ready: _Optional[int] = ...) -> None: ...
 
 class DeploymentStatus(_message.Message):
-    __slots__ = ("spec", "phase", "reason", "ready", "replicas")
+    __slots__ = ("spec", "phase", "reason", "ready", "replicas", "versions")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     spec: Deployment
     phase: str
     reason: str
     ready: int
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
-    def __init__(self, spec: _Optional[_Union[Deployment, _Mapping]] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., ready: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+    versions: _containers.RepeatedCompositeFieldContainer[VersionStatus]
+    def __init__(self, spec: _Optional[_Union[Deployment, _Mapping]] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., ready: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ()
@@ -294,3 +320,11 @@ class ListTokensResponse(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
     def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class SetTrafficRequest(_message.Message):
+    __slots__ = ("name", "weights")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weights: _containers.RepeatedCompositeFieldContainer[VersionWeight]
+    def __init__(self, name: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[VersionWeight, _Mapping]]] = ...) -> None: ...

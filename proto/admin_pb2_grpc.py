@@ -104,6 +104,11 @@ class AdminStub:
                 request_serializer=xpud_dot_proto_dot_admin__pb2.ListTokensRequest.SerializeToString,
                 response_deserializer=xpud_dot_proto_dot_admin__pb2.ListTokensResponse.FromString,
                 _registered_method=True)
+        self.SetTraffic = channel.unary_unary(
+                '/xpud.v1.Admin/SetTraffic',
+                request_serializer=xpud_dot_proto_dot_admin__pb2.SetTrafficRequest.SerializeToString,
+                response_deserializer=xpud_dot_proto_dot_admin__pb2.DeploymentStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -197,6 +202,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTraffic(self, request, context):
+        """split requests across model versions
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +281,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListTokens,
                     request_deserializer=xpud_dot_proto_dot_admin__pb2.ListTokensRequest.FromString,
                     response_serializer=xpud_dot_proto_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'SetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTraffic,
+                    request_deserializer=xpud_dot_proto_dot_admin__pb2.SetTrafficRequest.FromString,
+                    response_serializer=xpud_dot_proto_dot_admin__pb2.DeploymentStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -649,6 +666,33 @@ class Admin:
             '/xpud.v1.Admin/ListTokens',
             xpud_dot_proto_dot_admin__pb2.ListTokensRequest.SerializeToString,
             xpud_dot_proto_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpud.v1.Admin/SetTraffic',
+            xpud_dot_proto_dot_admin__pb2.SetTrafficRequest.SerializeToString,
+            xpud_dot_proto_dot_admin__pb2.DeploymentStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,5 +1,5 @@
-"""The admin commands: `xpud nodes`, `pool`, `models`, `deploy`, `apply`, `deployments`, `undeploy`, `events`,
-`drain`, `uncordon`, `tokens` — a thin client of the controller's xpud.v1.Admin API."""
+"""The admin commands: `xpud nodes`, `pool`, `models`, `deploy`, `apply`, `deployments`, `traffic`, `undeploy`,
+`events`, `drain`, `uncordon`, `tokens` — a thin client of the controller's xpud.v1.Admin API."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ EXIT_FAILED = 1
 
 class CliError(Exception):
     """A failure to report in one line (exit 1)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code  # the admin API's status code, when the controller answered with an error
 
 
 def parse_size(text: str) -> int:
@@ -75,6 +79,10 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     apply = cmd("apply", "create or update deployments from a TOML or YAML document")
     apply.add_argument("-f", "--file", required=True, metavar="FILE")
     cmd("deployments", "list deployments with their replicas and state")
+    traffic = cmd("traffic", "split a deployment's requests across model versions: traffic NAME 1=90 2=10")
+    traffic.add_argument("name")
+    traffic.add_argument("weights", nargs="+", metavar="VERSION=PERCENT",
+                         help="versions already pushed; percentages summing to 100")
     undeploy = cmd("undeploy", "remove a deployment")
     undeploy.add_argument("name")
     events = cmd("events", "the controller's events")
@@ -123,7 +131,7 @@ def _error(exc: grpc.RpcError, target: str) -> CliError:
                         "set --controller or XPUD_CONTROLLER; a controller with TLS needs --tls-ca, with mTLS also "
                         "--tls-cert and --tls-key)")
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    return CliError(details or str(code))
+    return CliError(details or str(code), code)
 
 
 def load_document(path: str) -> list[tuple[apb.Deployment, list[str]]]:
@@ -230,8 +238,23 @@ def _specs(args: argparse.Namespace) -> list[apb.Deployment]:
     return [spec for spec, _ in checked]
 
 
+def _weights(items: list[str]) -> list[apb.VersionWeight]:
+    """`traffic`'s VERSION=PERCENT arguments (ValidationError: not of that form)."""
+    out = []
+    for item in items:
+        version, sep, weight = item.partition("=")
+        if not sep or not version or not weight.strip().isdigit():
+            raise ValidationError(f"expected VERSION=PERCENT (e.g. 1=90 2=10), got {item!r}")
+        out.append(apb.VersionWeight(version=version.strip(), weight=int(weight)))
+    return out
+
+
+BAD_INPUT = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+
+
 def run(args: argparse.Namespace) -> int:
     specs = _specs(args) if args.command in ("deploy", "apply") else []
+    weights = _weights(args.weights) if args.command == "traffic" else []
     tls = TlsFiles.from_env(args.tls_ca, args.tls_cert, args.tls_key)
     token = args.token or os.environ.get("XPUD_TOKEN") or None
     if missing := _tokens_usage(args):
@@ -291,6 +314,14 @@ def run(args: argparse.Namespace) -> int:
     elif command == "deployments":
         reply = admin.call("ListDeployments", apb.ListDeploymentsRequest())
         _print(args, reply, lambda: _deployments_table(reply.deployments))
+    elif command == "traffic":
+        try:
+            reply = admin.call("SetTraffic", apb.SetTrafficRequest(name=args.name, weights=weights))
+        except CliError as exc:  # bad input, refused with nothing changed: a usage error (exit 2)
+            if exc.code in BAD_INPUT:
+                raise ValidationError(str(exc)) from None
+            raise
+        _print(args, reply, lambda: _deployments_table([reply]))
     elif command == "undeploy":
         admin.call("DeleteDeployment", apb.DeleteDeploymentRequest(name=args.name))
         print(json.dumps({"deleted": args.name}) if args.json else f"deployment {args.name} removed")
@@ -340,8 +371,11 @@ def _deployments_table(items: Any) -> str:
     for d in items:
         spec = d.spec
         where = ", ".join(f"{r.node}/{r.device}:{r.state}" for r in d.replicas) or "-"
-        rows.append([spec.name, f"{spec.model}:{spec.version or 'latest'}", f"{d.ready}/{spec.replicas}", d.phase,
-                     spec.device, where, d.reason or ""])
+        model = f"{spec.model}:{spec.version or 'latest'}"
+        if spec.traffic:  # a split: each version's weight and ready/placed replicas
+            model = spec.model + " " + ",".join(f"{v.version}={v.weight}%({v.ready}/{v.replicas})"
+                                                for v in d.versions)
+        rows.append([spec.name, model, f"{d.ready}/{spec.replicas}", d.phase, spec.device, where, d.reason or ""])
     return table(["NAME", "MODEL", "READY", "PHASE", "DEVICE", "REPLICAS", "REASON"], rows)
 
 
