@@ -181,7 +181,20 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     metrics = ControllerMetrics(controller, asyncio.get_running_loop())
-    router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents, metrics=metrics.router)
+    emitting: set[asyncio.Task[None]] = set()  # the router's events being written (held: tasks are weak)
+
+    async def write_event(kind: str, subject: str, message: str) -> None:
+        try:
+            await controller.emit([(kind, subject, message)])
+        except Exception as exc:  # the store's trouble: the routing decision stands, the event is logged only
+            log.warning("event %s %s not stored (%s): %s", kind, subject, exc, message)
+
+    def router_event(kind: str, subject: str, message: str) -> None:  # on the loop, from the routing policy
+        task = asyncio.get_running_loop().create_task(write_event(kind, subject, message))
+        emitting.add(task)
+        task.add_done_callback(emitting.discard)
+
+    router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents, metrics=metrics.router, emit=router_event)
     controller.routes.subscribe(router.update)  # the endpoint table, pushed as it changes
     router_checks = [Authorize(ROUTER_RULES, controller.tokens.verify)] if secured else []
     router_server = grpc.aio.server(options=OPTIONS, interceptors=[*router_checks, *interceptors()])
