@@ -79,6 +79,7 @@ class RoundRobin:
 
 
 Emit = Callable[[str, str, str], None]  # an event: kind, subject (the deployment), message
+Load = Callable[[ReplicaEndpoint], float | None]  # a replica's device utilization from telemetry (None: unknown)
 FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED})
 HEALTHY, EJECTED, PROBING = "healthy", "ejected", "probing"
 
@@ -115,14 +116,16 @@ class P2CEwma:
     `max_backoff_s` (reset after `reset_s` healthy). Then it is half-open: one probe at a time, at most one request
     in `probe_every`; a probe that succeeds returns it, one that fails ejects it again. The last healthy replica is
     never ejected, and when every one left is out the request goes to them anyway. Ejections and returns are told
-    to `emit` (ReplicaEjected, ReplicaReturned)."""
+    to `emit` (ReplicaEjected, ReplicaReturned). Two scores within `tie` of each other are told apart by `load`
+    (the devices' utilization in the agents' telemetry), when it knows both."""
 
     def __init__(self, *, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
-                 emit: Emit | None = None, alpha: float = 0.3, stale_s: float = 10.0, eject_errors: int = 5,
-                 outlier_factor: float = 5.0, min_samples: int = 20, backoff_s: float = 5.0,
-                 max_backoff_s: float = 300.0, reset_s: float = 60.0, probe_every: int = 20) -> None:
+                 emit: Emit | None = None, load: Load | None = None, tie: float = 0.05, alpha: float = 0.3,
+                 stale_s: float = 10.0, eject_errors: int = 5, outlier_factor: float = 5.0, min_samples: int = 20,
+                 backoff_s: float = 5.0, max_backoff_s: float = 300.0, reset_s: float = 60.0,
+                 probe_every: int = 20) -> None:
         self.rng = rng if rng is not None else random.Random()
-        self.clock, self.emit = clock, emit
+        self.clock, self.emit, self.load, self.tie = clock, emit, load, tie
         self.alpha, self.stale_s = alpha, stale_s
         self.eject_errors, self.outlier_factor, self.min_samples = eject_errors, outlier_factor, min_samples
         self.backoff_s, self.max_backoff_s, self.reset_s = backoff_s, max_backoff_s, reset_s
@@ -188,6 +191,10 @@ class P2CEwma:
         score_a, score_b = self._score(a[1], now), self._score(b[1], now)
         if not a[1].samples or not b[1].samples:  # unknown latency: the one with fewer calls in flight
             score_a, score_b = a[1].in_flight, b[1].in_flight
+        if self.load is not None and abs(score_a - score_b) <= self.tie * max(score_a, score_b):
+            load_a, load_b = self.load(a[0]), self.load(b[0])
+            if load_a is not None and load_b is not None and load_a != load_b:
+                return self._start(*(b if load_b < load_a else a))
         return self._start(*(b if score_b < score_a else a))
 
     @staticmethod

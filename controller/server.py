@@ -28,7 +28,9 @@ from .handover import GRACE as HANDOVER_GRACE
 from .linkservice import AgentLinkService
 from .metrics import ControllerMetrics
 from .policy import P2CEwma, RoundRobin
+from .pool import LiveLoad
 from .router import Router, add_router
+from .routes import ReplicaEndpoint
 from .store import ArtifactStore, SqliteStore, StateStore, open_store
 from .tuning import ProcessTuning
 
@@ -196,7 +198,13 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         emitting.add(task)
         task.add_done_callback(emitting.discard)
 
-    policy = RoundRobin() if routing_policy == "round-robin" else P2CEwma(emit=router_event)
+    utilization = LiveLoad(controller.pool.nodes)
+
+    def load(replica: ReplicaEndpoint) -> float | None:  # p2c's tie-break: the busiest of its devices
+        known = [u for d in replica.devices if (u := utilization.get((replica.node, d))) is not None]
+        return max(known) if known else None
+
+    policy = RoundRobin() if routing_policy == "round-robin" else P2CEwma(emit=router_event, load=load)
     router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents, metrics=metrics.router, policy=policy)
     controller.routes.subscribe(router.update)  # the endpoint table, pushed as it changes
     router_checks = [Authorize(ROUTER_RULES, controller.tokens.verify)] if secured else []

@@ -107,6 +107,16 @@ def serve(policy: P2CEwma, table: DeploymentRoutes, count: int, latency: dict[st
     return got
 
 
+def feed(policy: P2CEwma, table: DeploymentRoutes, times: int, latency: dict[str, float]) -> None:
+    """Every replica's estimate fed `times` samples, whatever p2c would pick (nothing left in flight)."""
+    first = policy.choose(request(table.name), table)  # the policy learns the table
+    assert first is not None
+    policy.done(request(table.name), first, OK, latency[first.address])
+    for _ in range(times):
+        for replica in table.replicas:
+            policy.done(request(table.name), replica, OK, latency[replica.address])
+
+
 def test_p2c_sends_sequential_traffic_to_the_faster_replica() -> None:
     policy, _, _ = p2c()
     got = serve(policy, routes("web", "fast", "slow"), 200, {"fast": 0.001, "slow": 0.010})
@@ -195,10 +205,7 @@ def test_when_every_replica_left_is_ejected_they_still_serve() -> None:
 def test_a_latency_outlier_is_ejected_and_a_starved_replica_is_tried_again() -> None:
     policy, _, events = p2c(outlier_factor=5.0, min_samples=20, stale_s=10.0)
     table = routes("web", "a", "b", "c")
-    for _ in range(30):  # every replica gets samples, whatever p2c would pick
-        for replica in table.replicas:
-            policy.choose(request("web"), table)
-            policy.done(request("web"), replica, OK, 0.050 if replica.address == "c" else 0.001)
+    feed(policy, table, 30, {"a": 0.001, "b": 0.001, "c": 0.050})
     assert [e[0] for e in events] == ["ReplicaEjected"] and "over 5 x its peers' median 1.0 ms" in events[0][2]
     assert "c" in events[0][2]
     quiet, clock, _ = p2c()
@@ -219,3 +226,13 @@ def test_cancelled_calls_teach_nothing_and_updates_drop_what_left() -> None:
     policy.done(request("web"), table.replicas[0], OK, 0.001)  # a call to one that left ends quietly
     policy.update({"web": None})
     assert policy.stats("web", "b") is None
+
+
+def test_near_ties_go_to_the_replica_whose_devices_are_less_busy() -> None:
+    busy = {"a": 0.9, "b": 0.1}
+    policy = P2CEwma(rng=random.Random(7), load=lambda r: busy.get(r.address))
+    table = routes("web", "a", "b")
+    feed(policy, table, 10, {"a": 0.0010, "b": 0.00102})
+    assert serve(policy, table, 50, {"a": 0.0010, "b": 0.00102}) == Counter({"b": 50})  # within 5 %: less busy
+    busy.clear()  # unknown: the score decides
+    assert serve(policy, table, 50, {"a": 0.0010, "b": 0.00102}) == Counter({"a": 50})
