@@ -90,6 +90,7 @@ class _Replica:
 
     in_flight: int = 0  # calls the router has forwarded to it and not yet seen end
     ewma_s: float = 0.0  # latency estimate (0: no sample yet)
+    slow_s: float = 0.0  # a slower-moving one, for the outlier check: a burst of slow calls is not an outlier
     last_s: float = 0.0  # when the estimate was last fed (the policy's clock)
     samples: int = 0
     errors: int = 0  # consecutive failures
@@ -106,30 +107,32 @@ class P2CEwma:
 
     Score = (in_flight + 1) x EWMA latency: the expected wait for this request if it queues behind the calls already
     there (Finagle's and Linkerd's load balancers weigh the same two), so a replica twice as slow gets about half
-    the concurrent share and one that is idle wins ties. A replica with no sample yet scores as the best of the two
-    (it is tried, and learns); an estimate not fed for a while decays toward zero (`stale_s`), so a replica starved
-    because it was slow is tried again. A failure (FAILURES) never lowers the estimate (a replica that fails fast
-    must not look fast); failures are ejection's business.
+    the concurrent share and one that is idle wins ties. A pair with a replica that has no sample yet is decided by
+    calls in flight alone (a new replica is tried, and learns); an estimate not fed for a while decays toward zero
+    (`stale_s`), so a replica starved because it was slow is tried again. A failure (FAILURES) never lowers the
+    estimate (a replica that fails fast must not look fast); failures are ejection's business.
 
-    Ejection: `eject_errors` consecutive failures, or an EWMA above `outlier_factor` x the median of its healthy
-    peers' (each with `min_samples`), take a replica out for `backoff_s`, doubled on each repeat up to
-    `max_backoff_s` (reset after `reset_s` healthy). Then it is half-open: one probe at a time, at most one request
-    in `probe_every`; a probe that succeeds returns it, one that fails ejects it again. The last healthy replica is
-    never ejected, and when every one left is out the request goes to them anyway. Ejections and returns are told
-    to `emit` (ReplicaEjected, ReplicaReturned). Two scores within `tie` of each other are told apart by `load`
-    (the devices' utilization in the agents' telemetry), when it knows both."""
+    Ejection: `eject_errors` consecutive failures, or a slow-moving EWMA (`outlier_alpha`) above `outlier_factor`
+    x the median of its healthy peers' (each with `min_samples`) and `outlier_min_s` above it, take a replica out
+    for `backoff_s`, doubled on each repeat up to `max_backoff_s` (reset after `reset_s` healthy). Then it is
+    half-open: one probe at a time, at most one request in `probe_every`; a probe that succeeds returns it, one
+    that fails ejects it again. The last healthy replica is never ejected, and when every one left is out the
+    request goes to them anyway. Ejections and returns are told to `emit` (ReplicaEjected, ReplicaReturned). Two
+    scores within `tie` of each other are told apart by `load` (the devices' utilization in the agents'
+    telemetry), when it knows both."""
 
     def __init__(self, *, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
                  emit: Emit | None = None, load: Load | None = None, tie: float = 0.05, alpha: float = 0.3,
                  stale_s: float = 10.0, eject_errors: int = 5, outlier_factor: float = 5.0, min_samples: int = 20,
                  backoff_s: float = 5.0, max_backoff_s: float = 300.0, reset_s: float = 60.0,
-                 probe_every: int = 20) -> None:
+                 probe_every: int = 20, outlier_alpha: float = 0.05, outlier_min_s: float = 0.005) -> None:
         self.rng = rng if rng is not None else random.Random()
         self.clock, self.emit, self.load, self.tie = clock, emit, load, tie
         self.alpha, self.stale_s = alpha, stale_s
         self.eject_errors, self.outlier_factor, self.min_samples = eject_errors, outlier_factor, min_samples
         self.backoff_s, self.max_backoff_s, self.reset_s = backoff_s, max_backoff_s, reset_s
         self.probe_every = probe_every
+        self.outlier_alpha, self.outlier_min_s = outlier_alpha, outlier_min_s
         self._kept: dict[str, dict[str, _Replica]] = {}  # per deployment, per replica address
         self._calls: dict[str, int] = {}  # per deployment, requests routed (paces probes)
 
@@ -215,6 +218,7 @@ class P2CEwma:
         if request.method == "ModelInfer" or failed:
             sample = max(seconds, r.ewma_s) if failed else seconds
             r.ewma_s = sample if not r.samples else r.ewma_s + self.alpha * (sample - r.ewma_s)
+            r.slow_s = sample if not r.samples else r.slow_s + self.outlier_alpha * (sample - r.slow_s)
             r.samples += 1
             r.last_s = now
         if failed:
@@ -228,7 +232,7 @@ class P2CEwma:
         r.errors = 0
         if r.state == PROBING and probe:
             r.state, r.returned_at = HEALTHY, now
-            r.samples, r.ewma_s = 1, seconds  # a fresh estimate: the old one is what ejected it
+            r.samples, r.ewma_s, r.slow_s = 1, seconds, seconds  # fresh estimates: the old ones ejected it
             if self.emit is not None:
                 self.emit("ReplicaReturned", request.deployment, f"replica at {replica.address} on {replica.node} "
                           f"is back in rotation: a probe succeeded in {seconds * 1000:.1f} ms")
@@ -236,13 +240,13 @@ class P2CEwma:
             self._check_outlier(request.deployment, replica, r, now)
 
     def _check_outlier(self, deployment: str, replica: ReplicaEndpoint, r: _Replica, now: float) -> None:
-        peers = sorted(p.ewma_s for a, p in self._kept[deployment].items()
+        peers = sorted(p.slow_s for a, p in self._kept[deployment].items()
                        if a != replica.address and p.state == HEALTHY and p.samples >= self.min_samples)
         if not peers:
             return
         median = peers[len(peers) // 2] if len(peers) % 2 else (peers[len(peers) // 2 - 1] + peers[len(peers) // 2]) / 2
-        if r.ewma_s > self.outlier_factor * median:
-            self._eject(deployment, replica, r, now, f"latency {r.ewma_s * 1000:.1f} ms, over "
+        if r.slow_s > self.outlier_factor * median and r.slow_s - median > self.outlier_min_s:
+            self._eject(deployment, replica, r, now, f"latency {r.slow_s * 1000:.1f} ms, over "
                         f"{self.outlier_factor:g} x its peers' median {median * 1000:.1f} ms")
 
     def _eject(self, deployment: str, replica: ReplicaEndpoint, r: _Replica, now: float, why: str) -> None:

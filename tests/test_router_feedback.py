@@ -108,7 +108,8 @@ def test_a_slow_replica_gets_a_small_share_and_a_failing_one_is_ejected_then_ret
         assert total >= 1000, gained  # enough to judge a share by
         assert gained["n2"] < 0.15 * total, gained  # round robin would give it a third
         ejected = [e for e in events(controller) if e["kind"] == "ReplicaEjected" and "on n3" in e["message"]]
-        assert ejected[0]["subject"] == "iris" and "failures in a row" in ejected[0]["message"]
+        assert all(e["subject"] == "iris" for e in ejected)
+        assert any("failures in a row" in e["message"] for e in ejected), ejected
         assert sum(c.failed for c in clients) < 0.05 * sum(c.ok for c in clients)  # ejection kept failures few
     finally:
         for c in clients:
