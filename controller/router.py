@@ -1,10 +1,11 @@
 """The controller's inference router: Triton's GRPCInferenceService in front of every deployment's replicas.
 
 A client's OIP ``model_name`` is a deployment's name, and every agent serves that deployment under the same name,
-so requests are forwarded unchanged to one replica that the routing policy picks (`policy.RoundRobin` unless
-told otherwise). An agent that answers UNAVAILABLE (or cannot be reached) gets its request retried once on another
-replica; any other error is passed through with the agent's status code and message. The controller pushes the
-endpoint table (`routes.RouteTable`) through `Router.update`: a request costs a dict lookup and the policy's pick.
+so requests are forwarded unchanged to one replica that the routing policy picks (`policy.P2CEwma` unless told
+otherwise: load and latency aware, with outlier ejection). An agent that answers UNAVAILABLE (or cannot be
+reached) gets its request retried once on another replica; any other error is passed through with the agent's
+status code and message. The controller pushes the endpoint table (`routes.RouteTable`) through `Router.update`:
+a request costs a dict lookup and the policy's pick.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_er
 from xpud.proto.status import NotFound, StatusError, grpc_status
 
 from .metrics import RouterMetrics
-from .policy import RoundRobin, RouteRequest, RoutingPolicy
+from .policy import Emit, P2CEwma, RouteRequest, RoutingPolicy
 from .routes import READY, DeploymentRoutes, ReplicaEndpoint, RouteUpdate, for_request
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,10 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, *, policy: RoutingPolicy | None = None, max_message_bytes: int = 64 << 20,
                  forward_timeout_s: float = 30.0, credentials: grpc.ChannelCredentials | None = None,
-                 metrics: RouterMetrics | None = None) -> None:
+                 metrics: RouterMetrics | None = None, emit: Emit | None = None) -> None:
+        """`emit`: where the default policy tells replica ejections and returns (the controller's events)."""
         self.metrics = metrics
-        self.policy: RoutingPolicy = policy if policy is not None else RoundRobin()
+        self.policy: RoutingPolicy = policy if policy is not None else P2CEwma(emit=emit)
         self.forward_timeout_s = forward_timeout_s
         self.channel_options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),

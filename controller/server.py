@@ -27,7 +27,10 @@ from .drift import GRACE as REPLACE_GRACE
 from .handover import GRACE as HANDOVER_GRACE
 from .linkservice import AgentLinkService
 from .metrics import ControllerMetrics
+from .policy import P2CEwma, RoundRobin
+from .pool import LiveLoad
 from .router import Router, add_router
+from .routes import ReplicaEndpoint
 from .store import ArtifactStore, SqliteStore, StateStore, open_store
 from .tuning import ProcessTuning
 
@@ -130,7 +133,7 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
                            audit_keep: int = KEEP, inference_token_port: int | None = None,
                            metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
                            handover_grace: float = HANDOVER_GRACE, replace_grace: float = REPLACE_GRACE,
-                           metrics_tls: bool = False) -> RunningController:
+                           metrics_tls: bool = False, routing_policy: str = "p2c") -> RunningController:
     """Serve a controller whose state is in `store_url` (None: SQLite in `state_dir`), model files in `state_dir`'s
     artifacts/ folder either way; with this process's tuning installed (`tuning.ProcessTuning`).
 
@@ -141,7 +144,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     and it reaches agents that take mTLS with the controller's certificate.
     State-changing admin calls are recorded in `audit_log` (default: audit.log in `state_dir`). Prometheus
     /metrics (`metrics.ControllerMetrics`) is served on `metrics_host`:`metrics_port` when a port is given, over
-    HTTPS with `metrics_tls` (the controller's certificate; with a CA, clients need a certificate signed by it)."""
+    HTTPS with `metrics_tls` (the controller's certificate; with a CA, clients need a certificate signed by it).
+    `routing_policy`: "p2c" (`policy.P2CEwma`) or "round-robin"."""
     if metrics_tls and not (tls is not None and tls.cert and tls.key):
         raise StartupError("--metrics-tls serves /metrics with the controller's certificate: give --tls-cert and "
                            "--tls-key")
@@ -181,7 +185,27 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     metrics = ControllerMetrics(controller, asyncio.get_running_loop())
-    router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents, metrics=metrics.router)
+    emitting: set[asyncio.Task[None]] = set()  # the router's events being written (held: tasks are weak)
+
+    async def write_event(kind: str, subject: str, message: str) -> None:
+        try:
+            await controller.emit([(kind, subject, message)])
+        except Exception as exc:  # the store's trouble: the routing decision stands, the event is logged only
+            log.warning("event %s %s not stored (%s): %s", kind, subject, exc, message)
+
+    def router_event(kind: str, subject: str, message: str) -> None:  # on the loop, from the routing policy
+        task = asyncio.get_running_loop().create_task(write_event(kind, subject, message))
+        emitting.add(task)
+        task.add_done_callback(emitting.discard)
+
+    utilization = LiveLoad(controller.pool.nodes)
+
+    def load(replica: ReplicaEndpoint) -> float | None:  # p2c's tie-break: the busiest of its devices
+        known = [u for d in replica.devices if (u := utilization.get((replica.node, d))) is not None]
+        return max(known) if known else None
+
+    policy = RoundRobin() if routing_policy == "round-robin" else P2CEwma(emit=router_event, load=load)
+    router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents, metrics=metrics.router, policy=policy)
     controller.routes.subscribe(router.update)  # the endpoint table, pushed as it changes
     router_checks = [Authorize(ROUTER_RULES, controller.tokens.verify)] if secured else []
     router_server = grpc.aio.server(options=OPTIONS, interceptors=[*router_checks, *interceptors()])

@@ -17,13 +17,16 @@ Scenario (JSON), every key optional::
         {"kind": "lost", "device": 2, "at_s": 30},
         {"kind": "ecc_growth", "device": 0, "at_s": 0, "rate_per_s": 0.5, "uncorrected_every": 10},
         {"kind": "thermal", "device": 3, "at_s": 20, "duration_s": 10, "temperature": 95},
-        {"kind": "inference_errors", "device": 1, "at_s": 40, "duration_s": 10, "ratio": 0.5}
+        {"kind": "inference_errors", "device": 1, "at_s": 40, "duration_s": 10, "ratio": 0.5},
+        {"kind": "inference_latency", "device": 0, "at_s": 0, "duration_s": 30, "delay_ms": 20}
       ]
     }
 
 ``inference_errors`` fails that share of the model runs on the device (evenly spread: 0.5 is every other run)
 while active, as a GPU whose kernels fail does; a lost device fails every run from then on. The serving layer
 asks ``inference_check(device_id)`` for a check to call just before each run (the only hook besides sampling).
+``inference_latency`` holds each run on the device ``delay_ms`` longer while active, as a throttled or shared GPU
+is slow.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from typing import Any, ClassVar
 from .base import DeviceEvent, DeviceInfo, DeviceSample, Health, PluginUnavailable, option
 
 GIB = 1024**3
-FAULT_KINDS = ("xid_storm", "lost", "ecc_growth", "thermal", "inference_errors")
+FAULT_KINDS = ("xid_storm", "lost", "ecc_growth", "thermal", "inference_errors", "inference_latency")
+RUN_FAULTS = ("inference_errors", "inference_latency", "lost")  # the kinds a model run on the device sees
 LOAD_SHAPES = ("sine", "constant", "ramp", "square")
 
 
@@ -61,6 +65,7 @@ class Fault:
     temperature: float = 95.0
     uncorrected_every: float = 0.0
     ratio: float = 1.0  # inference_errors: the share of runs that fail while active
+    delay_ms: float = 0.0  # inference_latency: how much longer each run takes while active
 
     def active(self, t: float) -> bool:
         return self.at_s <= t < self.at_s + self.duration_s
@@ -116,6 +121,8 @@ def build_devices(scenario: Mapping[str, Any], count: int | None) -> list[SimDev
         known = {k: v for k, v in raw.items() if k in Fault.__dataclass_fields__}
         if kind == "inference_errors" and not 0 <= float(known.get("ratio", 1.0)) <= 1:
             raise ScenarioError(f"sim fault inference_errors: ratio {known['ratio']!r} must be within 0..1")
+        if kind == "inference_latency" and not float(known.get("delay_ms", 0.0)) >= 0:
+            raise ScenarioError(f"sim fault inference_latency: delay_ms {known['delay_ms']!r} must be >= 0")
         faults.setdefault(int(raw.get("device", 0)), []).append(Fault(**known))
     devices = []
     for i in range(n):
@@ -164,11 +171,12 @@ class SimPlugin:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._scenario = load_scenario(option(options, "scenario", None))
         count = option(options, "count", None)
         self._devices = build_devices(self._scenario, None if count is None else int(count))
-        self._clock, self._wall = clock, wall
+        self._clock, self._wall, self._sleep = clock, wall, sleep
         self._t0 = clock()
         self._last_t: float | None = None
         self._lost_reported: set[int] = set()
@@ -208,9 +216,10 @@ class SimPlugin:
     def inference_check(self, device_id: str) -> Callable[[], None] | None:
         """A check to call just before each model run on ``device_id`` (from any thread): it raises a
         RuntimeError worded like ONNX Runtime's for a kernel that failed on the GPU while an
-        ``inference_errors`` fault is active (or once the device is lost). None when no fault can fail it."""
+        ``inference_errors`` fault is active (or once the device is lost), and sleeps while an ``inference_latency``
+        one is. None when no fault can touch a run."""
         d = next((d for d in self._devices if f"sim:{d.index}" == device_id), None)
-        faults = tuple(f for f in d.faults if f.kind in ("inference_errors", "lost")) if d is not None else ()
+        faults = tuple(f for f in d.faults if f.kind in RUN_FAULTS) if d is not None else ()
         if not faults:
             return None
         runs = itertools.count()  # runs while a fault is active; next() is atomic, so threads share it
@@ -221,6 +230,8 @@ class SimPlugin:
                 if f.kind == "lost" and t >= f.at_s:
                     raise RuntimeError(_ort_failure(device_id, "cudaErrorDevicesUnavailable",
                                                     "all CUDA-capable devices are busy or unavailable"))
+                if f.kind == "inference_latency" and f.active(t):
+                    self._sleep(f.delay_ms / 1000)
                 if f.kind == "inference_errors" and f.active(t):
                     n = next(runs)
                     if math.floor((n + 1) * f.ratio) > math.floor(n * f.ratio):  # ratio of runs, evenly spread

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from helpers import AgentProcess, expect_status
 from models import save, scale
-from xpud.controller.policy import RouteRequest
+from xpud.controller.policy import P2CEwma, RoundRobin, RouteRequest
 from xpud.controller.router import Router, add_router
 from xpud.controller.routes import DeploymentRoutes, ReplicaEndpoint, RouteUpdate
 from xpud.proto.oip import pb, pb_grpc
@@ -143,7 +143,7 @@ def loop_thread() -> Iterator[LoopThread]:
 @pytest.fixture
 def routed(agents: list[AgentProcess], loop_thread: LoopThread) -> Iterator[tuple[Router, str]]:
     routes = table({"scale": [a.grpc_url for a in agents], "pending": []}, {"pending": PENDING_REASON})
-    yield loop_thread.router(routes)
+    yield loop_thread.router(routes, policy=RoundRobin())  # the tests below count each agent's share
 
 
 def x_input(x: np.ndarray) -> grpcclient.InferInput:
@@ -276,7 +276,7 @@ def test_server_index_metadata_and_config(agents, routed):
 def test_killed_agent_is_retried_on_the_other(repo, agents, start_agent, loop_thread):
     victim = start_agent(*agent_args(repo))
     wait_ready(victim.grpc_url)
-    router, url = loop_thread.router(table({"scale": [victim.grpc_url, agents[0].grpc_url]}))
+    router, url = loop_thread.router(table({"scale": [victim.grpc_url, agents[0].grpc_url]}), policy=RoundRobin())
     x = np.ones((1, 16), np.float32)
     with grpcclient.InferenceServerClient(url) as c:
         for _ in range(2):  # one each: the router holds a connected channel to the victim
@@ -300,12 +300,14 @@ def test_killed_agent_is_retried_on_the_other(repo, agents, start_agent, loop_th
 
 
 class FakeAgent(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, code: grpc.StatusCode | None = None) -> None:
-        self.code = code
+    def __init__(self, code: grpc.StatusCode | None = None, delay_s: float = 0.0) -> None:
+        self.code, self.delay_s = code, delay_s  # both may be changed while it serves
         self.calls: list[float | None] = []  # the deadline each forwarded call arrived with
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.calls.append(context.time_remaining())
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.code is not None:
             await context.abort(self.code, f"fake says {self.code.name}")
         return pb.ModelInferResponse(model_name=request.model_name, id=request.id)
@@ -315,7 +317,7 @@ def test_deadline_retry_and_pass_through_reach_the_agent(loop_thread):
     down, up, picky = FakeAgent(grpc.StatusCode.UNAVAILABLE), FakeAgent(), FakeAgent(grpc.StatusCode.INVALID_ARGUMENT)
     urls = {name: loop_thread.serve(fake) for name, fake in (("down", down), ("up", up), ("picky", picky))}
     routes = table({"m": [urls["down"], urls["up"]], "p": [urls["picky"], urls["up"]]})
-    _, url = loop_thread.router(routes, forward_timeout_s=7.0)
+    _, url = loop_thread.router(routes, forward_timeout_s=7.0, policy=RoundRobin())
     x = np.ones((1, 16), np.float32)
     with grpcclient.InferenceServerClient(url) as c:
         for _ in range(4):
@@ -389,3 +391,52 @@ async def test_an_endpoint_that_turns_tls_on_or_off_gets_a_fresh_channel() -> No
     router.renew(grpc.ssl_channel_credentials())
     assert router._stub(address) is not renewed and router._tls[address] == "n1"
     await router.close()
+
+
+# -- the default policy (P2CEwma) against fake agents ------------------------------------------------
+
+
+def test_p2c_gives_a_slow_replica_a_small_share(loop_thread):
+    fast, slow = FakeAgent(), FakeAgent(delay_s=0.05)
+    routes = table({"m": [loop_thread.serve(fast), loop_thread.serve(slow)]})
+    router, url = loop_thread.router(routes)
+    assert isinstance(router.policy, P2CEwma)  # the default
+    x = np.ones((1, 16), np.float32)
+    with grpcclient.InferenceServerClient(url) as c, ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: c.infer("m", [x_input(x)]), range(200)))
+    assert len(fast.calls) + len(slow.calls) == 200
+    assert len(slow.calls) < 50, (len(fast.calls), len(slow.calls))  # round robin would give it 100
+
+
+def test_an_erroring_replica_is_ejected_then_returned(loop_thread):
+    good, bad = FakeAgent(), FakeAgent(grpc.StatusCode.INTERNAL)
+    urls = [loop_thread.serve(good), loop_thread.serve(bad)]
+    events: list[tuple[str, str, str]] = []
+    clock = [0.0]
+    policy = P2CEwma(emit=lambda *e: events.append(e), clock=lambda: clock[0], backoff_s=5.0, probe_every=4)
+    _, url = loop_thread.router(table({"m": urls}), policy=policy)
+    x = np.ones((1, 16), np.float32)
+
+    def send(count: int) -> int:
+        """Requests eight at a time (calls in flight make p2c spread them); how many failed."""
+        def one(c: grpcclient.InferenceServerClient) -> int:
+            try:
+                c.infer("m", [x_input(x)])
+                return 0
+            except InferenceServerException as exc:
+                assert exc.status() == "StatusCode.INTERNAL"
+                return 1
+
+        with grpcclient.InferenceServerClient(url) as c, ThreadPoolExecutor(8) as pool:
+            return sum(pool.map(lambda _: one(c), range(count)))
+
+    failed = send(200)
+    assert 5 <= failed <= 5 + 8  # passed through until the fifth in a row ejects it (and those already sent)
+    assert [(e[0], e[1]) for e in events] == [("ReplicaEjected", "m")] and urls[1] in events[0][2]
+    assert len(bad.calls) == failed
+    assert send(50) == 0 and len(bad.calls) == failed  # out while its back-off lasts
+    bad.code = None  # it recovers; once the back-off ends, a probe takes it back
+    clock[0] += 5.0
+    assert send(100) == 0
+    assert [e[0] for e in events] == ["ReplicaEjected", "ReplicaReturned"]
+    assert len(bad.calls) > failed + 1  # back in rotation

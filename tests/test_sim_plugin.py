@@ -132,6 +132,23 @@ def test_inference_errors_fail_their_share_of_runs_while_active():
     assert all(s.health is Health.OK and s.events == () for s in p.sample())  # runs fail; telemetry sees nothing
 
 
+def test_inference_latency_holds_each_run_while_active():
+    slept: list[float] = []
+    clock = Clock()
+    fault = {"kind": "inference_latency", "device": 1, "at_s": 10, "duration_s": 5, "delay_ms": 30}
+    p = SimPlugin({"scenario": {"count": 2, "faults": [fault]}}, clock=clock, wall=lambda: 1.7e9, sleep=slept.append)
+    assert p.inference_check("sim:0") is None
+    check = p.inference_check("sim:1")
+    assert check is not None
+    check()
+    clock.t += 10
+    check()
+    check()
+    clock.t += 5
+    check()
+    assert slept == [0.03, 0.03]  # only while active; runs never fail for it
+
+
 def test_a_lost_gpu_fails_every_run():
     p, clock = plugin({"count": 1, "faults": [{"kind": "lost", "device": 0, "at_s": 10}]})
     check = p.inference_check("sim:0")
@@ -147,6 +164,7 @@ def test_a_lost_gpu_fails_every_run():
         ({"load": {"shape": "zigzag"}}, "sim load shape 'zigzag'"),
         ("no-such-bundled-scenario", "no bundled sim scenario"),
         ({"faults": [{"kind": "inference_errors", "ratio": 1.5}]}, "ratio 1.5 must be within 0..1"),
+        ({"faults": [{"kind": "inference_latency", "delay_ms": -1}]}, "delay_ms -1 must be >= 0"),
     ],
 )
 def test_bad_scenarios_name_what_to_fix(scenario, message):
