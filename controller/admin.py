@@ -46,7 +46,8 @@ def spec_of(d: apb.Deployment) -> DeploymentSpec:
     return DeploymentSpec(name=d.name, model=d.model, version=d.version, replicas=d.replicas or 1,
                           memory_bytes=d.memory_bytes, device=d.device or "any", priority=d.priority,
                           labels=dict(d.labels), zone=d.zone, strategy=d.strategy or "binpack",
-                          max_batch_size=d.max_batch_size, traffic=tuple((t.version, t.weight) for t in d.traffic))
+                          max_batch_size=d.max_batch_size, traffic=tuple((t.version, t.weight) for t in d.traffic),
+                          max_inflight=d.max_inflight)
 
 
 def token_info(r: TokenRecord) -> apb.TokenInfo:

@@ -88,7 +88,7 @@ class Controller:
     def _route(self, nodes: set[str]) -> None:
         """Bring the endpoint table up to date: the nodes named, or the deployments after a pass."""
         if not nodes:
-            self.routes.deployments(self.state.specs, self._splits())
+            self.routes.deployments(self.state.specs, self._splits(), self._limits())
         for name in nodes:
             if (node := self.pool.nodes.get(name)) is not None:
                 self._routed_again(node)
@@ -97,6 +97,10 @@ class Controller:
     def _splits(self) -> dict[str, Weights]:
         """The weights of the deployments served in several versions (the router splits their requests)."""
         return {name: spec.traffic for name, spec in self.state.specs.items() if spec.traffic}
+
+    def _limits(self) -> dict[str, int]:
+        """The bounds on requests in flight per replica (the router queues beyond them)."""
+        return {name: spec.max_inflight for name, spec in self.state.specs.items() if spec.max_inflight}
 
     def _routed_again(self, node: NodeState) -> None:
         """Deployments dropped from a node's share (`state.unrouted`) are forgotten once it no longer reports them
@@ -139,7 +143,8 @@ class Controller:
         state.generations = await run(self.store.generations)
         self.nodes.restore(await run(self.store.nodes))
         await self.tokens.load()
-        self.routes.deployments(state.specs, self._splits())  # routable as soon as their agents say Hello again
+        # routable as soon as their agents say Hello again
+        self.routes.deployments(state.specs, self._splits(), self._limits())
         log.info("controller state: %d deployment(s), %d node(s) known", len(state.specs), len(self.pool.nodes))
         self._tasks = [asyncio.create_task(self.scheduling.loop()),
                        asyncio.create_task(self.nodes.detect_loop(self.scheduling.busy)),

@@ -53,6 +53,7 @@ class DeploymentSpec:
     max_batch_size: int = 0
     # (version, percent) per served version, summing to 100 (`traffic.py`); empty: `version` alone, at 100
     traffic: tuple[tuple[str, int], ...] = ()
+    max_inflight: int = 0  # requests in flight per ready replica through the router; beyond: its queue. 0: no bound
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from xpud.proto.oip import pb, pb_grpc
 from xpud.proto.oip_service import UnsupportedExtensions, stream_each, stream_error
 from xpud.proto.status import NotFound, StatusError, grpc_status
 
+from .admission import Admission
 from .metrics import RouterMetrics
 from .policy import Emit, P2CEwma, RouteRequest, RoutingPolicy
 from .routes import READY, DeploymentRoutes, ReplicaEndpoint, RouteUpdate, for_request
@@ -36,6 +37,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that is not ins
     VERSION = "0"
 _DURATION = pb.StatisticDuration.DESCRIPTOR
 _aborts = grpc_status(logger=log)  # StatusError (the router's own, or an agent's passed through) -> the client
+QUEUE_PER_SLOT = 8  # a deployment with a bound queues at most this many requests per slot before shedding
 
 
 def _add_durations(dst: Any, src: Any) -> None:
@@ -68,6 +70,16 @@ def merge_statistics(into: pb.ModelStatistics, add: pb.ModelStatistics) -> None:
             memory[(m.type, m.id)] = into.memory_usage.add(type=m.type, id=m.id, byte_size=m.byte_size)
 
 
+def priority_of(request: pb.ModelInferRequest) -> int:
+    """The OIP ``priority`` parameter (1 is the highest; 0 or absent: the deployment's default)."""
+    if "priority" not in request.parameters:
+        return 0
+    p = request.parameters["priority"]
+    kind = p.WhichOneof("parameter_choice")
+    value = p.int64_param if kind == "int64_param" else p.uint64_param if kind == "uint64_param" else 0
+    return max(int(value), 0)
+
+
 class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     """Serves every deployment under its name by forwarding to the agents that hold a ready replica."""
 
@@ -94,12 +106,14 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         self._missing: set[str] = set()  # endpoints unlisted at the last sweep: closed if still unlisted at the next
         self._next_sweep = time.monotonic() + self.SWEEP_INTERVAL_S
         self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # dropped channels, closing with grace
+        self._admission: dict[str, Admission] = {}  # deployments with --max-inflight: their queues
 
     def update(self, changed: RouteUpdate) -> None:
         """Take the controller's changes to the endpoint table (None: the deployment is gone)."""
         for name, routes in changed.items():
             if routes is None:
                 self.routes.pop(name, None)
+                self._admit(name, None)
             else:
                 self.routes[name] = routes
                 for r in routes.replicas:
@@ -108,7 +122,22 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
                         self._drop(r.address)
                         if wanted is not None:
                             self._tls[r.address] = wanted
+            self._admit(name, routes)
         self.policy.update(changed)
+
+    def _admit(self, name: str, routes: DeploymentRoutes | None) -> None:
+        """Keep the deployment's admission queue in step with its bound and its ready replicas."""
+        admission = self._admission.get(name)
+        if routes is None or not routes.max_inflight:
+            if admission is not None:  # no bound any more: its waiters go on at once
+                admission.resize(0)
+                del self._admission[name]
+            return
+        limit = routes.max_inflight * max(len(routes.replicas), 1)
+        if admission is None:
+            self._admission[name] = Admission(name, limit, QUEUE_PER_SLOT * limit)
+        else:
+            admission.resize(limit, QUEUE_PER_SLOT * limit)
 
     def renew(self, credentials: grpc.ChannelCredentials) -> None:
         """Present `credentials` to agents from now on (a reload renewed the controller's certificate): TLS
@@ -332,13 +361,25 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
                             f"use `xpud undeploy` to remove {request.model_name or 'a deployment'}")
 
     # -- inference --------------------------------------------------------------------------
+    async def _admitted(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+        """ModelInfer forwarded through the deployment's admission queue when it has a bound (--max-inflight):
+        beyond it the request waits by its priority until its deadline, or is shed."""
+        admission = self._admission.get(request.model_name)
+        if admission is None:
+            return await self._forward(request.model_name, "ModelInfer", request, context)
+        await admission.acquire(priority_of(request), context.time_remaining())
+        try:
+            return await self._forward(request.model_name, "ModelInfer", request, context)
+        finally:
+            admission.release()
+
     async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         """Forward one inference request, counted in ``metrics`` with the status code the client gets."""
         if self.metrics is None:
-            return await self._forward(request.model_name, "ModelInfer", request, context)
+            return await self._admitted(request, context)
         started, code = time.perf_counter(), grpc.StatusCode.INTERNAL  # unless it ends otherwise
         try:
-            reply = await self._forward(request.model_name, "ModelInfer", request, context)
+            reply = await self._admitted(request, context)
             code = grpc.StatusCode.OK
             return reply
         except StatusError as exc:

@@ -48,6 +48,7 @@ class DeploymentRoutes:
     ask: Reason | None = field(default=None, compare=False, repr=False)  # asked for the reason when it is read
     split: Split | None = None  # a deployment served in several versions: how requests are split (`traffic`)
     by_version: Mapping[str, DeploymentRoutes] = field(default_factory=dict, compare=False, repr=False)
+    max_inflight: int = 0  # per ready replica (the router's admission queue); 0: no bound
 
     @property
     def state(self) -> str:
@@ -92,13 +93,15 @@ def node_replicas(node: NodeState, skip: Collection[str] = ()) -> dict[str, Repl
             for name, inst in node.instances.items() if inst.state == READY and name not in skip}
 
 
-def _versioned(name: str, served: tuple[ReplicaEndpoint, ...], ask: Reason, split: Weights) -> DeploymentRoutes:
+def _versioned(name: str, served: tuple[ReplicaEndpoint, ...], ask: Reason, split: Weights,
+               max_inflight: int = 0) -> DeploymentRoutes:
     """A deployment served in several versions: its routes, and per version the routes of that version's replicas."""
     versions: dict[str, list[ReplicaEndpoint]] = {}
     for r in served:
         versions.setdefault(r.version, []).append(r)
     by_version = {v: DeploymentRoutes(name, tuple(rs), ask=ask) for v, rs in versions.items()}
-    return DeploymentRoutes(name, served, ask=ask, split=Split.of(split), by_version=by_version)
+    return DeploymentRoutes(name, served, ask=ask, split=Split.of(split), by_version=by_version,
+                            max_inflight=max_inflight)
 
 
 def _order(replica: ReplicaEndpoint) -> tuple[str, str]:
@@ -136,6 +139,7 @@ class RouteTable:
         self._on_node: dict[str, dict[str, ReplicaEndpoint]] = {}  # per node, what it serves (`node_replicas`)
         self._listeners: list[Listener] = []
         self._splits: dict[str, Weights] = {}  # per deployment served in several versions, its weights
+        self._limits: dict[str, int] = {}  # per deployment with a bound on requests in flight, that bound
 
     def subscribe(self, listener: Listener) -> None:
         """``listener`` gets the whole table now, then each change."""
@@ -166,15 +170,18 @@ class RouteTable:
                 self._refresh(name, update)
         return self._push(update)
 
-    def deployments(self, names: Collection[str], splits: Mapping[str, Weights] | None = None) -> RouteUpdate:
+    def deployments(self, names: Collection[str], splits: Mapping[str, Weights] | None = None,
+                    limits: Mapping[str, int] | None = None) -> RouteUpdate:
         """After a scheduling pass, ``names`` being every deployment (``splits``: the weights of those served in
         several versions): add the new ones, drop the deleted ones, refresh those whose split changed."""
         update: dict[str, DeploymentRoutes | None] = {name: None for name in self.routes if name not in names}
         for name in update:
             del self.routes[name]
         splits = dict(splits or {})
+        limits = dict(limits or {})
         resplit = {n for n in splits.keys() | self._splits.keys() if splits.get(n) != self._splits.get(n)}
-        self._splits = splits
+        resplit |= {n for n in limits.keys() | self._limits.keys() if limits.get(n) != self._limits.get(n)}
+        self._splits, self._limits = splits, limits
         for name in names:
             if name not in self.routes or name in resplit:
                 self._refresh(name, update, force=name in resplit)
@@ -188,9 +195,10 @@ class RouteTable:
             return
         held = self.routes.get(name)  # a deployment's tuple is new exactly when its replicas changed
         if held is None or held.replicas is not served or force:
-            split = self._splits.get(name)
-            self.routes[name] = update[name] = DeploymentRoutes(name, served, ask=self.reason) if split is None \
-                else _versioned(name, served, self.reason, split)
+            split, limit = self._splits.get(name), self._limits.get(name, 0)
+            self.routes[name] = update[name] = \
+                DeploymentRoutes(name, served, ask=self.reason, max_inflight=limit) if split is None \
+                else _versioned(name, served, self.reason, split, limit)
 
     def _push(self, update: dict[str, DeploymentRoutes | None]) -> RouteUpdate:
         if update:

@@ -11,6 +11,7 @@ from .core import DEVICE_KINDS, STRATEGIES, DeploymentSpec
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 VERSION = re.compile(r"[0-9]{1,9}")
 MAX_REPLICAS = 1000
+MAX_INFLIGHT = 100_000  # requests in flight per replica through the router
 MAX_MEMORY = 2**50  # bytes per replica (1 PiB): far above any device, well inside the store's signed 64 bits
 ONNX_HEAD = b"\x08"  # an ONNX ModelProto starts with its ir_version field
 
@@ -44,3 +45,5 @@ def check_placement(spec: DeploymentSpec) -> None:
         raise InvalidArgument(f"replicas {spec.replicas} is more than {MAX_REPLICAS}")
     if spec.memory_bytes > MAX_MEMORY:
         raise InvalidArgument(f"memory {spec.memory_bytes} bytes is more than 1 PiB per replica")
+    if spec.max_inflight > MAX_INFLIGHT:
+        raise InvalidArgument(f"max_inflight {spec.max_inflight} is more than {MAX_INFLIGHT} per replica")

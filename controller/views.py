@@ -71,7 +71,8 @@ def deployment_proto(spec: DeploymentSpec) -> apb.Deployment:
                           device=spec.device, memory_bytes=spec.memory_bytes, priority=spec.priority,
                           labels=dict(spec.labels), zone=spec.zone, max_batch_size=spec.max_batch_size,
                           strategy=spec.strategy,
-                          traffic=[apb.VersionWeight(version=v, weight=w) for v, w in spec.traffic])
+                          traffic=[apb.VersionWeight(version=v, weight=w) for v, w in spec.traffic],
+                          max_inflight=spec.max_inflight)
 
 
 def node_info(state: State, n: NodeState) -> apb.NodeInfo:

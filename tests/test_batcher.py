@@ -419,8 +419,10 @@ async def test_invalid_requests_raise_value_error(make):
         await b.submit(Request("x", 5))
     single = await make(BatchPolicy(), FakeRunner())
     assert (await single.submit(Request("p1", 1, priority=1)))[0] == ("out", "p1")  # one level: 1 is fine
-    with pytest.raises(ValueError, match="priority 2"):
-        await single.submit(Request("x", 1, priority=2))
+    # no priority levels configured: any priority shares the one queue (the router's queue ordered them)
+    assert (await single.submit(Request("p7", 1, priority=7)))[0] == ("out", "p7")
+    with pytest.raises(ValueError, match="priority -1"):
+        await single.submit(Request("x", 1, priority=-1))
 
 
 def test_invalid_policies_raise_value_error():

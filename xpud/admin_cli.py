@@ -25,7 +25,7 @@ from xpud.validate import SIZE_HELP, ValidationError, deployment, unknown_keys
 from xpud.validate import parse_size as _parse_size
 
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
-DEPLOY_FLAGS = ("replicas", "device", "memory", "priority", "zone", "max_batch", "strategy")
+DEPLOY_FLAGS = ("replicas", "device", "memory", "priority", "zone", "max_batch", "strategy", "max_inflight")
 CHUNK = 1 << 20
 EXIT_FAILED = 1
 
@@ -76,6 +76,9 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     deploy.add_argument("--zone", default="", metavar="Z")
     deploy.add_argument("--max-batch", default="0", metavar="B", help="a whole number >= 0 (default 0)")
     deploy.add_argument("--strategy", default="binpack", metavar="S", help="binpack or spread (default binpack)")
+    deploy.add_argument("--max-inflight", default="0", metavar="N",
+                        help="requests in flight per ready replica through the router; beyond it they wait in its "
+                             "queue, by priority (default 0: no bound)")
     apply = cmd("apply", "create or update deployments from a TOML or YAML document")
     apply.add_argument("-f", "--file", required=True, metavar="FILE")
     cmd("deployments", "list deployments with their replicas and state")
@@ -225,7 +228,7 @@ def _specs(args: argparse.Namespace) -> list[apb.Deployment]:
             checked = [deployment({"name": args.name, "model": args.model, "replicas": args.replicas,
                                    "device": args.device, "memory": args.memory, "priority": args.priority,
                                    "labels": args.label, "zone": args.zone, "max_batch": args.max_batch,
-                                   "strategy": args.strategy})]
+                                   "strategy": args.strategy, "max_inflight": args.max_inflight})]
         except ValidationError as exc:  # name the flag: "--max-batch must be ..."
             field, _, rest = str(exc).partition(" ")
             flag = "--" + field.replace("_", "-") if field in DEPLOY_FLAGS else field

@@ -9,14 +9,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from xpud.controller.core import DEVICE_KINDS, STRATEGIES
-from xpud.controller.validation import MAX_MEMORY, MAX_REPLICAS, NAME, VERSION
+from xpud.controller.validation import MAX_INFLIGHT, MAX_MEMORY, MAX_REPLICAS, NAME, VERSION
 from xpud.proto import admin_pb2 as apb
 from xpud.proto.units import ACCEPTED_UNITS, SIZE, SizeError
 from xpud.proto.units import parse_size as _size
 
 SIZE_HELP = f"per replica, e.g. 2GiB; units: {ACCEPTED_UNITS}"
 INT32_MAX = 2**31 - 1
-KEYS = ("name", "model", "replicas", "device", "memory", "priority", "labels", "zone", "max_batch", "strategy")
+KEYS = ("name", "model", "replicas", "device", "memory", "priority", "labels", "zone", "max_batch", "strategy",
+        "max_inflight")
 
 
 class ValidationError(Exception):
@@ -145,5 +146,6 @@ def deployment(fields: Mapping[str, Any]) -> tuple[apb.Deployment, list[str]]:
         labels=_labels(fields.get("labels", {})),
         zone=_text("zone", fields.get("zone", "")),
         max_batch_size=_whole("max_batch", fields.get("max_batch", 0), 0, None),
-        strategy=_choice("strategy", fields.get("strategy", "binpack"), STRATEGIES))
+        strategy=_choice("strategy", fields.get("strategy", "binpack"), STRATEGIES),
+        max_inflight=_whole("max_inflight", fields.get("max_inflight", 0), 0, MAX_INFLIGHT))
     return spec, notes

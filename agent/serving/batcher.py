@@ -224,6 +224,9 @@ class Batcher:
     def _level_of(self, request: Request) -> int:
         levels = self.policy.levels
         priority = request.priority
+        if self.policy.priority_levels == 0 and priority >= 0:
+            return 0  # no priority levels configured: one queue, as Triton ignores priority then (the router's
+            # admission queue already ordered what it forwards)
         if priority < 0 or priority > levels:
             raise ValueError(
                 f"model '{self.name}': priority {priority} is out of range; valid priorities are 1..{levels} "
