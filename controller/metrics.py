@@ -40,22 +40,25 @@ SNAPSHOT_TIMEOUT_S = 5.0  # a loop this busy for this long gets a scrape without
 
 
 class RouterMetrics:
-    """``xpud_router_requests_total{model,code}`` and ``xpud_router_request_duration_seconds{model}``: one count and
-    one observation per client inference request (after the router's one retry, if any)."""
+    """``xpud_router_requests_total{model,code,deployment,version}`` and
+    ``xpud_router_request_duration_seconds{model,deployment,version}``: one count and one observation per client
+    inference request (after the router's one retry, if any). ``version`` is the model version of the replica that
+    answered ("" when none did); ``model`` holds the deployment's name too, as it always has."""
 
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.requests = prometheus_client.Counter(
             "xpud_router_requests", "Inference requests through the router by deployment and gRPC status code",
-            ["model", "code"], registry=registry)
+            ["model", "code", "deployment", "version"], registry=registry)
         self.duration = prometheus_client.Histogram(
             "xpud_router_request_duration_seconds", "Time the router took to answer an inference request",
-            ["model"], buckets=ROUTER_BUCKETS, registry=registry)
-        self._bound: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
+            ["model", "deployment", "version"], buckets=ROUTER_BUCKETS, registry=registry)
+        self._bound: dict[tuple[str, grpc.StatusCode, str], tuple[Any, Any]] = {}
 
-    def done(self, model: str, code: grpc.StatusCode, seconds: float) -> None:
-        bound = self._bound.get((model, code))
+    def done(self, model: str, code: grpc.StatusCode, seconds: float, version: str = "") -> None:
+        bound = self._bound.get((model, code, version))
         if bound is None:
-            bound = self._bound[(model, code)] = (self.requests.labels(model, code.name), self.duration.labels(model))
+            bound = self._bound[(model, code, version)] = (self.requests.labels(model, code.name, model, version),
+                                                           self.duration.labels(model, model, version))
         bound[0].inc()
         bound[1].observe(seconds)
 

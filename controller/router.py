@@ -236,8 +236,11 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         except grpc.aio.UsageError as exc:
             raise StatusError(grpc.StatusCode.UNAVAILABLE, f"agent {endpoint}: {exc}") from None
 
-    async def _attempt(self, route: RouteRequest, replica: ReplicaEndpoint, context: grpc.aio.ServicerContext) -> Any:
-        """One forward to ``replica``, its outcome told to the policy."""
+    async def _attempt(self, route: RouteRequest, replica: ReplicaEndpoint, context: grpc.aio.ServicerContext,
+                       served: list[str] | None = None) -> Any:
+        """One forward to ``replica``, its outcome told to the policy (and its version to ``served``)."""
+        if served is not None:
+            served.append(replica.version)
         started, code = time.perf_counter(), grpc.StatusCode.CANCELLED  # unless it ends with an answer
         try:
             reply = await self._call(replica.address, route.method, route.message, self._timeout(context))
@@ -249,7 +252,8 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         finally:
             self.policy.done(route, replica, code, time.perf_counter() - started)
 
-    async def _forward(self, deployment: str, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _forward(self, deployment: str, method: str, request: Any, context: grpc.aio.ServicerContext,
+                       served: list[str] | None = None) -> Any:
         """Forward to the replica the policy picks; on UNAVAILABLE retry once on the one it picks next, if any."""
         routes = for_request(self._ready(deployment), request)  # a deployment split across versions: one of them
         route = RouteRequest(deployment, method, request)
@@ -258,7 +262,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             raise StatusError(grpc.StatusCode.UNAVAILABLE, f"deployment {deployment!r} has no replica to take "
                               f"this request ({len(routes.replicas)} ready)")
         try:
-            return await self._attempt(route, first, context)
+            return await self._attempt(route, first, context, served)
         except StatusError as exc:
             if exc.code is not grpc.StatusCode.UNAVAILABLE:
                 raise
@@ -267,7 +271,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
                 raise
             log.info("%s of %r: agent %s unavailable (%s); retrying on another replica",
                      method, deployment, first.address, exc.message)
-        return await self._attempt(route, second, context)
+        return await self._attempt(route, second, context, served)
 
     async def _statistics(
         self, deployment: str, version: str, context: grpc.aio.ServicerContext
@@ -361,15 +365,16 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
                             f"use `xpud undeploy` to remove {request.model_name or 'a deployment'}")
 
     # -- inference --------------------------------------------------------------------------
-    async def _admitted(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def _admitted(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext,
+                        served: list[str] | None = None) -> Any:
         """ModelInfer forwarded through the deployment's admission queue when it has a bound (--max-inflight):
         beyond it the request waits by its priority until its deadline, or is shed."""
         admission = self._admission.get(request.model_name)
         if admission is None:
-            return await self._forward(request.model_name, "ModelInfer", request, context)
+            return await self._forward(request.model_name, "ModelInfer", request, context, served)
         await admission.acquire(priority_of(request), context.time_remaining())
         try:
-            return await self._forward(request.model_name, "ModelInfer", request, context)
+            return await self._forward(request.model_name, "ModelInfer", request, context, served)
         finally:
             admission.release()
 
@@ -378,8 +383,9 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         if self.metrics is None:
             return await self._admitted(request, context)
         started, code = time.perf_counter(), grpc.StatusCode.INTERNAL  # unless it ends otherwise
+        served: list[str] = []  # the version of each replica tried: the last one answered
         try:
-            reply = await self._admitted(request, context)
+            reply = await self._admitted(request, context, served)
             code = grpc.StatusCode.OK
             return reply
         except StatusError as exc:
@@ -391,7 +397,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         finally:
             # a name no deployment has is counted as "": clients cannot grow the label set at will
             model = request.model_name if request.model_name in self.routes else ""
-            self.metrics.done(model, code, time.perf_counter() - started)
+            self.metrics.done(model, code, time.perf_counter() - started, served[-1] if served and model else "")
 
     @_aborts
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:

@@ -37,10 +37,14 @@ def test_nodes_devices_and_deployments(pool):
     assert "process_resident_memory_bytes" in text
 
 
+def total(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels`` (0 when there is none yet)."""
+    return sum(v for k, v in metric_values(text, name).items() if set(labels.items()) <= k)
+
+
 def test_router_requests_are_counted_by_deployment_and_code(pool):
     c, _agent = pool
-    before = metric_values(c.scrape(), "xpud_router_requests_total")
-    ok = before.get(frozenset({("model", "iris"), ("code", "OK")}), 0)
+    ok = total(c.scrape(), "xpud_router_requests_total", model="iris", code="OK")
     assert infer(c.inference_url) == 0
     with grpcclient.InferenceServerClient(c.inference_url) as client:
         x = grpcclient.InferInput("X", [1, 4], "FP32")
@@ -49,6 +53,8 @@ def test_router_requests_are_counted_by_deployment_and_code(pool):
             client.infer("no-such-deployment", [x])
     text = c.scrape()
     assert metric(text, "xpud_router_requests_total", model="iris", code="OK") == ok + 1
+    # by deployment and by the version of the replica that answered
+    assert metric(text, "xpud_router_requests_total", deployment="iris", version="1", code="OK") == ok + 1
     # an unknown name is counted without it: clients cannot grow the label set
     assert metric(text, "xpud_router_requests_total", model="", code="NOT_FOUND") >= 1
     assert not any(("model", "no-such-deployment") in k for k in metric_values(text, "xpud_router_requests_total"))
@@ -85,8 +91,7 @@ def test_the_bound_port_is_logged_and_a_taken_port_is_refused(tmp_path):
 
 def test_stream_requests_are_counted_each(pool):
     c, _agent = pool
-    before = metric_values(c.scrape(), "xpud_router_requests_total").get(frozenset({("model", "iris"),
-                                                                                    ("code", "OK")}), 0)
+    before = total(c.scrape(), "xpud_router_requests_total", model="iris", code="OK")
     answers: list[object] = []
     with grpcclient.InferenceServerClient(c.inference_url) as client:
         client.start_stream(callback=lambda result, error: answers.append(error))
