@@ -71,6 +71,8 @@ TOML_CASES = [
     ('name = "web"\nmodel = "iris"\ndevice = "tpu"\n', "device must be one of gpu, cpu, any, got 'tpu'"),
     ('name = "web"\nmodel = "iris"\nreplicas = true\n', "replicas must be a whole number 1..1000, got True"),
     ('name = "Web"\nmodel = "iris"\n', "deployment name 'Web' is not valid"),
+    ('name = "web"\nmodel = "iris"\ntraffic = 90\n', "traffic must be a table of VERSION = PERCENT"),
+    ('name = "web"\nmodel = "iris"\ntraffic = { "1" = 150 }\n', "traffic of version 1 must be a whole number 0..100"),
 ]
 
 
@@ -136,5 +138,7 @@ def test_good_fields_become_the_deployment_sent():
     assert (spec.memory_bytes, spec.priority, dict(spec.labels), spec.zone) == (128 << 20, 5, {"rack": "r1", "n": "2"},
                                                                                 "z")
     assert (spec.max_batch_size, spec.strategy, notes) == (8, "spread", [])
+    spec, _ = deployment({"name": "a", "model": "iris", "traffic": {"1": 90, "2": 10}, "max_inflight": 4})
+    assert [(w.version, w.weight) for w in spec.traffic] == [("1", 90), ("2", 10)] and spec.max_inflight == 4
     spec, _ = deployment({"name": "a", "model": "iris", "labels": ["k=v"]})
     assert (spec.replicas, spec.device, spec.strategy, dict(spec.labels)) == (1, "any", "binpack", {"k": "v"})

@@ -114,3 +114,17 @@ def test_bad_traffic_is_refused_with_nothing_changed(canary: ControllerProcess, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert deployment(canary)["spec"] == before
+
+
+def test_an_apply_file_carries_the_split(canary: ControllerProcess, tmp_path: Path) -> None:
+    c = canary
+    doc = tmp_path / "web.toml"
+    doc.write_text('[[deployment]]\nname = "web"\nmodel = "m:1"\nreplicas = 2\nstrategy = "spread"\n'
+                   'traffic = { "1" = 50, "2" = 50 }\n')
+    applied = c.admin("apply", "-f", str(doc))
+    assert applied.returncode == 0, applied.stderr
+    wait_for(lambda: split_ready(c, {"1": 50, "2": 50}), timeout=60, what="the file's split ready")
+    doc.write_text('[[deployment]]\nname = "web"\nmodel = "m:1"\nreplicas = 2\ntraffic = { "1" = 50, "2" = 40 }\n')
+    refused = c.admin("apply", "-f", str(doc))
+    assert refused.returncode == 2 and "sum to 100" in refused.stderr, refused.stderr
+    assert {v["version"]: v["weight"] for v in deployment(c)["versions"]} == {"1": 50, "2": 50}

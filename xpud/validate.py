@@ -17,7 +17,7 @@ from xpud.proto.units import parse_size as _size
 SIZE_HELP = f"per replica, e.g. 2GiB; units: {ACCEPTED_UNITS}"
 INT32_MAX = 2**31 - 1
 KEYS = ("name", "model", "replicas", "device", "memory", "priority", "labels", "zone", "max_batch", "strategy",
-        "max_inflight")
+        "max_inflight", "traffic")
 
 
 class ValidationError(Exception):
@@ -116,6 +116,20 @@ def unknown_keys(item: Mapping[str, Any], what: str) -> list[str]:
     return out
 
 
+def _traffic(value: Any) -> list[apb.VersionWeight]:
+    """An apply file's ``traffic = { "1" = 90, "2" = 10 }``: percent per model version (the controller checks
+    that they sum to 100 and that each version is pushed)."""
+    if not isinstance(value, Mapping) or not value:
+        raise ValidationError(f'traffic must be a table of VERSION = PERCENT, e.g. traffic = {{ "1" = 90, "2" = 10 }}, '
+                              f"got {value!r}")
+    split = [apb.VersionWeight(version=str(v), weight=_whole(f"traffic of version {v}", w, 0, 100))
+             for v, w in value.items()]
+    if sum(w.weight for w in split) != 100:
+        given = " ".join(f"{w.version}={w.weight}" for w in split)
+        raise ValidationError(f"traffic weights must sum to 100, not {sum(w.weight for w in split)} ({given})")
+    return split
+
+
 def deployment(fields: Mapping[str, Any]) -> tuple[apb.Deployment, list[str]]:
     """Checked fields -> (the Deployment to send, notes for the user). Raises ValidationError."""
     name = check_name(fields.get("name"))
@@ -147,5 +161,6 @@ def deployment(fields: Mapping[str, Any]) -> tuple[apb.Deployment, list[str]]:
         zone=_text("zone", fields.get("zone", "")),
         max_batch_size=_whole("max_batch", fields.get("max_batch", 0), 0, None),
         strategy=_choice("strategy", fields.get("strategy", "binpack"), STRATEGIES),
-        max_inflight=_whole("max_inflight", fields.get("max_inflight", 0), 0, MAX_INFLIGHT))
+        max_inflight=_whole("max_inflight", fields.get("max_inflight", 0), 0, MAX_INFLIGHT),
+        traffic=_traffic(fields["traffic"]) if "traffic" in fields else [])
     return spec, notes
