@@ -155,19 +155,24 @@ def _size(value: Any, where: str) -> int:
     return size
 
 
-def load_config(path: str | Path | None) -> AgentConfig:
-    """Read a TOML configuration file (None: all defaults)."""
-    config = AgentConfig()
-    if path is None:
-        return config
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A config file's tables; ConfigError says why it cannot be read (also for the controller's file)."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None) -> AgentConfig:
+    """Read a TOML configuration file (None: all defaults)."""
+    config = AgentConfig()
+    if path is None:
+        return config
+    data = read_toml(path)
     unknown = set(data) - {"agent", "plugins", "serving", "health"}
     if unknown:
         raise ConfigError(f"config file {str(path)!r}: unknown section(s) {', '.join(sorted(unknown))}")

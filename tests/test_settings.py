@@ -136,6 +136,14 @@ def test_agent_environment_sits_between_flags_and_the_file(tmp_path: Path) -> No
     assert loaded.labels == {"a": "1", "b": "2"}
 
 
+def test_agent_switches_in_the_file_are_not_undone_by_unset_flags(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("[agent]\nstandalone = true\nmetrics_tls = true\n")
+    loaded = agent_config(parse("agent", "--config", str(config)))
+    assert loaded.standalone and loaded.metrics_tls
+    assert agent_config(parse("agent", "--config", str(config), "--standalone")).standalone
+
+
 def test_a_real_controller_takes_its_settings_from_the_environment_and_the_file(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "controller.toml"

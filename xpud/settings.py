@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,14 +117,12 @@ def config_file(command: str, given: str | None, environ: Mapping[str, str]) -> 
 
 
 def read_file(path: Path) -> dict[str, Any]:
+    from xpud.agent.config import ConfigError, read_toml  # the agent's file reader: the same messages
+
     try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SettingsError(f"config file {str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise SettingsError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        return read_toml(path)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def from_file(found: list[Setting], command: str, path: Path) -> dict[str, Any]:
@@ -145,25 +142,28 @@ def from_file(found: list[Setting], command: str, path: Path) -> dict[str, Any]:
 
 def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace,
             environ: Mapping[str, str] = os.environ) -> argparse.Namespace:
-    """Fill the flags not given from the environment, the config file (the controller's) and the defaults.
+    """Fill the flags not given from the environment, then (the controller's) the config file and the defaults;
+    the agent's file and defaults are `load_config`'s and `AgentConfig`'s, below the flags left None here.
     Returns the flags and variables alone (and the file's path), for a reload to apply over the file again."""
     command = args.command
-    found = settings(parser, command)
-    for setting in found:
+    for setting in settings(parser, command):
         if getattr(args, setting.dest, None) is None and environ.get(setting.env):
             setattr(args, setting.dest, setting.parse(environ[setting.env], setting.env))
     path = config_file(command, args.config, environ)
     args.config = str(path) if path is not None else None
     given = argparse.Namespace(**vars(args))
-    if command == "controller" and path is not None:
-        for dest, value in from_file(found, command, path).items():
-            if getattr(args, dest, None) is None:
-                setattr(args, dest, value)
-    apply_defaults(found, args)
+    if command == "controller":
+        _file_and_defaults(parser, args)
     return given
 
 
-def apply_defaults(found: list[Setting], args: argparse.Namespace) -> None:
+def _file_and_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The controller's file under what `args` has, then the built-in defaults under both."""
+    found = settings(parser, args.command)
+    if args.config:
+        for dest, value in from_file(found, args.command, Path(args.config)).items():
+            if getattr(args, dest, None) is None:
+                setattr(args, dest, value)
     for setting in found:
         if getattr(args, setting.dest, None) is None:
             setattr(args, setting.dest, setting.default)
@@ -172,12 +172,7 @@ def apply_defaults(found: list[Setting], args: argparse.Namespace) -> None:
 def reread(parser: argparse.ArgumentParser, given: argparse.Namespace) -> argparse.Namespace:
     """The controller's settings again, from the same flags and variables over the file as it is now."""
     args = argparse.Namespace(**vars(given))
-    found = settings(parser, args.command)
-    if args.config:
-        for dest, value in from_file(found, args.command, Path(args.config)).items():
-            if getattr(args, dest, None) is None:
-                setattr(args, dest, value)
-    apply_defaults(found, args)
+    _file_and_defaults(parser, args)
     return args
 
 
