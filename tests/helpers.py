@@ -147,6 +147,16 @@ class ControllerProcess(ChildProcess):
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def deployment(self, name: str) -> dict[str, Any]:
+        """The deployment's entry in `xpud deployments --json` ({} while there is none)."""
+        found = [d for d in self.admin_json("deployments").get("deployments", []) if d["spec"]["name"] == name]
+        return found[0] if found else {}
+
+    def events(self, kind: str | None = None, subject: str | None = None) -> list[dict[str, Any]]:
+        """`xpud events --json`, of one kind and subject if given."""
+        return [e for e in self.admin_json("events").get("events", [])
+                if (kind is None or e["kind"] == kind) and (subject is None or e["subject"] == subject)]
+
     def scrape(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as resp:
             return resp.read().decode()

@@ -53,10 +53,7 @@ def test_a_full_queue_sheds_low_priority_and_serves_priority_one(tmp_path: Path)
         deployed = c.admin("deploy", "iris", "--model", "iris", "--device", "gpu", "--max-inflight", "1")
         assert deployed.returncode == 0, deployed.stderr
 
-        def running() -> bool:
-            return any(d.get("phase") == "Running" for d in c.admin_json("deployments").get("deployments", []))
-
-        wait_for(running, timeout=60, what="iris Running")
+        wait_for(lambda: c.deployment("iris").get("phase") == "Running", timeout=60, what="iris Running")
         low, high = asyncio.run(flood(c.inference_url))
         assert high == ["OK"] * HIGH, high
         shed = [r for r in low if r != "OK"]

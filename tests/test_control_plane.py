@@ -22,8 +22,7 @@ def infer(url: str, name: str = "iris") -> int:
 
 
 def deployment(controller: ControllerProcess, name: str) -> dict:
-    found = [d for d in controller.admin_json("deployments").get("deployments", []) if d["spec"]["name"] == name]
-    return found[0] if found else {}
+    return controller.deployment(name)
 
 
 def running(controller: ControllerProcess, name: str, replicas: int):  # type: ignore[no-untyped-def]
@@ -32,7 +31,7 @@ def running(controller: ControllerProcess, name: str, replicas: int):  # type: i
 
 
 def events(controller: ControllerProcess) -> list[dict]:
-    return controller.admin_json("events").get("events", [])
+    return controller.events()
 
 
 @pytest.fixture

@@ -71,17 +71,15 @@ def test_a_gpu_failing_its_runs_turns_unhealthy_its_replica_moves_and_it_heals(t
         assert controller.admin("deploy", "iris", "--model", "iris", "--device", "gpu").returncode == 0
 
         def replicas() -> list[str]:
-            d = [d for d in controller.admin_json("deployments").get("deployments", [])
-                 if d["spec"]["name"] == "iris"]
-            if not d or d[0].get("phase") != "Running" or d[0].get("ready", 0) != 1:
+            d = controller.deployment("iris")
+            if d.get("phase") != "Running" or d.get("ready", 0) != 1:
                 return []
-            return [r["device"] for r in d[0]["replicas"]]
+            return [r["device"] for r in d["replicas"]]
 
         assert wait_for(replicas, timeout=60, what="iris running") == ["sim:0"]
 
         def events(kind: str, subject: str = "n1/sim:0") -> list[dict]:
-            return [e for e in controller.admin_json("events").get("events", [])
-                    if e["kind"] == kind and e["subject"] == subject]
+            return controller.events(kind, subject)
 
         client = Client(controller.inference_url)
         client.start()
@@ -103,12 +101,10 @@ def test_a_gpu_failing_its_runs_turns_unhealthy_its_replica_moves_and_it_heals(t
         assert "recovery checks passed" in healthy[0]["message"]
         client.stop.set()
         client.join(timeout=30)
-        kinds = [e["kind"] for e in controller.admin_json("events").get("events", [])
-                 if e["subject"] == "n1/sim:0"]
+        kinds = [e["kind"] for e in controller.events(subject="n1/sim:0")]
         assert "DeviceUnhealthy" in kinds and kinds[-2:] == ["DeviceRecovering", "DeviceHealthy"], kinds
         assert events("DeviceHealthy", "n1/sim:1") == [] and events("DeviceUnhealthy", "n1/sim:1") == []
-        assert any(e["kind"] == "Moved" and "n1/sim:0 unhealthy" in e["message"]
-                   for e in controller.admin_json("events").get("events", []))
+        assert any("n1/sim:0 unhealthy" in e["message"] for e in controller.events("Moved"))
         text = agent.scrape()
         assert re.search(r'xpud_device_health_transitions_total\{from_state="(healthy|suspect)",hw_id="sim:0",'
                          r'reason="inference_failures",to_state="unhealthy"\} 1\.0', text), \

@@ -67,17 +67,15 @@ def test_an_xid_storm_moves_the_replica_before_requests_fail_and_the_device_heal
         assert controller.admin("deploy", "iris", "--model", "iris", "--device", "gpu").returncode == 0
 
         def replicas() -> list[str]:
-            d = [d for d in controller.admin_json("deployments").get("deployments", [])
-                 if d["spec"]["name"] == "iris"]
-            if not d or d[0].get("phase") != "Running" or d[0].get("ready", 0) != 1:
+            d = controller.deployment("iris")
+            if d.get("phase") != "Running" or d.get("ready", 0) != 1:
                 return []
-            return [r["device"] for r in d[0]["replicas"]]
+            return [r["device"] for r in d["replicas"]]
 
         assert wait_for(replicas, timeout=60, what="iris running") == ["sim:0"]
 
         def events(kind: str, subject: str = "n1/sim:0") -> list[dict]:
-            return [e for e in controller.admin_json("events").get("events", [])
-                    if e["kind"] == kind and e["subject"] == subject]
+            return controller.events(kind, subject)
 
         assert not events("DeviceUnhealthy"), "the storm began before the deployment ran: raise STORM_AT_S"
         client = Client(controller.inference_url)
@@ -90,11 +88,9 @@ def test_an_xid_storm_moves_the_replica_before_requests_fail_and_the_device_heal
         assert "recovery checks passed" in healthy[0]["message"]
         client.stop.set()
         client.join(timeout=30)
-        kinds = [e["kind"] for e in controller.admin_json("events").get("events", [])
-                 if e["subject"] == "n1/sim:0"]
+        kinds = [e["kind"] for e in controller.events(subject="n1/sim:0")]
         assert kinds == ["DeviceSuspect", "DeviceUnhealthy", "DeviceRecovering", "DeviceHealthy"], kinds
-        assert any(e["kind"] == "Moved" and "n1/sim:0 unhealthy" in e["message"]
-                   for e in controller.admin_json("events").get("events", []))
+        assert any("n1/sim:0 unhealthy" in e["message"] for e in controller.events("Moved"))
         assert client.failed == [], client.failed[:5]
         assert client.ok > 20
         # healthy again: it takes replicas again (the pool view shows it without a state)

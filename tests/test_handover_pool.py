@@ -24,8 +24,7 @@ STORM_AT_S = 20.0  # seconds after n1's agent starts: the deployment runs long b
 
 
 def _deployment(c: ControllerProcess) -> dict:
-    found = [d for d in c.admin_json("deployments").get("deployments", []) if d["spec"]["name"] == "iris"]
-    return found[0] if found else {}
+    return c.deployment("iris")
 
 
 def _running_on(c: ControllerProcess, node: str) -> bool:
@@ -34,7 +33,7 @@ def _running_on(c: ControllerProcess, node: str) -> bool:
 
 
 def _events(c: ControllerProcess, kind: str) -> list[dict]:
-    return [e for e in c.admin_json("events").get("events", []) if e["kind"] == kind]
+    return c.events(kind)
 
 
 def _logged(agent: AgentProcess, pattern: str) -> datetime:
@@ -97,7 +96,7 @@ def _handed_over(c: ControllerProcess, n1: AgentProcess, n2: AgentProcess, clien
     wait_for(lambda: client.ok >= done + 20, what="requests after the handover")  # served by n2 alone now
     client.stop.set()
     client.join(timeout=30)
-    moved = [e for e in c.admin_json("events").get("events", []) if e["kind"] in ("Moved", "HandedOver")]
+    moved = [e for e in c.events() if e["kind"] in ("Moved", "HandedOver")]
     assert [e["kind"] for e in moved] == ["Moved", "HandedOver"], moved
     assert not _events(c, "HandoverExpired")
     assert client.failed == [], client.failed[:5]

@@ -53,8 +53,7 @@ def served(agent: AgentProcess) -> int:
 
 
 def events(controller: ControllerProcess) -> list[dict[str, Any]]:
-    return [e for e in controller.admin_json("events").get("events", [])
-            if e.get("kind") in ("ReplicaEjected", "ReplicaReturned")]
+    return [e for e in controller.events() if e["kind"] in ("ReplicaEjected", "ReplicaReturned")]
 
 
 def test_a_slow_replica_gets_a_small_share_and_a_failing_one_is_ejected_then_returned(tmp_path: Path) -> None:
@@ -81,9 +80,8 @@ def test_a_slow_replica_gets_a_small_share_and_a_failing_one_is_ejected_then_ret
         assert deployed.returncode == 0, deployed.stderr
 
         def running() -> bool:
-            d = [d for d in controller.admin_json("deployments").get("deployments", [])
-                 if d["spec"]["name"] == "iris"]
-            return bool(d) and d[0].get("phase") == "Running" and d[0].get("ready", 0) == 3
+            d = controller.deployment("iris")
+            return d.get("phase") == "Running" and d.get("ready", 0) == 3
 
         wait_for(running, timeout=90, what="iris running on three nodes")
         wait_for(lambda: all(served(a) >= 0 for a in agents.values()), what="each agent's statistics")

@@ -27,8 +27,7 @@ def version_of(client: grpcclient.InferenceServerClient, **kwargs: object) -> st
 
 
 def deployment(c: ControllerProcess) -> dict:
-    found = [d for d in c.admin_json("deployments").get("deployments", []) if d["spec"]["name"] == "web"]
-    return found[0] if found else {}
+    return c.deployment("web")
 
 
 def split_ready(c: ControllerProcess, want: dict[str, int]) -> dict | None:
@@ -93,7 +92,7 @@ def test_weights_sticky_keys_and_pinned_versions(canary: ControllerProcess) -> N
              else None, timeout=60, what="version 2 alone")
     with grpcclient.InferenceServerClient(c.inference_url) as client:
         assert {version_of(client) for _ in range(20)} == {"2"}
-    assert any(e["kind"] == "TrafficChanged" for e in c.admin_json("events")["events"])
+    assert c.events("TrafficChanged")
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
