@@ -16,7 +16,7 @@ _LINK = "/xpud.v1.AgentLink/"
 ROLE_OF = {
     "viewer": ("ListNodes", "GetPool", "ListModels", "ListDeployments", "ListEvents", "WatchEvents"),
     "operator": ("CreateDeployment", "ApplyDeployment", "DeleteDeployment", "SetCordon",
-                 "SetTraffic"),
+                 "SetTraffic", "Rollback"),
     "admin": ("PushModel", "CreateToken", "RevokeToken", "ListTokens"),
 }
 RULES: Rules = {

@@ -35,6 +35,7 @@ AUDITED: dict[str, Callable[[Any], str]] = {
     "CreateToken": lambda r: r.name,
     "RevokeToken": lambda r: r.name,
     "SetTraffic": lambda r: r.name,
+    "Rollback": lambda r: r.name,
 }
 
 
@@ -47,7 +48,8 @@ def spec_of(d: apb.Deployment) -> DeploymentSpec:
                           memory_bytes=d.memory_bytes, device=d.device or "any", priority=d.priority,
                           labels=dict(d.labels), zone=d.zone, strategy=d.strategy or "binpack",
                           max_batch_size=d.max_batch_size, traffic=tuple((t.version, t.weight) for t in d.traffic),
-                          max_inflight=d.max_inflight)
+                          max_inflight=d.max_inflight,
+                          max_unavailable=d.max_unavailable if d.HasField("max_unavailable") else -1)
 
 
 def token_info(r: TokenRecord) -> apb.TokenInfo:
@@ -114,6 +116,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     @audited
     async def SetTraffic(self, request: apb.SetTrafficRequest, context: Any) -> apb.DeploymentStatus:
         await self.c.set_traffic(request.name, [(w.version, w.weight) for w in request.weights])
+        return deployment_status(self.c.state, request.name)
+
+    @errors
+    @audited
+    async def Rollback(self, request: apb.RollbackRequest, context: Any) -> apb.DeploymentStatus:
+        await self.c.rollback(request.name)
         return deployment_status(self.c.state, request.name)
 
     @errors

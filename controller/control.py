@@ -20,10 +20,11 @@ from typing import Any
 
 from xpud.proto import identity
 from xpud.proto import link_pb2 as lpb
-from xpud.proto.status import InvalidArgument, NotFound
+from xpud.proto.status import FailedPrecondition, InvalidArgument, NotFound
 
+from . import rollout as rollouts
 from .catalog import Measured, Models, estimate
-from .core import Decision, DeploymentSpec
+from .core import NODE_LOST, Decision, DeploymentSpec
 from .drift import GRACE as REPLACE_GRACE
 from .drift import Drift
 from .events import EventLog
@@ -44,6 +45,7 @@ from .tuning import Tuning
 from .validation import ONNX_HEAD, check_model, check_placement, check_spec
 from .views import deployment_status
 
+ROLLOUT_TICK_S = 0.2  # how often rollouts in progress are looked at (nothing is done while there are none)
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
@@ -148,7 +150,8 @@ class Controller:
         log.info("controller state: %d deployment(s), %d node(s) known", len(state.specs), len(self.pool.nodes))
         self._tasks = [asyncio.create_task(self.scheduling.loop()),
                        asyncio.create_task(self.nodes.detect_loop(self.scheduling.busy)),
-                       asyncio.create_task(self._backfill())]
+                       asyncio.create_task(self._backfill()),
+                       asyncio.create_task(self._rollouts())]
         self.scheduling.changed()
 
     async def _backfill(self) -> None:
@@ -185,22 +188,95 @@ class Controller:
             raise NotFound(f"unknown model {what!r}; push it first with `xpud models push FILE --name {spec.model}` "
                            f"(models: {', '.join(known) or 'none'})")
         check_placement(spec)
+        if spec.max_unavailable < -1:
+            raise InvalidArgument(f"max_unavailable {spec.max_unavailable} must be >= 0 (replicas a rolling update "
+                                  "may take down at once)")
         if spec.traffic:
             spec = replace(spec, traffic=normalized(spec.traffic))
             await self._check_versions(spec)
         kind = "DeploymentCreated" if create else "DeploymentApplied"
         what = f"model {spec.model}{':' + spec.version if spec.version else ''}, {spec.replicas} replica(s) on " \
                f"{spec.device}"
-        await self.scheduling.now([(kind, spec.name, what)], Change(apply=spec, create=create), identity.actor())
+        events: list[Event] = [(kind, spec.name, what)]
+        old = self.state.specs.get(spec.name)
+        if old is not None and not create:  # a new model version on a placed deployment rolls out node by node
+            source = await self._resolved(old.model, old.version)
+            target = await self._resolved(spec.model, spec.version)
+            spec = rollouts.begin(old, spec, source, target, time.time(),
+                                  rollouts.holders(self.state.placement.get(spec.name, [])))
+            if spec.rollout is not None and spec.rollout is not old.rollout:
+                events.append(("RollbackStarted" if spec.rollout.rollback else "RolloutStarted", spec.name,
+                               f"{spec.rollout.model}:{spec.rollout.version} -> {spec.model}:{spec.rollout.target}"))
+        await self.scheduling.now(events, Change(apply=spec, create=create), identity.actor())
 
-    async def set_traffic(self, name: str, pairs: Sequence[tuple[str, int]]) -> None:
-        """Split a deployment's requests across model versions (`traffic.py`): NotFound for an unknown deployment
-        or version, InvalidArgument for weights that do not sum to 100. One version at 100 serves it alone."""
+    async def _resolved(self, model: str, version: str) -> str:
+        """The version `version` of `model` stands for ("" for latest: the latest pushed); "" if there is none."""
+        record = (await self.models.catalog((model, version))).find(model, version)
+        return record.version if record is not None else ""
+
+    async def rollback(self, name: str) -> None:
+        """Return a deployment to its previous model version the way it rolled out, or turn back the rollout in
+        progress (FailedPrecondition: no previous version, or a traffic split)."""
+        spec = self._spec(name)
+        source = await self._resolved(spec.model, spec.version) if spec.rollout is None else spec.rollout.target
+        new = rollouts.rollback(spec, source, time.time(), rollouts.holders(self.state.placement.get(name, [])))
+        await self._check_versions(replace(new, rollout=None))
+        what = f"{spec.model}:{source} -> {new.model}:{new.version}"
+        await self.scheduling.now([("RollbackStarted", name, what)], Change(apply=new), identity.actor())
+
+    def _spec(self, name: str) -> DeploymentSpec:
         spec = self.state.specs.get(name)
         if spec is None:
             known = ", ".join(sorted(self.state.specs)) or "none"
             raise NotFound(f"unknown deployment {name!r}; deployments: {known}")
+        return spec
+
+    async def _rollouts(self) -> None:
+        """Move rollouts on as their nodes report the new version (`rollout.step`), one pass per move."""
+        while True:
+            await asyncio.sleep(ROLLOUT_TICK_S)
+            if not any(spec.rollout is not None for spec in self.state.specs.values()):
+                continue
+            try:
+                await self.scheduling.advance(self._rollout_steps)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("a rollout step failed")
+
+    def _rollout_steps(self) -> tuple[list[DeploymentSpec], list[Event]]:
+        state, now = self.state, time.time()
+        totals = {(node.name, d.id): d.memory_total for node in self.pool.nodes.values() for d in node.devices.values()}
+        free = rollouts.free_memory(totals, state.placement)
+        moved: list[DeploymentSpec] = []
+        events: list[Event] = []
+        for spec in list(state.specs.values()):
+            if spec.rollout is None:
+                continue
+
+            def report(node_name: str, name: str = spec.name) -> rollouts.Served | None:
+                node = self.pool.nodes.get(node_name)
+                inst = node.instances.get(name) if node is not None and node.state != NODE_LOST else None
+                return None if inst is None else rollouts.Served(inst.state, inst.model, inst.version, inst.reason)
+
+            new, said = rollouts.step(spec, state.placement.get(spec.name, []), report, free, now)
+            if new is not spec:
+                moved.append(new)
+                events += said
+                down = new.rollout.down if new.rollout is not None else ""
+                if down and down != spec.rollout.down:  # no new request goes there once it is told to unload
+                    state.unrouted.setdefault(down, set()).add(spec.name)
+                    state.routes({down})
+        return moved, events
+
+    async def set_traffic(self, name: str, pairs: Sequence[tuple[str, int]]) -> None:
+        """Split a deployment's requests across model versions (`traffic.py`): NotFound for an unknown deployment
+        or version, InvalidArgument for weights that do not sum to 100. One version at 100 serves it alone."""
+        spec = self._spec(name)
         split = normalized(pairs)
+        if spec.rollout is not None:
+            raise FailedPrecondition(f"deployment {name!r} is rolling out {spec.model}:{spec.rollout.target}; wait "
+                                     f"for it to finish (`xpud rollout status {name}`) or `xpud rollback {name}`")
         if len(split) == 1:
             new = replace(spec, version=split[0][0], traffic=())
         else:  # at least one replica per version

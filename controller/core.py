@@ -39,6 +39,21 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """A rolling update in progress (`rollout.py`): the deployment's nodes move from the source model version to
+    the spec's one node at a time, each loading the new version beside the old one (or, with no room, after it)."""
+
+    model: str  # the source: what the nodes not yet updated keep serving
+    version: str
+    target: str  # the version rolled out (resolved: never "" for latest)
+    updated: tuple[str, ...] = ()  # nodes given the target, in order
+    down: str = ""  # a node whose old version unloads before the target loads there (no room beside it)
+    started: float = 0.0  # unix time
+    paused: str = ""  # why it waits (no room, a failed load); "" while it moves
+    rollback: bool = False  # started by `xpud rollback`
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     name: str
     model: str
@@ -54,6 +69,9 @@ class DeploymentSpec:
     # (version, percent) per served version, summing to 100 (`traffic.py`); empty: `version` alone, at 100
     traffic: tuple[tuple[str, int], ...] = ()
     max_inflight: int = 0  # requests in flight per ready replica through the router; beyond: its queue. 0: no bound
+    max_unavailable: int = -1  # replicas a rolling update may take down at once; -1: 0 where memory allows, else 1
+    rollout: Rollout | None = None  # a rolling update in progress
+    previous: tuple[str, ...] = ()  # (model, version) served before the last rollout: what `xpud rollback` restores
 
 
 @dataclass(frozen=True)

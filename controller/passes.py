@@ -24,6 +24,7 @@ from .handover import Retiring
 from .nodes import adopt
 from .planner import Planner
 from .pushes import push, reachable
+from .rollout import wanted
 from .state import State
 from .store import Conflict, Event, StateStore
 from .storethread import StoreThread
@@ -97,6 +98,26 @@ class Scheduling:
                     undo()
                 raise
 
+    async def advance(self, compute: Callable[[], tuple[list[DeploymentSpec], list[Event]]]) -> bool:
+        """A pass for deployments the controller changes itself (rollouts moving on), `compute`d under the pass
+        lock from the state as it is then; none when nothing changed. Returns whether one ran."""
+        async with self.lock:
+            specs, events = compute()
+            if not specs:
+                return False
+            before = {spec.name: self.state.specs.get(spec.name) for spec in specs}
+            self.state.specs.update({spec.name: spec for spec in specs})
+            self._dirty.clear()
+            self._committed = False
+            try:
+                await self._reconcile(events, {"deployments": specs})
+            except BaseException:
+                if not self._committed:
+                    for name, spec in before.items():
+                        _restore(self.state.specs, name, spec)
+                raise
+        return True
+
     def _apply(self, change: Change) -> Callable[[], None]:
         """Put `change` in force in memory; returns what takes it back."""
         specs, state = self.state.specs, self.state
@@ -136,8 +157,7 @@ class Scheduling:
     async def _reconcile(self, events: Sequence[Event], writes: dict[str, Any]) -> Decision:
         state, pool = self.state, self.state.pool
         started, gc_mark = time.perf_counter(), self.tuning.gc_mark()
-        catalog = await self.models.catalog(*((spec.model, v) for spec in state.specs.values()
-                                              for v, _ in (spec.traffic or ((spec.version, 0),))))
+        catalog = await self.models.catalog(*(pair for spec in state.specs.values() for pair in wanted(spec)))
         stored = {k: list(v) for k, v in state.placement.items()}  # adopting changes it in memory only
         joined = bool(state.joined)
         for name in state.joined:

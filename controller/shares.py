@@ -43,11 +43,20 @@ class _Part(NamedTuple):
     per_node: dict[str, Assignment]
 
 
+def _models(spec: DeploymentSpec, find: FindModel) -> tuple[ModelRecord | None, ...]:
+    """The records a deployment's part is built from: one per weighted version, then during a rollout its source
+    and its target."""
+    out = tuple(find(spec.model, v) for v, _ in weights(spec))
+    if spec.rollout is not None:
+        out += (find(spec.rollout.model, spec.rollout.version), find(spec.model, spec.rollout.target))
+    return out
+
+
 def _per_node(name: str, replicas: Sequence[Replica], spec: DeploymentSpec | None,
               models: tuple[ModelRecord | None, ...]) -> dict[str, Assignment]:
     if spec is None or not models or None in models:  # deleted meanwhile, or a model gone: nothing to run
         return {}
-    by_version = {v: m for (v, _), m in zip(weights(spec), models, strict=True) if m is not None}
+    by_version = {v: m for (v, _), m in zip(weights(spec), models, strict=False) if m is not None}
     versions = replica_versions(spec) if spec.traffic else []
     devices: dict[str, list[str]] = {}
     held_versions: dict[str, list[str]] = {}
@@ -55,10 +64,15 @@ def _per_node(name: str, replicas: Sequence[Replica], spec: DeploymentSpec | Non
         devices.setdefault(r.node, []).append(r.device)
         held_versions.setdefault(r.node, []).append(versions[r.index] if r.index < len(versions) else spec.version)
     out = {}
+    rollout = spec.rollout
     for node, held in devices.items():
-        # a node serves one version of a deployment: the one most of its replicas have (ties: the first)
-        wanted = held_versions[node]
-        model = by_version.get(max(wanted, key=wanted.count), models[0])
+        if rollout is not None:  # the source until the node's turn, then the target (`rollout.py`)
+            if node == rollout.down:
+                continue
+            model = models[-1] if node in rollout.updated else models[-2]
+        else:  # a node serves one version of a deployment: the one most of its replicas have (ties: the first)
+            wanted = held_versions[node]
+            model = by_version.get(max(wanted, key=wanted.count), models[0])
         assert model is not None
         out[node] = Assignment(name, model.name, model.version, model.digest, model.size, tuple(sorted(held)),
                                spec.max_batch_size, max(spec.priority, 0))
@@ -81,7 +95,7 @@ class Shares:
             touched |= self._set(name, None)
         for name, replicas in placement.items():
             spec = specs.get(name)
-            models = tuple(find(spec.model, v) for v, _ in weights(spec)) if spec is not None else ()
+            models = _models(spec, find) if spec is not None else ()
             held = self._parts.get(name)
             if held is not None and held.spec == spec and held.models == models and held.replicas == replicas:
                 continue  # the common case: list equality is by identity first, and replicas are reused

@@ -8,6 +8,7 @@ from xpud.proto import admin_pb2 as apb
 
 from .core import NODE_LOST, DeploymentSpec
 from .pool import NodeState
+from .rollout import holders
 from .state import State
 from .store import EventRecord, ModelRecord, TensorSpec
 from .traffic import replica_versions, weights
@@ -21,6 +22,9 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
     held: Counter[tuple[str, str]] = Counter()  # instances reported per (node, device), given out to replicas
     versions = replica_versions(spec) if spec.traffic else []
     per_version: dict[str, list[int]] = {v: [0, 0] for v, _ in weights(spec)}  # version -> [placed, ready]
+    r_out = spec.rollout
+    if r_out is not None:  # a rollout: its source and its target, each with the replicas of the nodes given it
+        per_version = {r_out.version: [0, 0], r_out.target: [0, 0]}
     for r in sorted(state.placement.get(name, []), key=lambda r: r.index):
         node = state.pool.nodes.get(r.node)
         inst = node.instances.get(name) if node is not None else None
@@ -40,15 +44,22 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
         out.replicas.add(node=r.node, device=r.device, state=replica_state, reason=reason,
                          version=version or spec.version)
         out.ready += replica_state == "READY"
-        counts = per_version.get(version if spec.traffic else spec.version)
+        given = r_out.target if r_out is not None and r.node in r_out.updated else \
+            r_out.version if r_out is not None else version if spec.traffic else spec.version
+        counts = per_version.get(given)
         if counts is not None:  # with a split, ready counts only once its node loaded the replica's version
             counts[0] += 1
-            loaded = not spec.traffic or (inst is not None and inst.version == version)
+            loaded = not (spec.traffic or r_out) or (inst is not None and inst.version == given)
             counts[1] += replica_state == "READY" and loaded
         failed += replica_state == "FAILED"
-    for v, w in weights(spec):
+    if r_out is not None:  # requests go to every ready replica: each version's share is its part of them
+        total = max(sum(ready for _, ready in per_version.values()), 1)
+        for v, (placed, ready) in per_version.items():
+            out.versions.add(version=v, weight=round(100 * ready / total), replicas=placed, ready=ready)
+    for v, w in weights(spec) if r_out is None else ():
         placed, ready = per_version[v]
         out.versions.add(version=v or "latest", weight=w, replicas=placed, ready=ready)
+    rollout_status(state, spec, out.rollout)
     pending = state.pending.get(name, "")
     if not out.replicas:
         out.phase, out.reason = "Pending", pending or "not scheduled yet"
@@ -62,6 +73,28 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
     return out
 
 
+def rollout_status(state: State, spec: DeploymentSpec, out: apb.RolloutStatus) -> None:
+    """The rollout in progress (per node: updated, updating, unloading or waiting) and the previous version."""
+    if spec.previous:
+        out.previous_model, out.previous_version = spec.previous
+    r = spec.rollout
+    if r is None:
+        return
+    nodes = holders(state.placement.get(spec.name, []))
+    out.state, out.reason = ("Paused", r.paused) if r.paused else ("Progressing", "")
+    out.from_model, out.from_version, out.to_model, out.to_version = r.model, r.version, spec.model, r.target
+    out.nodes, out.started, out.rollback = len(nodes), r.started, r.rollback
+    for n in nodes:
+        node = state.pool.nodes.get(n)
+        inst = node.instances.get(spec.name) if node is not None else None
+        serving = inst is not None and inst.state == "READY"
+        at_target = serving and inst is not None and (inst.model, inst.version) == (spec.model, r.target)
+        what = "unloading" if n == r.down else ("updated" if at_target else "updating") if n in r.updated \
+            else "waiting"
+        out.updated += what == "updated"
+        out.per_node.add(node=n, state=what, version=inst.version if serving and inst is not None else "")
+
+
 def deployment_list(state: State) -> apb.ListDeploymentsResponse:
     return apb.ListDeploymentsResponse(deployments=[deployment_status(state, name) for name in sorted(state.specs)])
 
@@ -72,7 +105,8 @@ def deployment_proto(spec: DeploymentSpec) -> apb.Deployment:
                           labels=dict(spec.labels), zone=spec.zone, max_batch_size=spec.max_batch_size,
                           strategy=spec.strategy,
                           traffic=[apb.VersionWeight(version=v, weight=w) for v, w in spec.traffic],
-                          max_inflight=spec.max_inflight)
+                          max_inflight=spec.max_inflight,
+                          max_unavailable=spec.max_unavailable if spec.max_unavailable >= 0 else None)
 
 
 def node_info(state: State, n: NodeState) -> apb.NodeInfo:

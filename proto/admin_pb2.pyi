@@ -131,7 +131,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model", "version", "replicas", "device", "memory_bytes", "priority", "labels", "zone", "max_batch_size", "strategy", "traffic", "max_inflight")
+    __slots__ = ("name", "model", "version", "replicas", "device", "memory_bytes", "priority", "labels", "zone", "max_batch_size", "strategy", "traffic", "max_inflight", "max_unavailable")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class Deployment(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     version: str
@@ -165,7 +166,8 @@ class Deployment(_message.Message):
     strategy: str
     traffic: _containers.RepeatedCompositeFieldContainer[VersionWeight]
     max_inflight: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., replicas: _Optional[int] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., zone: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., traffic: _Optional[_Iterable[_Union[VersionWeight, _Mapping]]] = ..., max_inflight: _Optional[int] = ...) -> None: ...
+    max_unavailable: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., replicas: _Optional[int] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., zone: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., traffic: _Optional[_Iterable[_Union[VersionWeight, _Mapping]]] = ..., max_inflight: _Optional[int] = ..., max_unavailable: _Optional[int] = ...) -> None: ...
 
 class VersionWeight(_message.Message):
     __slots__ = ("version", "weight")
@@ -202,20 +204,68 @@ class VersionStatus(_message.Message):
     def __init__(self, version: _Optional[str] = ..., weight: _Optional[int] = ..., replicas: _Optional[int] = ..., ready: _Optional[int] = ...) -> None: ...
 
 class DeploymentStatus(_message.Message):
-    __slots__ = ("spec", "phase", "reason", "ready", "replicas", "versions")
+    __slots__ = ("spec", "phase", "reason", "ready", "replicas", "versions", "rollout")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     spec: Deployment
     phase: str
     reason: str
     ready: int
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     versions: _containers.RepeatedCompositeFieldContainer[VersionStatus]
-    def __init__(self, spec: _Optional[_Union[Deployment, _Mapping]] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., ready: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ...) -> None: ...
+    rollout: RolloutStatus
+    def __init__(self, spec: _Optional[_Union[Deployment, _Mapping]] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., ready: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ..., rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ...) -> None: ...
+
+class RolloutNode(_message.Message):
+    __slots__ = ("node", "state", "version")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    state: str
+    version: str
+    def __init__(self, node: _Optional[str] = ..., state: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class RolloutStatus(_message.Message):
+    __slots__ = ("state", "from_model", "from_version", "to_model", "to_version", "updated", "nodes", "reason", "started", "rollback", "per_node", "previous_model", "previous_version")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FROM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    from_model: str
+    from_version: str
+    to_model: str
+    to_version: str
+    updated: int
+    nodes: int
+    reason: str
+    started: float
+    rollback: bool
+    per_node: _containers.RepeatedCompositeFieldContainer[RolloutNode]
+    previous_model: str
+    previous_version: str
+    def __init__(self, state: _Optional[str] = ..., from_model: _Optional[str] = ..., from_version: _Optional[str] = ..., to_model: _Optional[str] = ..., to_version: _Optional[str] = ..., updated: _Optional[int] = ..., nodes: _Optional[int] = ..., reason: _Optional[str] = ..., started: _Optional[float] = ..., rollback: _Optional[bool] = ..., per_node: _Optional[_Iterable[_Union[RolloutNode, _Mapping]]] = ..., previous_model: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ()

@@ -109,6 +109,11 @@ class AdminStub:
                 request_serializer=xpud_dot_proto_dot_admin__pb2.SetTrafficRequest.SerializeToString,
                 response_deserializer=xpud_dot_proto_dot_admin__pb2.DeploymentStatus.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/xpud.v1.Admin/Rollback',
+                request_serializer=xpud_dot_proto_dot_admin__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=xpud_dot_proto_dot_admin__pb2.DeploymentStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -209,6 +214,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollback(self, request, context):
+        """back to the previous model version, node by node
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -285,6 +297,11 @@ def add_AdminServicer_to_server(servicer, server):
             'SetTraffic': grpc.unary_unary_rpc_method_handler(
                     servicer.SetTraffic,
                     request_deserializer=xpud_dot_proto_dot_admin__pb2.SetTrafficRequest.FromString,
+                    response_serializer=xpud_dot_proto_dot_admin__pb2.DeploymentStatus.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=xpud_dot_proto_dot_admin__pb2.RollbackRequest.FromString,
                     response_serializer=xpud_dot_proto_dot_admin__pb2.DeploymentStatus.SerializeToString,
             ),
     }
@@ -692,6 +709,33 @@ class Admin:
             target,
             '/xpud.v1.Admin/SetTraffic',
             xpud_dot_proto_dot_admin__pb2.SetTrafficRequest.SerializeToString,
+            xpud_dot_proto_dot_admin__pb2.DeploymentStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpud.v1.Admin/Rollback',
+            xpud_dot_proto_dot_admin__pb2.RollbackRequest.SerializeToString,
             xpud_dot_proto_dot_admin__pb2.DeploymentStatus.FromString,
             options,
             channel_credentials,

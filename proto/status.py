@@ -45,6 +45,15 @@ class NotFound(StatusError):
         super().__init__(None, message)
 
 
+class FailedPrecondition(StatusError):
+    """The request is well formed but the state it acts on does not allow it (say what to do first)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message)
+
+
 def status_of(exc: BaseException, table: StatusTable = ()) -> grpc.StatusCode:
     """The status for an exception: its own (`StatusError`), else the first matching row of `table`, else
     INTERNAL."""

@@ -1,5 +1,6 @@
-"""The admin commands: `xpud nodes`, `pool`, `models`, `deploy`, `apply`, `deployments`, `traffic`, `undeploy`,
-`events`, `drain`, `uncordon`, `tokens` — a thin client of the controller's xpud.v1.Admin API."""
+"""The admin commands: `xpud nodes`, `pool`, `models`, `deploy`, `apply`, `deployments`, `traffic`, `rollout`,
+`rollback`, `undeploy`, `events`, `drain`, `uncordon`, `tokens` — a thin client of the controller's xpud.v1.Admin
+API."""
 
 from __future__ import annotations
 
@@ -25,7 +26,15 @@ from xpud.validate import SIZE_HELP, ValidationError, deployment, unknown_keys
 from xpud.validate import parse_size as _parse_size
 
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
-DEPLOY_FLAGS = ("replicas", "device", "memory", "priority", "zone", "max_batch", "strategy", "max_inflight")
+DEPLOY_FLAGS = ("replicas", "device", "memory", "priority", "zone", "max_batch", "strategy", "max_inflight",
+                "max_unavailable")
+# `deploy`'s defaults: on an existing deployment (a rolling update) only the flags given otherwise change it
+DEPLOY_DEFAULTS: dict[str, Any] = {"replicas": "1", "device": "any", "memory": "0", "priority": "0", "label": [], "zone": "",
+                   "max_batch": "0", "strategy": "binpack", "max_inflight": "0", "max_unavailable": None}
+# the Deployment fields each of those flags sets
+DEPLOY_FIELDS = {"replicas": ("replicas",), "device": ("device",), "memory": ("memory_bytes",),
+                 "priority": ("priority",), "label": ("labels",), "zone": ("zone",), "max_batch": ("max_batch_size",),
+                 "strategy": ("strategy",), "max_inflight": ("max_inflight",), "max_unavailable": ("max_unavailable",)}
 CHUNK = 1 << 20
 EXIT_FAILED = 1
 
@@ -64,7 +73,7 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     models.add_argument("path", nargs="?", metavar="FILE_OR_DIR")
     models.add_argument("--name", help="model name (push)")
     models.add_argument("--version", help="model version (push; default: the next one)")
-    deploy = cmd("deploy", "create a deployment")
+    deploy = cmd("deploy", "create a deployment; on an existing one, a new --model N:V rolls it out node by node")
     deploy.add_argument("name")
     deploy.add_argument("--model", required=True, metavar="N[:V]")
     # values stay text here: xpud.validate checks them, with the same rules as an apply file's
@@ -79,6 +88,15 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     deploy.add_argument("--max-inflight", default="0", metavar="N",
                         help="requests in flight per ready replica through the router; beyond it they wait in its "
                              "queue, by priority (default 0: no bound)")
+    deploy.add_argument("--max-unavailable", default=None, metavar="K",
+                        help="replicas a rolling update may take down at once (default: 0 where memory allows the "
+                             "new version beside the old, else 1)")
+    rollout = cmd("rollout", "a rolling update's progress: rollout status NAME")
+    rollout.add_argument("action", choices=["status"])
+    rollout.add_argument("name")
+    rollback = cmd("rollback", "return a deployment to its previous model version, node by node (or turn back the "
+                   "rollout in progress)")
+    rollback.add_argument("name")
     apply = cmd("apply", "create or update deployments from a TOML or YAML document")
     apply.add_argument("-f", "--file", required=True, metavar="FILE")
     cmd("deployments", "list deployments with their replicas and state")
@@ -228,7 +246,8 @@ def _specs(args: argparse.Namespace) -> list[apb.Deployment]:
             checked = [deployment({"name": args.name, "model": args.model, "replicas": args.replicas,
                                    "device": args.device, "memory": args.memory, "priority": args.priority,
                                    "labels": args.label, "zone": args.zone, "max_batch": args.max_batch,
-                                   "strategy": args.strategy, "max_inflight": args.max_inflight})]
+                                   "strategy": args.strategy, "max_inflight": args.max_inflight,
+                                   "max_unavailable": args.max_unavailable})]
         except ValidationError as exc:  # name the flag: "--max-batch must be ..."
             field, _, rest = str(exc).partition(" ")
             flag = "--" + field.replace("_", "-") if field in DEPLOY_FLAGS else field
@@ -309,14 +328,31 @@ def run(args: argparse.Namespace) -> int:
             _print(args, reply, lambda: table(["NAME", "VERSION", "SIZE", "SHA256", "INPUTS", "OUTPUTS"], [
                 [m.name, m.version, f"{m.size_bytes}", m.digest[:12], ", ".join(map(_tensor, m.inputs)) or NA,
                  ", ".join(map(_tensor, m.outputs)) or NA] for m in reply.models]))
-    elif command in ("deploy", "apply"):
-        method = "CreateDeployment" if command == "deploy" else "ApplyDeployment"
-        replies = [admin.call(method, spec) for spec in specs]
+    elif command == "deploy":
+        replies = [_deploy(admin, args, spec) for spec in specs]
         response = apb.ListDeploymentsResponse(deployments=replies)
-        _print(args, response, lambda: _deployments_table(replies))
+        _print(args, response, lambda: _deployments_view(replies))
+    elif command == "apply":
+        replies = [admin.call("ApplyDeployment", spec) for spec in specs]
+        response = apb.ListDeploymentsResponse(deployments=replies)
+        _print(args, response, lambda: _deployments_view(replies))
+    elif command == "rollout":
+        found = [d for d in admin.call("ListDeployments", apb.ListDeploymentsRequest()).deployments
+                 if d.spec.name == args.name]
+        if not found:
+            raise ValidationError(f"unknown deployment {args.name!r}")
+        _print(args, found[0].rollout, lambda: _rollout_text(found[0]))
+    elif command == "rollback":
+        try:
+            reply = admin.call("Rollback", apb.RollbackRequest(name=args.name))
+        except CliError as exc:  # nothing to roll back to: a usage error (exit 2), nothing changed
+            if exc.code in BAD_INPUT:
+                raise ValidationError(str(exc)) from None
+            raise
+        _print(args, reply, lambda: _rollout_text(reply))
     elif command == "deployments":
         reply = admin.call("ListDeployments", apb.ListDeploymentsRequest())
-        _print(args, reply, lambda: _deployments_table(reply.deployments))
+        _print(args, reply, lambda: _deployments_view(reply.deployments))
     elif command == "traffic":
         try:
             reply = admin.call("SetTraffic", apb.SetTrafficRequest(name=args.name, weights=weights))
@@ -367,6 +403,71 @@ def _tokens(admin: Admin, args: argparse.Namespace) -> None:
         _print(args, reply, lambda: table(["NAME", "ROLE", "ID", "CREATED", "BY"], [
             [t.name, t.role, t.id, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created)), t.creator or NA]
             for t in reply.tokens]))
+
+
+def _deploy(admin: Admin, args: argparse.Namespace, spec: apb.Deployment) -> apb.DeploymentStatus:
+    """`deploy`: create the deployment; when it exists with another model version, roll that version out (with
+    the other flags given changed too), else refuse as the controller does."""
+    try:
+        return admin.call("CreateDeployment", spec)
+    except CliError as exc:
+        if exc.code is not grpc.StatusCode.ALREADY_EXISTS:
+            raise
+        held = [d.spec for d in admin.call("ListDeployments", apb.ListDeploymentsRequest()).deployments
+                if d.spec.name == spec.name]
+        if not held or (held[0].model, held[0].version) == (spec.model, spec.version):
+            raise
+        update = apb.Deployment()
+        update.CopyFrom(held[0])
+        update.model, update.version = spec.model, spec.version
+        for flag, default in DEPLOY_DEFAULTS.items():
+            if getattr(args, flag) != default:
+                for field in DEPLOY_FIELDS[flag]:
+                    if field == "labels":
+                        update.labels.clear()
+                        update.labels.update(spec.labels)
+                    else:
+                        setattr(update, field, getattr(spec, field))
+    try:
+        reply = admin.call("ApplyDeployment", update)
+    except CliError as exc:
+        if exc.code in BAD_INPUT:
+            raise ValidationError(str(exc)) from None
+        raise
+    if reply.rollout.state and not args.json:
+        print(f"rolling out {reply.rollout.to_model}:{reply.rollout.to_version} on {spec.name} node by node; "
+              f"follow it with `xpud rollout status {spec.name}`", file=sys.stderr)
+    return reply
+
+
+def _rollout_text(d: apb.DeploymentStatus) -> str:
+    """`rollout status`: the rollout in progress, node by node, or what the deployment serves and could go back to."""
+    r, spec = d.rollout, d.spec
+    previous = f"; `xpud rollback {spec.name}` returns to {r.previous_model}:{r.previous_version}" \
+        if r.previous_model else ""
+    if not r.state:
+        serving = sorted({x.version for x in d.replicas if x.state == "READY"}) or [spec.version or "latest"]
+        return f"deployment {spec.name}: no rollout in progress; serving {spec.model}:{','.join(serving)} " \
+               f"({d.ready}/{spec.replicas} ready){previous}"
+    what = "rolling back" if r.rollback else "rolling out"
+    lines = [f"deployment {spec.name}: {what} {r.from_model}:{r.from_version} -> {r.to_model}:{r.to_version}: "
+             f"{r.state}, {r.updated}/{r.nodes} node(s) updated, started {time.time() - r.started:.0f}s ago"]
+    if r.reason:
+        lines.append(f"  paused: {r.reason}")
+    lines.append(table(["NODE", "STATE", "SERVING"], [[n.node, n.state, n.version or NA] for n in r.per_node]))
+    return "\n".join(lines)
+
+
+def _deployments_view(items: Any) -> str:
+    """The deployments' table, then a line per rollout in progress."""
+    lines = [_deployments_table(items)]
+    for d in items:
+        r = d.rollout
+        if r.state:
+            lines.append(f"{d.spec.name}: {'rolling back' if r.rollback else 'rolling out'} {r.from_model}:"
+                         f"{r.from_version} -> {r.to_model}:{r.to_version}, {r.updated}/{r.nodes} node(s) updated"
+                         + (f" (paused: {r.reason})" if r.reason else ""))
+    return "\n".join(lines)
 
 
 def _deployments_table(items: Any) -> str:

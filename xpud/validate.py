@@ -17,7 +17,7 @@ from xpud.proto.units import parse_size as _size
 SIZE_HELP = f"per replica, e.g. 2GiB; units: {ACCEPTED_UNITS}"
 INT32_MAX = 2**31 - 1
 KEYS = ("name", "model", "replicas", "device", "memory", "priority", "labels", "zone", "max_batch", "strategy",
-        "max_inflight", "traffic")
+        "max_inflight", "traffic", "max_unavailable")
 
 
 class ValidationError(Exception):
@@ -163,4 +163,6 @@ def deployment(fields: Mapping[str, Any]) -> tuple[apb.Deployment, list[str]]:
         strategy=_choice("strategy", fields.get("strategy", "binpack"), STRATEGIES),
         max_inflight=_whole("max_inflight", fields.get("max_inflight", 0), 0, MAX_INFLIGHT),
         traffic=_traffic(fields["traffic"]) if "traffic" in fields else [])
+    if fields.get("max_unavailable") is not None:  # unset: the controller's default (0 where memory allows, else 1)
+        spec.max_unavailable = _whole("max_unavailable", fields["max_unavailable"], 0, MAX_REPLICAS)
     return spec, notes

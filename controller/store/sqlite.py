@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xpud.controller.core import DeploymentSpec, Replica
+from xpud.controller.core import DeploymentSpec, Replica, Rollout
 
 from .base import Conflict, Event, EventRecord, ModelRecord, NodeRecord, StoreError, TensorSpec, TokenRecord
 from .lock import StateLock
@@ -113,6 +113,7 @@ def _model_record(row: Sequence[Any]) -> ModelRecord:
 def _spec_to_json(spec: DeploymentSpec) -> str:
     data = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     data["labels"] = dict(spec.labels)
+    data["rollout"] = dataclasses.asdict(spec.rollout) if spec.rollout is not None else None
     return json.dumps(data, sort_keys=True)
 
 
@@ -121,6 +122,12 @@ def _spec_from_json(text: str) -> DeploymentSpec:
     known = {f.name for f in dataclasses.fields(DeploymentSpec)}
     if "traffic" in data:  # JSON keeps the pairs as lists
         data["traffic"] = tuple((str(v), int(w)) for v, w in data["traffic"])
+    if data.get("rollout") is not None:
+        fields = {f.name for f in dataclasses.fields(Rollout)}
+        rollout = {k: v for k, v in data["rollout"].items() if k in fields}
+        data["rollout"] = Rollout(**{**rollout, "updated": tuple(rollout.get("updated", ()))})
+    if "previous" in data:
+        data["previous"] = tuple(data["previous"])
     return DeploymentSpec(**{k: v for k, v in data.items() if k in known})
 
 
