@@ -29,8 +29,9 @@ DEFAULT_CONTROLLER = "127.0.0.1:7070"
 DEPLOY_FLAGS = ("replicas", "device", "memory", "priority", "zone", "max_batch", "strategy", "max_inflight",
                 "max_unavailable")
 # `deploy`'s defaults: on an existing deployment (a rolling update) only the flags given otherwise change it
-DEPLOY_DEFAULTS: dict[str, Any] = {"replicas": "1", "device": "any", "memory": "0", "priority": "0", "label": [], "zone": "",
-                   "max_batch": "0", "strategy": "binpack", "max_inflight": "0", "max_unavailable": None}
+DEPLOY_DEFAULTS: dict[str, Any] = {"replicas": "1", "device": "any", "memory": "0", "priority": "0", "label": [],
+                                   "zone": "", "max_batch": "0", "strategy": "binpack", "max_inflight": "0",
+                                   "max_unavailable": None}
 # the Deployment fields each of those flags sets
 DEPLOY_FIELDS = {"replicas": ("replicas",), "device": ("device",), "memory": ("memory_bytes",),
                  "priority": ("priority",), "label": ("labels",), "zone": ("zone",), "max_batch": ("max_batch_size",),
