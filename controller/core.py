@@ -54,6 +54,10 @@ class DeploymentSpec:
     # (version, percent) per served version, summing to 100 (`traffic.py`); empty: `version` alone, at 100
     traffic: tuple[tuple[str, int], ...] = ()
     max_inflight: int = 0  # requests in flight per ready replica through the router; beyond: its queue. 0: no bound
+    # the auto-rollback guard of the last traffic change (`rollback.py`): the error rate that undoes it (0: none)
+    # and the weights it replaced, which it puts back
+    auto_rollback_error_rate: float = 0.0
+    rollback_traffic: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

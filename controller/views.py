@@ -9,6 +9,7 @@ from xpud.proto import admin_pb2 as apb
 from .core import NODE_LOST, DeploymentSpec
 from .pool import NodeState
 from .state import State
+from .stats import VersionStats
 from .store import EventRecord, ModelRecord, TensorSpec
 from .traffic import replica_versions, weights
 
@@ -62,6 +63,17 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
     return out
 
 
+def add_version_stats(status: apb.DeploymentStatus, stats: VersionStats) -> apb.DeploymentStatus:
+    """Fill each version's live figures from the router's window (one version alone: every answer of the
+    deployment, whatever version a replica loaded)."""
+    split = len(status.versions) > 1
+    for v in status.versions:
+        s = stats.summary(status.spec.name, v.version if split else None)
+        v.request_rate, v.error_rate, v.requests = s.rate, s.error_rate, s.requests
+        v.p50_ms, v.p99_ms = s.p50_s * 1000, s.p99_s * 1000
+    return status
+
+
 def deployment_list(state: State) -> apb.ListDeploymentsResponse:
     return apb.ListDeploymentsResponse(deployments=[deployment_status(state, name) for name in sorted(state.specs)])
 
@@ -72,7 +84,7 @@ def deployment_proto(spec: DeploymentSpec) -> apb.Deployment:
                           labels=dict(spec.labels), zone=spec.zone, max_batch_size=spec.max_batch_size,
                           strategy=spec.strategy,
                           traffic=[apb.VersionWeight(version=v, weight=w) for v, w in spec.traffic],
-                          max_inflight=spec.max_inflight)
+                          max_inflight=spec.max_inflight, auto_rollback_error_rate=spec.auto_rollback_error_rate)
 
 
 def node_info(state: State, n: NodeState) -> apb.NodeInfo:
