@@ -17,7 +17,16 @@ from .audit import audited as audit_call
 from .control import Controller
 from .core import DeploymentSpec
 from .store import Conflict, StoreError, TokenRecord
-from .views import deployment_list, deployment_status, event_proto, model_info, node_info, node_list, pool_view
+from .views import (
+    add_version_stats,
+    deployment_list,
+    deployment_status,
+    event_proto,
+    model_info,
+    node_info,
+    node_list,
+    pool_view,
+)
 
 log = logging.getLogger(__name__)
 ERRORS: StatusTable = (
@@ -48,7 +57,7 @@ def spec_of(d: apb.Deployment) -> DeploymentSpec:
                           memory_bytes=d.memory_bytes, device=d.device or "any", priority=d.priority,
                           labels=dict(d.labels), zone=d.zone, strategy=d.strategy or "binpack",
                           max_batch_size=d.max_batch_size, traffic=tuple((t.version, t.weight) for t in d.traffic),
-                          max_inflight=d.max_inflight,
+                          max_inflight=d.max_inflight, auto_rollback_error_rate=d.auto_rollback_error_rate,
                           max_unavailable=d.max_unavailable if d.HasField("max_unavailable") else -1)
 
 
@@ -60,6 +69,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, controller: Controller, audit: AuditLog | None = None) -> None:
         self.c = controller
         self.audit = audit  # None: no audit log (tests of the core alone)
+
+    def _status(self, name: str) -> apb.DeploymentStatus:
+        """A deployment's status with the router's live figures per version."""
+        return add_version_stats(deployment_status(self.c.state, name), self.c.stats)
 
     # -- nodes and pool -------------------------------------------------------------------------
     @errors
@@ -103,30 +116,34 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def CreateDeployment(self, request: apb.Deployment, context: Any) -> apb.DeploymentStatus:
         spec = spec_of(request)
         await self.c.apply_deployment(spec, create=True)
-        return deployment_status(self.c.state, spec.name)
+        return self._status(spec.name)
 
     @errors
     @audited
     async def ApplyDeployment(self, request: apb.Deployment, context: Any) -> apb.DeploymentStatus:
         spec = spec_of(request)
         await self.c.apply_deployment(spec)
-        return deployment_status(self.c.state, spec.name)
+        return self._status(spec.name)
 
     @errors
     @audited
     async def SetTraffic(self, request: apb.SetTrafficRequest, context: Any) -> apb.DeploymentStatus:
-        await self.c.set_traffic(request.name, [(w.version, w.weight) for w in request.weights])
-        return deployment_status(self.c.state, request.name)
+        await self.c.set_traffic(request.name, [(w.version, w.weight) for w in request.weights],
+                                 request.auto_rollback_error_rate)
+        return self._status(request.name)
 
     @errors
     @audited
     async def Rollback(self, request: apb.RollbackRequest, context: Any) -> apb.DeploymentStatus:
         await self.c.rollback(request.name)
-        return deployment_status(self.c.state, request.name)
+        return self._status(request.name)
 
     @errors
     async def ListDeployments(self, request: Any, context: Any) -> apb.ListDeploymentsResponse:
-        return deployment_list(self.c.state)
+        out = deployment_list(self.c.state)
+        for status in out.deployments:
+            add_version_stats(status, self.c.stats)
+        return out
 
     @errors
     @audited

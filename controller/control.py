@@ -35,8 +35,10 @@ from .onnxcheck import backfill, inspect_model
 from .passes import COALESCE, Change, Scheduling
 from .planner import Planner
 from .pool import NodeState, Pool
+from .rollback import CHECK_INTERVAL_S, MIN_REQUESTS, breach, check_rate, raised
 from .routes import RouteTable
 from .state import RoutesChanged, State
+from .stats import VersionStats
 from .store import ArtifactStore, Event, EventRecord, ModelRecord, StateStore
 from .storethread import StoreThread
 from .tokens import Tokens
@@ -54,8 +56,13 @@ class Controller:
     def __init__(self, store: StateStore, artifacts: ArtifactStore, *, interval: float = 1.0, lease: float = 3.0,
                  clock: Callable[[], float] = time.monotonic, coalesce: float = COALESCE,
                  tuning: Tuning | None = None, handover_grace: float = HANDOVER_GRACE,
-                 replace_grace: float = REPLACE_GRACE) -> None:
+                 replace_grace: float = REPLACE_GRACE, stats: VersionStats | None = None,
+                 rollback_min_requests: int = MIN_REQUESTS, rollback_interval: float = CHECK_INTERVAL_S) -> None:
+        """`stats`: the router's live figures per version (default: a 30 s window); the auto-rollback guards judge
+        a version by them once it has `rollback_min_requests` answers in the window, every `rollback_interval`."""
         self.store, self.artifacts = store, artifacts
+        self.stats = stats if stats is not None else VersionStats()
+        self.rollback_min_requests, self.rollback_interval = rollback_min_requests, rollback_interval
         self.interval, self.lease, self.clock = interval, lease, clock
         self.tuning = tuning or Tuning()
         self.state = State(Pool(clock), handover=Handover(handover_grace), drift=Drift(replace_grace))
@@ -151,7 +158,8 @@ class Controller:
         self._tasks = [asyncio.create_task(self.scheduling.loop()),
                        asyncio.create_task(self.nodes.detect_loop(self.scheduling.busy)),
                        asyncio.create_task(self._backfill()),
-                       asyncio.create_task(self._rollouts())]
+                       asyncio.create_task(self._rollouts()),
+                       asyncio.create_task(self._rollback_loop())]
         self.scheduling.changed()
 
     async def _backfill(self) -> None:
@@ -191,6 +199,7 @@ class Controller:
         if spec.max_unavailable < -1:
             raise InvalidArgument(f"max_unavailable {spec.max_unavailable} must be >= 0 (replicas a rolling update "
                                   "may take down at once)")
+        spec = replace(spec, auto_rollback_error_rate=0.0, rollback_traffic=())  # a deploy replaces the guard
         if spec.traffic:
             spec = replace(spec, traffic=normalized(spec.traffic))
             await self._check_versions(spec)
@@ -200,8 +209,8 @@ class Controller:
         events: list[Event] = [(kind, spec.name, what)]
         old = self.state.specs.get(spec.name)
         if old is not None and not create:  # a new model version on a placed deployment rolls out node by node
-            source = await self._resolved(old.model, old.version)
-            target = await self._resolved(spec.model, spec.version)
+            source = await self._resolved_version(old.model, old.version)
+            target = await self._resolved_version(spec.model, spec.version)
             spec = rollouts.begin(old, spec, source, target, time.time(),
                                   rollouts.holders(self.state.placement.get(spec.name, [])))
             if spec.rollout is not None and spec.rollout is not old.rollout:
@@ -209,7 +218,7 @@ class Controller:
                                f"{spec.rollout.model}:{spec.rollout.version} -> {spec.model}:{spec.rollout.target}"))
         await self.scheduling.now(events, Change(apply=spec, create=create), identity.actor())
 
-    async def _resolved(self, model: str, version: str) -> str:
+    async def _resolved_version(self, model: str, version: str) -> str:
         """The version `version` of `model` stands for ("" for latest: the latest pushed); "" if there is none."""
         record = (await self.models.catalog((model, version))).find(model, version)
         return record.version if record is not None else ""
@@ -218,7 +227,7 @@ class Controller:
         """Return a deployment to its previous model version the way it rolled out, or turn back the rollout in
         progress (FailedPrecondition: no previous version, or a traffic split)."""
         spec = self._spec(name)
-        source = await self._resolved(spec.model, spec.version) if spec.rollout is None else spec.rollout.target
+        source = await self._resolved_version(spec.model, spec.version) if spec.rollout is None else spec.rollout.target
         new = rollouts.rollback(spec, source, time.time(), rollouts.holders(self.state.placement.get(name, [])))
         await self._check_versions(replace(new, rollout=None))
         what = f"{spec.model}:{source} -> {new.model}:{new.version}"
@@ -269,22 +278,72 @@ class Controller:
                     state.routes({down})
         return moved, events
 
-    async def set_traffic(self, name: str, pairs: Sequence[tuple[str, int]]) -> None:
+    async def set_traffic(self, name: str, pairs: Sequence[tuple[str, int]],
+                          auto_rollback_error_rate: float = 0.0) -> None:
         """Split a deployment's requests across model versions (`traffic.py`): NotFound for an unknown deployment
-        or version, InvalidArgument for weights that do not sum to 100. One version at 100 serves it alone."""
+        or version, InvalidArgument for weights that do not sum to 100. One version at 100 serves it alone.
+        With `auto_rollback_error_rate` (0, 1], the weights replaced come back should a version whose weight rose
+        fail more often than that (`rollback.py`); 0: no guard. Either way the guard set before is replaced."""
         spec = self._spec(name)
-        split = normalized(pairs)
         if spec.rollout is not None:
             raise FailedPrecondition(f"deployment {name!r} is rolling out {spec.model}:{spec.rollout.target}; wait "
                                      f"for it to finish (`xpud rollout status {name}`) or `xpud rollback {name}`")
-        if len(split) == 1:
-            new = replace(spec, version=split[0][0], traffic=())
-        else:  # at least one replica per version
-            new = replace(spec, traffic=split, replicas=max(spec.replicas, len(split)))
+        if auto_rollback_error_rate:
+            check_rate(auto_rollback_error_rate)
+        split = normalized(pairs)
+        new = replace(self._weighed(spec, split), auto_rollback_error_rate=0.0, rollback_traffic=())
         await self._check_versions(new)
         what = " ".join(f"{v}={w}" for v, w in split)
+        if auto_rollback_error_rate:
+            before = await self._resolved(spec)
+            if not raised(before, split):
+                now = " ".join(f"{v}={w}" for v, w in before)
+                raise InvalidArgument(f"--auto-rollback-error-rate watches the versions whose weight rises, and "
+                                      f"none does from {now} to {what}: set new weights, or leave the flag out")
+            new = replace(new, auto_rollback_error_rate=auto_rollback_error_rate, rollback_traffic=before)
+            what += f", back to {' '.join(f'{v}={w}' for v, w in before)} above {auto_rollback_error_rate:g} errors"
         await self.scheduling.now([("TrafficChanged", name, f"model {spec.model} versions {what}")],
                                   Change(apply=new), identity.actor())
+
+    @staticmethod
+    def _weighed(spec: DeploymentSpec, split: Weights) -> DeploymentSpec:
+        """`spec` with these (normalized) weights: one version at 100 serves it alone."""
+        if len(split) == 1:
+            return replace(spec, version=split[0][0], traffic=())
+        return replace(spec, traffic=split, replicas=max(spec.replicas, len(split)))  # at least one replica each
+
+    async def _resolved(self, spec: DeploymentSpec) -> Weights:
+        """The deployment's weights with "latest" resolved to the version it is now: what a rollback restores."""
+        if spec.traffic or spec.version:
+            return weights(spec)
+        latest = (await self.models.catalog((spec.model, ""))).find(spec.model, "")
+        return ((latest.version, 100),) if latest is not None else weights(spec)
+
+    async def _rollback_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rollback_interval)
+            try:
+                await self.check_rollbacks()
+            except Exception:  # the store's trouble: logged, tried again on the next round
+                log.exception("auto-rollback check failed")
+
+    async def check_rollbacks(self) -> list[str]:
+        """Put back the weights of every guarded deployment whose watched version fails too often (one
+        RollbackTriggered event each, the guard cleared); the names of those rolled back."""
+        done: list[str] = []
+        if self.scheduling.busy():  # a change in its pass may replace a guard: judged on the next round
+            return done
+        for spec in list(self.state.specs.values()):
+            found = breach(spec, self.stats, self.rollback_min_requests)
+            if found is None or self.state.specs.get(spec.name) is not spec:
+                continue
+            restored = replace(self._weighed(spec, spec.rollback_traffic), auto_rollback_error_rate=0.0,
+                               rollback_traffic=())
+            message = found.message(self.stats.window_s, spec.rollback_traffic)
+            log.warning("deployment %s rolled back: %s", spec.name, message)
+            await self.scheduling.now([("RollbackTriggered", spec.name, message)], Change(apply=restored))
+            done.append(spec.name)
+        return done
 
     async def _check_versions(self, spec: DeploymentSpec) -> None:
         """Every version the deployment names is in the registry (NotFound otherwise)."""
@@ -304,6 +363,7 @@ class Controller:
     async def delete_deployment(self, name: str) -> None:
         await self.scheduling.now([("DeploymentDeleted", name, "removed by an operator")], Change(delete=name),
                                   identity.actor())
+        self.stats.forget(name)
 
     async def memory_estimate(self, spec: DeploymentSpec) -> int:
         return estimate(spec, self.measured(), await self.models.catalog())

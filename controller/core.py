@@ -72,6 +72,10 @@ class DeploymentSpec:
     max_unavailable: int = -1  # replicas a rolling update may take down at once; -1: 0 where memory allows, else 1
     rollout: Rollout | None = None  # a rolling update in progress
     previous: tuple[str, ...] = ()  # (model, version) served before the last rollout: what `xpud rollback` restores
+    # the auto-rollback guard of the last traffic change (`rollback.py`): the error rate that undoes it (0: none)
+    # and the weights it replaced, which it puts back
+    auto_rollback_error_rate: float = 0.0
+    rollback_traffic: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

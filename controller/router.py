@@ -27,6 +27,7 @@ from .admission import Admission
 from .metrics import RouterMetrics
 from .policy import Emit, P2CEwma, RouteRequest, RoutingPolicy
 from .routes import READY, DeploymentRoutes, ReplicaEndpoint, RouteUpdate, for_request
+from .stats import VersionStats
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,12 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, *, policy: RoutingPolicy | None = None, max_message_bytes: int = 64 << 20,
                  forward_timeout_s: float = 30.0, credentials: grpc.ChannelCredentials | None = None,
-                 metrics: RouterMetrics | None = None, emit: Emit | None = None) -> None:
-        """`emit`: where the default policy tells replica ejections and returns (the controller's events)."""
+                 metrics: RouterMetrics | None = None, emit: Emit | None = None,
+                 stats: VersionStats | None = None) -> None:
+        """`emit`: where the default policy tells replica ejections and returns (the controller's events);
+        `stats`: where each inference answer is counted per deployment version (the controller's live figures)."""
         self.metrics = metrics
+        self.stats = stats
         self.policy: RoutingPolicy = policy if policy is not None else P2CEwma(emit=emit)
         self.forward_timeout_s = forward_timeout_s
         self.channel_options: list[tuple[str, Any]] = [
@@ -380,7 +384,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         """Forward one inference request, counted in ``metrics`` with the status code the client gets."""
-        if self.metrics is None:
+        if self.metrics is None and self.stats is None:
             return await self._admitted(request, context)
         started, code = time.perf_counter(), grpc.StatusCode.INTERNAL  # unless it ends otherwise
         served: list[str] = []  # the version of each replica tried: the last one answered
@@ -397,7 +401,15 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         finally:
             # a name no deployment has is counted as "": clients cannot grow the label set at will
             model = request.model_name if request.model_name in self.routes else ""
-            self.metrics.done(model, code, time.perf_counter() - started, served[-1] if served and model else "")
+            seconds, version = time.perf_counter() - started, served[-1] if served and model else ""
+            if self.metrics is not None:
+                self.metrics.done(model, code, seconds, version)
+            self._record(model, version, code, seconds)
+
+    def _record(self, deployment: str, version: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Count an answer in the version's live figures; one no replica gave (no version) is not a version's."""
+        if self.stats is not None and version:
+            self.stats.record(deployment, version, code is grpc.StatusCode.OK, seconds)
 
     @_aborts
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:

@@ -10,6 +10,7 @@ from .core import NODE_LOST, DeploymentSpec
 from .pool import NodeState
 from .rollout import holders
 from .state import State
+from .stats import VersionStats
 from .store import EventRecord, ModelRecord, TensorSpec
 from .traffic import replica_versions, weights
 
@@ -93,6 +94,15 @@ def rollout_status(state: State, spec: DeploymentSpec, out: apb.RolloutStatus) -
             else "waiting"
         out.updated += what == "updated"
         out.per_node.add(node=n, state=what, version=inst.version if serving and inst is not None else "")
+def add_version_stats(status: apb.DeploymentStatus, stats: VersionStats) -> apb.DeploymentStatus:
+    """Fill each version's live figures from the router's window (one version alone: every answer of the
+    deployment, whatever version a replica loaded)."""
+    split = len(status.versions) > 1
+    for v in status.versions:
+        s = stats.summary(status.spec.name, v.version if split else None)
+        v.request_rate, v.error_rate, v.requests = s.rate, s.error_rate, s.requests
+        v.p50_ms, v.p99_ms = s.p50_s * 1000, s.p99_s * 1000
+    return status
 
 
 def deployment_list(state: State) -> apb.ListDeploymentsResponse:
@@ -105,7 +115,7 @@ def deployment_proto(spec: DeploymentSpec) -> apb.Deployment:
                           labels=dict(spec.labels), zone=spec.zone, max_batch_size=spec.max_batch_size,
                           strategy=spec.strategy,
                           traffic=[apb.VersionWeight(version=v, weight=w) for v, w in spec.traffic],
-                          max_inflight=spec.max_inflight,
+                          max_inflight=spec.max_inflight, auto_rollback_error_rate=spec.auto_rollback_error_rate,
                           max_unavailable=spec.max_unavailable if spec.max_unavailable >= 0 else None)
 
 

@@ -131,7 +131,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model", "version", "replicas", "device", "memory_bytes", "priority", "labels", "zone", "max_batch_size", "strategy", "traffic", "max_inflight", "max_unavailable")
+    __slots__ = ("name", "model", "version", "replicas", "device", "memory_bytes", "priority", "labels", "zone", "max_batch_size", "strategy", "traffic", "max_inflight", "max_unavailable", "auto_rollback_error_rate")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class Deployment(_message.Message):
     TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ROLLBACK_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     version: str
@@ -167,7 +168,8 @@ class Deployment(_message.Message):
     traffic: _containers.RepeatedCompositeFieldContainer[VersionWeight]
     max_inflight: int
     max_unavailable: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., replicas: _Optional[int] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., zone: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., traffic: _Optional[_Iterable[_Union[VersionWeight, _Mapping]]] = ..., max_inflight: _Optional[int] = ..., max_unavailable: _Optional[int] = ...) -> None: ...
+    auto_rollback_error_rate: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., replicas: _Optional[int] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., zone: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., traffic: _Optional[_Iterable[_Union[VersionWeight, _Mapping]]] = ..., max_inflight: _Optional[int] = ..., max_unavailable: _Optional[int] = ..., auto_rollback_error_rate: _Optional[float] = ...) -> None: ...
 
 class VersionWeight(_message.Message):
     __slots__ = ("version", "weight")
@@ -192,16 +194,26 @@ class ReplicaStatus(_message.Message):
     def __init__(self, node: _Optional[str] = ..., device: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class VersionStatus(_message.Message):
-    __slots__ = ("version", "weight", "replicas", "ready")
+    __slots__ = ("version", "weight", "replicas", "ready", "request_rate", "error_rate", "p50_ms", "p99_ms", "requests")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
     version: str
     weight: int
     replicas: int
     ready: int
-    def __init__(self, version: _Optional[str] = ..., weight: _Optional[int] = ..., replicas: _Optional[int] = ..., ready: _Optional[int] = ...) -> None: ...
+    request_rate: float
+    error_rate: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    def __init__(self, version: _Optional[str] = ..., weight: _Optional[int] = ..., replicas: _Optional[int] = ..., ready: _Optional[int] = ..., request_rate: _Optional[float] = ..., error_rate: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., requests: _Optional[int] = ...) -> None: ...
 
 class DeploymentStatus(_message.Message):
     __slots__ = ("spec", "phase", "reason", "ready", "replicas", "versions", "rollout")
@@ -374,9 +386,11 @@ class ListTokensResponse(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
 
 class SetTrafficRequest(_message.Message):
-    __slots__ = ("name", "weights")
+    __slots__ = ("name", "weights", "auto_rollback_error_rate")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ROLLBACK_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     weights: _containers.RepeatedCompositeFieldContainer[VersionWeight]
-    def __init__(self, name: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[VersionWeight, _Mapping]]] = ...) -> None: ...
+    auto_rollback_error_rate: float
+    def __init__(self, name: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[VersionWeight, _Mapping]]] = ..., auto_rollback_error_rate: _Optional[float] = ...) -> None: ...

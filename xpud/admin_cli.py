@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -105,6 +106,10 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     traffic.add_argument("name")
     traffic.add_argument("weights", nargs="+", metavar="VERSION=PERCENT",
                          help="versions already pushed; percentages summing to 100")
+    traffic.add_argument("--auto-rollback-error-rate", metavar="RATE",
+                         help="put the weights before this change back should a version whose weight rises fail "
+                              "more often than RATE, a fraction in (0, 1], over the router's last 30 s (once it "
+                              "has 20 requests there)")
     undeploy = cmd("undeploy", "remove a deployment")
     undeploy.add_argument("name")
     events = cmd("events", "the controller's events")
@@ -272,12 +277,26 @@ def _weights(items: list[str]) -> list[apb.VersionWeight]:
     return out
 
 
+def _rollback_rate(text: str | None) -> float:
+    """`traffic`'s --auto-rollback-error-rate (ValidationError: not a fraction in (0, 1]); 0: not given."""
+    if text is None:
+        return 0.0
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if math.isnan(rate) or not 0 < rate <= 1:
+        raise ValidationError(f"--auto-rollback-error-rate must be a fraction within (0, 1], e.g. 0.05, not {text!r}")
+    return rate
+
+
 BAD_INPUT = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 def run(args: argparse.Namespace) -> int:
     specs = _specs(args) if args.command in ("deploy", "apply") else []
     weights = _weights(args.weights) if args.command == "traffic" else []
+    rollback = _rollback_rate(args.auto_rollback_error_rate) if args.command == "traffic" else 0.0
     tls = TlsFiles.from_env(args.tls_ca, args.tls_cert, args.tls_key)
     token = args.token or os.environ.get("XPUD_TOKEN") or None
     if missing := _tokens_usage(args):
@@ -356,7 +375,8 @@ def run(args: argparse.Namespace) -> int:
         _print(args, reply, lambda: _deployments_view(reply.deployments))
     elif command == "traffic":
         try:
-            reply = admin.call("SetTraffic", apb.SetTrafficRequest(name=args.name, weights=weights))
+            reply = admin.call("SetTraffic", apb.SetTrafficRequest(name=args.name, weights=weights,
+                                                                   auto_rollback_error_rate=rollback))
         except CliError as exc:  # bad input, refused with nothing changed: a usage error (exit 2)
             if exc.code in BAD_INPUT:
                 raise ValidationError(str(exc)) from None
@@ -481,7 +501,22 @@ def _deployments_table(items: Any) -> str:
             model = spec.model + " " + ",".join(f"{v.version}={v.weight}%({v.ready}/{v.replicas})"
                                                 for v in d.versions)
         rows.append([spec.name, model, f"{d.ready}/{spec.replicas}", d.phase, spec.device, where, d.reason or ""])
-    return table(["NAME", "MODEL", "READY", "PHASE", "DEVICE", "REPLICAS", "REASON"], rows)
+    lines = table(["NAME", "MODEL", "READY", "PHASE", "DEVICE", "REPLICAS", "REASON"], rows).split("\n")
+    out = lines[:1]
+    for d, line in zip(items, lines[1:], strict=True):  # each deployment's row, then a line per version under it
+        out.append(line)
+        out.extend(_version_line(v) for v in d.versions)
+        if d.spec.auto_rollback_error_rate:
+            out.append(f"  auto-rollback: the weights before the last traffic change come back above "
+                       f"{d.spec.auto_rollback_error_rate:g} errors")
+    return "\n".join(out)
+
+
+def _version_line(v: apb.VersionStatus) -> str:
+    """One version's weight, replicas and live figures (the router's last 30 s)."""
+    latency = f"p50 {v.p50_ms:.1f} ms  p99 {v.p99_ms:.1f} ms" if v.requests else "p50 -  p99 -"
+    return (f"  version {v.version}: weight {v.weight}%  replicas {v.ready}/{v.replicas}  {v.request_rate:.1f} req/s"
+            f"  errors {v.error_rate * 100:.1f}% of {v.requests}  {latency}")
 
 
 def _events(admin: Admin, args: argparse.Namespace) -> None:

@@ -120,8 +120,9 @@ def _spec_to_json(spec: DeploymentSpec) -> str:
 def _spec_from_json(text: str) -> DeploymentSpec:
     data = json.loads(text)
     known = {f.name for f in dataclasses.fields(DeploymentSpec)}
-    if "traffic" in data:  # JSON keeps the pairs as lists
-        data["traffic"] = tuple((str(v), int(w)) for v, w in data["traffic"])
+    for key in ("traffic", "rollback_traffic"):  # JSON keeps the pairs as lists
+        if key in data:
+            data[key] = tuple((str(v), int(w)) for v, w in data[key])
     if data.get("rollout") is not None:
         fields = {f.name for f in dataclasses.fields(Rollout)}
         rollout = {k: v for k, v in data["rollout"].items() if k in fields}
