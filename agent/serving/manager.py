@@ -326,7 +326,7 @@ class ModelManager:
                          ", ".join(" ".join(i.placement.devices) or i.placement.label() for i in mv.instances),
                          mv.provider, mv.config.max_batch_size,
                          f"{mv.memory_bytes / 2**20:.1f}", "of GPU memory" if mv.memory_on_gpu else "of host memory")
-        await self._retire(list(old.values()))
+        await self._retire([mv for mv in old.values() if mv.state is ModelState.READY])  # not those unloading
         return list(built.values())
 
     def _outcome_sink(self, mv: ModelVersion) -> BatchDone:
@@ -358,13 +358,19 @@ class ModelManager:
             known = self.known(name)
             if forget:
                 self.sources.pop(name, None)
-            versions = self.models.pop(name, None)
+            versions = self.models.get(name)
             if versions is None:
                 if known or name in self.failures:
                     self.failures.pop(name, None)
                     return
                 raise ModelNotFound(f"model {name!r} is not loaded and not in the repository")
+            # listed as UNLOADING until drained: a request that arrives meanwhile (sent before its router heard)
+            # gets UNAVAILABLE, which a router retries elsewhere, not NOT_FOUND
+            for mv in versions.values():
+                mv.state = ModelState.UNLOADING
         await self._retire(list(versions.values()))
+        if self.models.get(name) is versions:  # not loaded again meanwhile
+            del self.models[name]
         log.info("model %s unloaded", name)
 
     async def _retire(self, versions: list[ModelVersion]) -> None:
