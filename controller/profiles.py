@@ -47,6 +47,7 @@ class Profile:
     busy_s: float = 0.0
     flight: dict[str, int] = field(default_factory=dict)  # replica address -> forwards in flight
     since: dict[str, float] = field(default_factory=dict)  # replica address -> busy since (the clock)
+    dirty: bool = False  # moved since the store was last given it
 
     def throughput(self) -> float:
         """Successful forwards per busy second of one replica (0 before any)."""
@@ -62,7 +63,6 @@ class Profiles:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.held: dict[Key, Profile] = {}
-        self._dirty: set[Key] = set()
 
     # -- the router's hot path --------------------------------------------------------------------
     def begin(self, replica: ReplicaEndpoint) -> None:
@@ -71,6 +71,8 @@ class Profiles:
         p = self.held.get(key)
         if p is None:
             p = self.held[key] = Profile(memory=replica.device_memory)
+        elif replica.device_memory != p.memory:  # a profile loaded from an older store, or a device resized
+            p.memory = replica.device_memory
         address = replica.address
         n = p.flight.get(address, 0)
         if not n:
@@ -90,9 +92,7 @@ class Profiles:
         else:
             del p.flight[address]
             p.busy_s += self.clock() - p.since.pop(address)
-        if replica.device_memory:
-            p.memory = replica.device_memory
-        self._dirty.add(key)
+        p.dirty = True
         if code is grpc.StatusCode.CANCELLED:
             return
         p.requests += 1
@@ -119,12 +119,12 @@ class Profiles:
 
     def changed(self) -> list[ProfileRecord]:
         """The profiles that moved since the last call, as the store keeps them."""
-        dirty, self._dirty = self._dirty, set()
         out = []
-        for key in sorted(dirty):
-            p = self.held[key]
-            self._settle(p)
-            out.append(ProfileRecord(*key, p.memory, p.requests, p.errors, p.ok, p.latency_s, p.busy_s))
+        for key, p in sorted(self.held.items()):
+            if p.dirty:
+                p.dirty = False
+                self._settle(p)
+                out.append(ProfileRecord(*key, p.memory, p.requests, p.errors, p.ok, p.latency_s, p.busy_s))
         return out
 
     def of(self, model: str, version: str) -> list[tuple[str, Profile]]:

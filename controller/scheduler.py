@@ -337,11 +337,23 @@ class Scheduler:
 
     def _class_pools(self, spec: DeploymentSpec) -> list[CandidatePool]:
         """The pools of the device models `prefer` ranks for the deployment's model version, best first (one
-        signature per device model: `DeploymentSpec.device_model`); empty when it ranks none."""
+        signature per device model: `DeploymentSpec.device_model`); empty when it ranks none. Their rejections are
+        not tallied: pending reasons come from the deployment's own pool."""
         pools = self._classes.get(spec.name)
         if pools is None:
-            order = self.prefer.get((spec.model, spec.version), ())
-            pools = self._classes[spec.name] = [self._pool(replace(spec, device_model=m)) for m in order]
+            derived = [replace(spec, device_model=m) for m in self.prefer.get((spec.model, spec.version), ())]
+            missing = {d.device_model: d for d in derived if signature(d) not in self._pools}
+            if missing:  # cut from the deployment's own pool in one walk (already sorted), not the nodes' filters
+                split: dict[str, list[candidates.Entry]] = {m: [] for m in missing}
+                devices = self._devices
+                for entry in self._pool(spec).asc:
+                    if (into := split.get(devices[(entry[1], entry[2])].model)) is not None:
+                        into.append(entry)
+                for m, entries in split.items():
+                    pool = self._pools[signature(missing[m])] = CandidatePool(missing[m], Counter(), entries)
+                    for _, node, dev in entries:
+                        self._members[(node, dev)].append(pool)
+            pools = self._classes[spec.name] = [self._pools[signature(d)] for d in derived]
         return pools
 
     def _pick(self, spec: DeploymentSpec, pool: CandidatePool) -> Key | None:
