@@ -29,6 +29,7 @@ from .store import ProfileRecord
 GiB = 1 << 30
 LATENCY_ALPHA = 0.1  # weight of each new sample in the latency EWMA
 MIN_REQUESTS = 20  # successful forwards a profile needs before placement trusts it
+MARGIN = 0.1  # a ranking stands until a device model ranked below gets this much better per GiB than one above
 FLUSH_S = 5.0  # seconds between writes of the profiles that moved
 
 Key = tuple[str, str, str]  # (model, version, device model)
@@ -63,6 +64,7 @@ class Profiles:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.held: dict[Key, Profile] = {}
+        self._ranked: dict[tuple[str, str], tuple[str, ...]] = {}  # the last `preference`
 
     # -- the router's hot path --------------------------------------------------------------------
     def begin(self, replica: ReplicaEndpoint) -> None:
@@ -136,11 +138,25 @@ class Profiles:
 
     def preference(self, min_requests: int = MIN_REQUESTS) -> dict[tuple[str, str], tuple[str, ...]]:
         """Per (model, version) profiled on two device models or more (each with `min_requests` successful
-        forwards, busy time and a known memory size): the device models by throughput per GiB, best first."""
-        scores: dict[tuple[str, str], list[tuple[float, str]]] = {}
+        forwards, busy time and a known memory size): the device models by throughput per GiB, best first. The last
+        ranking of a model version stands while no device model in it gets `MARGIN` better than one ranked above
+        (measurements that wobble around a tie do not flip placement, nor make every pass a full one)."""
+        scores: dict[tuple[str, str], dict[str, float]] = {}
         for (model, version, device_model), p in self.held.items():
             if device_model and p.ok >= min_requests and p.memory > 0:
                 self._settle(p)
                 if p.busy_s > 0:
-                    scores.setdefault((model, version), []).append((-p.per_gib(), device_model))
-        return {mv: tuple(name for _, name in sorted(ranked)) for mv, ranked in scores.items() if len(ranked) > 1}
+                    scores.setdefault((model, version), {})[device_model] = p.per_gib()
+        ranked = {}
+        for mv, by_model in scores.items():
+            if len(by_model) < 2:
+                continue
+            order = tuple(sorted(by_model, key=lambda m: (-by_model[m], m)))
+            held = self._ranked.get(mv)
+            if held is not None and sorted(held) == sorted(order) and all(
+                    by_model[low] <= by_model[high] * (1 + MARGIN)
+                    for i, high in enumerate(held) for low in held[i + 1:]):
+                order = held
+            ranked[mv] = order
+        self._ranked = ranked
+        return dict(ranked)

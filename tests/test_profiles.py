@@ -9,12 +9,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from xpud.controller.control import Controller
 from xpud.controller.core import DeploymentSpec, DeviceView, NodeView
 from xpud.controller.planner import Planner
 from xpud.controller.profiles import GiB, Profiles
 from xpud.controller.routes import ReplicaEndpoint
 from xpud.controller.scheduler import schedule
-from xpud.controller.store import ProfileRecord, SqliteStore
+from xpud.controller.store import ArtifactStore, ProfileRecord, SqliteStore
 
 OK, UNAVAILABLE, CANCELLED = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED
 
@@ -111,6 +112,30 @@ def test_preference_ranks_device_models_by_throughput_per_gib() -> None:
     p = profiled({"A": (1000, 10.0, 80), "B": (400, 10.0, 16), "C": (5, 0.001, 16)})
     assert p.preference() == {("m", "1"): ("B", "A")}
     assert profiled({"A": (1000, 10.0, 80)}).preference() == {}  # one device model: nothing to prefer
+
+
+def test_a_ranking_stands_until_a_model_below_is_clearly_better() -> None:
+    p = profiled({"A": (1000, 10.0, 16), "B": (990, 10.0, 16)})  # A 6.25/GiB, B 6.19/GiB
+    assert p.preference() == {("m", "1"): ("A", "B")}
+    p.held[("m", "1", "B")].ok = 1050  # B now 5 % better: within the margin, A stays ahead
+    assert p.preference() == {("m", "1"): ("A", "B")}
+    p.held[("m", "1", "B")].ok = 1200  # 20 % better: B first
+    assert p.preference() == {("m", "1"): ("B", "A")}
+
+
+async def test_the_controller_loads_profiles_at_start_and_writes_what_moved_when_it_closes(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    store.put_profiles([ProfileRecord("m", "1", "A", 16 * GiB, 30, 1, 29, 0.01, 1.0)])
+    controller = Controller(store, ArtifactStore(tmp_path / "artifacts"))
+    await controller.start()
+    profiles = controller.state.profiles
+    assert profiles.held[("m", "1", "A")].requests == 30
+    profiles.begin(replica())
+    profiles.end(replica(), OK, 0.02)
+    await controller.close()  # well before the periodic write
+    (record,) = store.profiles()
+    assert (record.requests, record.ok, record.errors) == (31, 30, 1)
+    store.close()
 
 
 # --- the scheduler's preference ---------------------------------------------------------------------------------
