@@ -7,6 +7,9 @@ Measures, best of --repeat runs:
   - added:      a `Planner` holding that placement is given one more deployment (--replicas spread replicas):
                 its shortcut places only those.
 
+With --profiles, nodes alternate between two device models and every model version has a measured preference
+for one of them (`profiles.Profiles.preference`): each pick looks at the preferred model's devices first.
+
 Prints one JSON object. Example: python benchmarks/placement.py --nodes 1000 --devices 10 --deployments 2000
 """
 
@@ -30,14 +33,15 @@ GiB = 1 << 30
 ZONES = ("z1", "z2", "z3", "z4")
 
 
-def make_nodes(count: int, devices: int) -> list[NodeView]:
+def make_nodes(count: int, devices: int, models: tuple[str, ...] = ("",)) -> list[NodeView]:
     nodes = []
     for n in range(count):
         name = f"node-{n:04d}"
         kind = "cpu" if n % 50 == 49 else "gpu"  # a few CPU-only nodes among GPU ones
         devs = tuple(
             DeviceView(
-                name, f"{kind}:{d}", kind, 80 * GiB if kind == "gpu" else 256 * GiB, utilization=(n * d % 7) / 10
+                name, f"{kind}:{d}", kind, 80 * GiB if kind == "gpu" else 256 * GiB, utilization=(n * d % 7) / 10,
+                model=models[n % len(models)],
             )
             for d in range(devices)
         )
@@ -82,16 +86,20 @@ def main() -> None:
     ap.add_argument("--deployments", type=int, default=2000)
     ap.add_argument("--replicas", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--profiles", action="store_true", help="two device models, a preference for every model")
     args = ap.parse_args()
 
-    nodes = make_nodes(args.nodes, args.devices)
+    models = ("Sim A", "Sim B") if args.profiles else ("",)
+    nodes = make_nodes(args.nodes, args.devices, models)
     deps = make_deployments(args.deployments, args.replicas)
+    prefer = {(m, "1"): ("Sim B", "Sim A") for m in {d.model for d in deps} | {"model-added"}} \
+        if args.profiles else {}
 
-    t_place, first = best_of(args.repeat, lambda: schedule(nodes, deps, {}))
+    t_place, first = best_of(args.repeat, lambda: schedule(nodes, deps, {}, prefer=prefer))
     placed = sum(len(r) for r in first.replicas.values())
     current = first.replicas
 
-    t_steady, steady = best_of(args.repeat, lambda: schedule(nodes, deps, current))
+    t_steady, steady = best_of(args.repeat, lambda: schedule(nodes, deps, current, prefer=prefer))
     assert steady.replicas == current and not steady.moved, "an unchanged input moved replicas"
 
     by_node: dict[str, int] = {}
@@ -100,18 +108,18 @@ def main() -> None:
             by_node[r.node] = by_node.get(r.node, 0) + 1
     victim = max(sorted(by_node), key=lambda n: by_node[n])
     lost = [replace(n, state=NODE_LOST) if n.name == victim else n for n in nodes]
-    t_lost, after = best_of(args.repeat, lambda: schedule(lost, deps, current))
+    t_lost, after = best_of(args.repeat, lambda: schedule(lost, deps, current, prefer=prefer))
 
     extra = DeploymentSpec("added", "model-added", "1", args.replicas, 2 * GiB, device="gpu", strategy="spread")
     t_added, path, added = float("inf"), "", Decision()
     for _ in range(args.repeat):
         planner = Planner()
-        planner.schedule(nodes, deps, current)  # a full pass: the state the shortcut starts from
+        planner.schedule(nodes, deps, current, prefer=prefer)  # a full pass: the state the shortcut starts from
         while planner.warm():  # as the controller does between passes
             pass
         gc.collect()  # the call is short: a collection the full pass left due would be most of it
         t0 = time.perf_counter()
-        added = planner.schedule(nodes, [*deps, extra], current)
+        added = planner.schedule(nodes, [*deps, extra], current, prefer=prefer)
         t_added, path = min(t_added, time.perf_counter() - t0), planner.last
 
     print(
@@ -119,6 +127,7 @@ def main() -> None:
             {
                 "python": platform.python_version(),
                 "cpus": os.cpu_count(),
+                "profiles": args.profiles,
                 "nodes": args.nodes,
                 "devices": args.nodes * args.devices,
                 "deployments": args.deployments,

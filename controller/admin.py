@@ -108,7 +108,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     @errors
     async def ListModels(self, request: Any, context: Any) -> apb.ListModelsResponse:
-        return apb.ListModelsResponse(models=[model_info(m) for m in await self.c.list_models()])
+        profiles = self.c.state.profiles
+        return apb.ListModelsResponse(models=[model_info(m, profiles) for m in await self.c.list_models()])
 
     # -- deployments ----------------------------------------------------------------------------
     @errors

@@ -35,11 +35,12 @@ from .onnxcheck import backfill, inspect_model
 from .passes import COALESCE, Change, Scheduling
 from .planner import Planner
 from .pool import NodeState, Pool
+from .profiles import FLUSH_S
 from .rollback import CHECK_INTERVAL_S, MIN_REQUESTS, breach, check_rate, raised
 from .routes import RouteTable
 from .state import RoutesChanged, State
 from .stats import VersionStats
-from .store import ArtifactStore, Event, EventRecord, ModelRecord, StateStore
+from .store import ArtifactStore, Event, EventRecord, ModelRecord, StateStore, StoreError
 from .storethread import StoreThread
 from .tokens import Tokens
 from .traffic import Weights, normalized, weights
@@ -152,6 +153,7 @@ class Controller:
         state.generations = await run(self.store.generations)
         self.nodes.restore(await run(self.store.nodes))
         await self.tokens.load()
+        state.profiles.load(await run(self.store.profiles))
         # routable as soon as their agents say Hello again
         self.routes.deployments(state.specs, self._splits(), self._limits())
         log.info("controller state: %d deployment(s), %d node(s) known", len(state.specs), len(self.pool.nodes))
@@ -159,12 +161,29 @@ class Controller:
                        asyncio.create_task(self.nodes.detect_loop(self.scheduling.busy)),
                        asyncio.create_task(self._backfill()),
                        asyncio.create_task(self._rollouts()),
-                       asyncio.create_task(self._rollback_loop())]
+                       asyncio.create_task(self._rollback_loop()),
+                       asyncio.create_task(self._keep_profiles())]
         self.scheduling.changed()
 
     async def _backfill(self) -> None:
         if await backfill(self.store, self.artifacts, self.thread.run):
             self.models.changed()
+
+    async def _keep_profiles(self) -> None:
+        """Write the placement profiles that moved every FLUSH_S (never per request)."""
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            await self.flush_profiles()
+
+    async def flush_profiles(self) -> None:
+        """Write the placement profiles that moved since the last write (a store error is logged: they are
+        written again with the next change)."""
+        changed = self.state.profiles.changed()
+        if changed:
+            try:
+                await self.thread.run(self.store.put_profiles, changed)
+            except StoreError as exc:
+                log.warning("placement profiles not stored: %s", exc)
 
     async def close(self) -> None:
         self.tuning.close()
@@ -173,6 +192,8 @@ class Controller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._tasks:  # started: what moved since the last write is kept too
+            await self.flush_profiles()
         self.thread.close()
 
     def changed(self) -> None:

@@ -26,6 +26,7 @@ class DeviceView:
     health_state: str = "healthy"  # the agent's judgement: healthy, suspect, unhealthy, recovering
     memory_used: int | None = None  # live reading, bytes
     utilization: float | None = None  # live reading, 0..1
+    model: str = ""  # the device model its plugin names ("NVIDIA H100 80GB HBM3"): what placement profiles key on
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class DeploymentSpec:
     priority: int = 0  # higher first; may preempt lower ones when nothing fits
     labels: Mapping[str, str] = field(default_factory=dict)
     zone: str = ""
+    device_model: str = ""  # only devices of this model (set by the scheduler on a class of its own, `profiles`)
     strategy: str = "binpack"  # binpack or spread
     max_batch_size: int = 0
     # (version, percent) per served version, summing to 100 (`traffic.py`); empty: `version` alone, at 100

@@ -86,6 +86,13 @@ def healthy(device: DeviceView, spec: DeploymentSpec) -> Rejection | None:
     return None
 
 
+def model_matches(device: DeviceView, spec: DeploymentSpec) -> Rejection | None:
+    """A deployment's class of one device model (`DeploymentSpec.device_model`, the profile preference)."""
+    if not spec.device_model or device.model == spec.device_model:
+        return None
+    return f"is not a {spec.device_model}", f"are not {spec.device_model} devices"
+
+
 def memory_fits(free: int, spec: DeploymentSpec, most_free: int | None = None) -> Rejection | None:
     if free >= spec.memory_bytes:
         return None
@@ -96,7 +103,7 @@ def memory_fits(free: int, spec: DeploymentSpec, most_free: int | None = None) -
 
 
 NODE_FILTERS: tuple[NodeFilter, ...] = (node_ready, node_not_cordoned, node_not_draining, labels_match, zone_matches)
-DEVICE_FILTERS: tuple[DeviceFilter, ...] = (kind_matches, runnable, healthy)
+DEVICE_FILTERS: tuple[DeviceFilter, ...] = (kind_matches, runnable, healthy, model_matches)
 MEMORY_RANK = len(NODE_FILTERS) + len(DEVICE_FILTERS)  # the memory filter comes last
 
 # A rejection tallied by `first_rejection`: (filter rank, one, many); the rank orders equal counts.

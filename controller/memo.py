@@ -1,8 +1,8 @@
 """Static-filter answers per node, kept across scheduling passes.
 
 The static filters (`filters.NODE_FILTERS`, `filters.DEVICE_FILTERS`) read a deployment only through its
-signature (device kind, labels, zone), and a node only through what live readings do not move. So one node's
-answer for one signature holds for as long as its view is the same, or differs only in live load: a caller that
+signature (device kind, labels, zone, device model), and a node only through what live readings do not move. So one
+node's answer for one signature holds for as long as its view is the same, or differs only in live load: a caller that
 schedules again and again over mostly the same views (the controller) keeps them in a `FilterMemo`.
 """
 
@@ -14,14 +14,14 @@ from . import filters
 from .core import DEVICE_KINDS, DeploymentSpec, NodeView
 
 Key = tuple[str, str]  # (node, device id)
-Signature = tuple[str, tuple[tuple[str, str], ...], str]
+Signature = tuple[str, tuple[tuple[str, str], ...], str, str]
 NodeAnswer = tuple[NodeView, tuple[tuple[filters.Tally, int], ...], tuple[Key, ...]]  # view, rejections, feasible
 MemoKey = tuple[Signature, frozenset[str]]  # (signature, draining nodes)
 
 
 def signature(spec: DeploymentSpec) -> Signature:
     """What the static filters read of a deployment."""
-    return spec.device, tuple(sorted(spec.labels.items())), spec.zone
+    return spec.device, tuple(sorted(spec.labels.items())), spec.zone, spec.device_model
 
 
 # Deployments that name only a device kind (no labels, no zone), one per kind: the signatures of most of them.
@@ -47,8 +47,8 @@ def same_but_load(old: NodeView, new: NodeView) -> bool:
     if (old.name, old.state, old.cordoned, old.zone, len(old.devices)) != \
             (new.name, new.state, new.cordoned, new.zone, len(new.devices)) or old.labels != new.labels:
         return False
-    return all((a.node, a.id, a.kind, a.memory_total, a.runnable, a.health, a.health_state)
-               == (b.node, b.id, b.kind, b.memory_total, b.runnable, b.health, b.health_state)
+    return all((a.node, a.id, a.kind, a.memory_total, a.runnable, a.health, a.health_state, a.model)
+               == (b.node, b.id, b.kind, b.memory_total, b.runnable, b.health, b.health_state, b.model)
                for a, b in zip(old.devices, new.devices, strict=True))
 
 

@@ -175,7 +175,8 @@ class Scheduling:
             views = pool.views()
             viewed = time.perf_counter()
             decision = self.planner.schedule(views, specs, old, draining=frozenset(state.draining), load=pool.load,
-                                             reserved=state.handover.reserved(), avoid=state.drift.avoid(now))
+                                             reserved=state.handover.reserved(), avoid=state.drift.avoid(now),
+                                             prefer=state.profiles.preference())
         scheduled, cpu = time.perf_counter(), time.thread_time() - cpu
         self.schedules += 1
         placement = {k: list(v) for k, v in decision.replicas.items() if v}

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 from .core import Decision, DeploymentSpec, NodeView, Replica
 from .memo import PLAIN, FilterMemo, Key, same_but_load
-from .scheduler import Load, Scheduler
+from .scheduler import Load, Prefer, Scheduler
 
 
 class Planner:
@@ -43,14 +43,15 @@ class Planner:
     def schedule(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec],
                  current: Mapping[str, Sequence[Replica]], *, draining: frozenset[str] = frozenset(),
                  load: Load | None = None, reserved: Mapping[Key, int] | None = None,
-                 avoid: Mapping[str, frozenset[Key]] | None = None) -> Decision:
+                 avoid: Mapping[str, frozenset[Key]] | None = None, prefer: Prefer | None = None) -> Decision:
         draining = frozenset(draining)
         specs = {d.name: d for d in deployments}
         reserved, avoid = dict(reserved or {}), dict(avoid or {})
-        decision = self._shortcut(nodes, specs, current, draining, load, reserved, avoid)
+        ranked = {mv: tuple(order) for mv, order in (prefer or {}).items()}
+        decision = self._shortcut(nodes, specs, current, draining, load, reserved, avoid, ranked)
         if decision is None:
             self.last = "full"
-            s = Scheduler(nodes, deployments, draining, self.memo, load, reserved, avoid)
+            s = Scheduler(nodes, deployments, draining, self.memo, load, reserved, avoid, ranked)
             decision = s.run(current)
             for spec in deployments:  # ready for the next deployment of a signature in use (usually the next one's)
                 s.build_pool(spec)
@@ -72,12 +73,14 @@ class Planner:
     def _shortcut(self, nodes: Sequence[NodeView], specs: dict[str, DeploymentSpec],
                   current: Mapping[str, Sequence[Replica]], draining: frozenset[str],
                   load: Load | None, reserved: dict[Key, int],
-                  avoid: dict[str, frozenset[Key]]) -> Decision | None:
+                  avoid: dict[str, frozenset[Key]], prefer: dict[tuple[str, str], tuple[str, ...]]) -> Decision | None:
         s, last = self._last, self._decision
-        if s is None or last.pending or draining != s.draining or reserved != s.reserved or avoid != s.avoid:
+        if s is None or last.pending or draining != s.draining or reserved != s.reserved or avoid != s.avoid \
+                or prefer != s.prefer:
             self.why = "first pass" if s is None else "pending" if last.pending else \
                 "draining changed" if draining != s.draining else "reserved memory changed" \
-                if reserved != s.reserved else "avoided devices changed"
+                if reserved != s.reserved else "avoided devices changed" if avoid != s.avoid else \
+                "profile preference changed"
             return None
         changed = _changes(self._nodes, nodes)
         if changed is None:

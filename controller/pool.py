@@ -237,7 +237,7 @@ class Pool:
             now = node.health[d.id] = (health(sample), health_state(sample))
             devices.append(DeviceView(node=node.name, id=d.id, kind=d.kind, memory_total=d.memory_total,
                                       runnable=runnable(d, node.providers), health=now[0],
-                                      health_state=now[1]))  # no live readings
+                                      health_state=now[1], model=d.model))  # no live readings
         return NodeView(node.name, node.state, node.cordoned, dict(node.labels), node.zone, tuple(devices))
 
     def age(self, interval: float, lease: float) -> list[tuple[NodeState, str]]:

@@ -26,6 +26,7 @@ from xpud.proto.status import NotFound, StatusError, grpc_status
 from .admission import Admission
 from .metrics import RouterMetrics
 from .policy import Emit, P2CEwma, RouteRequest, RoutingPolicy
+from .profiles import Profiles
 from .routes import READY, DeploymentRoutes, ReplicaEndpoint, RouteUpdate, for_request
 from .stats import VersionStats
 
@@ -92,11 +93,13 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, *, policy: RoutingPolicy | None = None, max_message_bytes: int = 64 << 20,
                  forward_timeout_s: float = 30.0, credentials: grpc.ChannelCredentials | None = None,
                  metrics: RouterMetrics | None = None, emit: Emit | None = None,
-                 stats: VersionStats | None = None) -> None:
+                 stats: VersionStats | None = None, profiles: Profiles | None = None) -> None:
         """`emit`: where the default policy tells replica ejections and returns (the controller's events);
-        `stats`: where each inference answer is counted per deployment version (the controller's live figures)."""
+        `stats`: where each inference answer is counted per deployment version (the controller's live figures);
+        `profiles`: told of every ModelInfer forward (the placement profiles)."""
         self.metrics = metrics
         self.stats = stats
+        self.profiles = profiles
         self.policy: RoutingPolicy = policy if policy is not None else P2CEwma(emit=emit)
         self.forward_timeout_s = forward_timeout_s
         self.channel_options: list[tuple[str, Any]] = [
@@ -245,6 +248,9 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         """One forward to ``replica``, its outcome told to the policy (and its version to ``served``)."""
         if served is not None:
             served.append(replica.version)
+        profiles = self.profiles if route.method == "ModelInfer" else None
+        if profiles is not None:
+            profiles.begin(replica)
         started, code = time.perf_counter(), grpc.StatusCode.CANCELLED  # unless it ends with an answer
         try:
             reply = await self._call(replica.address, route.method, route.message, self._timeout(context))
@@ -254,7 +260,10 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             code = exc.code
             raise
         finally:
-            self.policy.done(route, replica, code, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.policy.done(route, replica, code, elapsed)
+            if profiles is not None:
+                profiles.end(replica, code, elapsed)
 
     async def _forward(self, deployment: str, method: str, request: Any, context: grpc.aio.ServicerContext,
                        served: list[str] | None = None) -> Any:

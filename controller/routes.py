@@ -36,6 +36,9 @@ class ReplicaEndpoint:
     version: str  # the model version the agent loaded (the deployment's, as resolved when it was pushed)
     zone: str  # the node's zone, from its Hello
     tls: bool = False  # the endpoint takes mTLS: the router dials it with the controller's certificate
+    model: str = ""  # the model the instance serves (the deployment's), for the placement profiles (`profiles`)
+    device_model: str = ""  # its first device's model and memory in bytes, from the node's Hello
+    device_memory: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +91,14 @@ def node_replicas(node: NodeState, skip: Collection[str] = ()) -> dict[str, Repl
     deployments dropped from its desired state that it still reports (no new request goes there)."""
     if node.state == NODE_LOST or not node.endpoint:
         return {}
-    return {name: ReplicaEndpoint(node.endpoint, node.name, tuple(inst.devices), inst.version, node.zone,
-                                  node.endpoint_tls)
-            for name, inst in node.instances.items() if inst.state == READY and name not in skip}
+    served = {}
+    for name, inst in node.instances.items():
+        if inst.state == READY and name not in skip:
+            first = node.devices.get(inst.devices[0]) if inst.devices else None
+            served[name] = ReplicaEndpoint(node.endpoint, node.name, tuple(inst.devices), inst.version, node.zone,
+                                           node.endpoint_tls, inst.model, first.model if first else "",
+                                           first.memory_total if first else 0)
+    return served
 
 
 def _versioned(name: str, served: tuple[ReplicaEndpoint, ...], ask: Reason, split: Weights,

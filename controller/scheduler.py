@@ -23,6 +23,7 @@ import sys
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from . import candidates, filters, scoring
@@ -31,12 +32,15 @@ from .core import NODE_READY, Decision, DeploymentSpec, DeviceView, NodeView, Re
 from .memo import PLAIN, FilterMemo, Key, Signature, signature
 from .scoring import LOAD_CANDIDATES
 
-__all__ = ["LOAD_CANDIDATES", "PREEMPTION_CANDIDATES", "Load", "Scheduler", "schedule"]
+__all__ = ["LOAD_CANDIDATES", "PREEMPTION_CANDIDATES", "Load", "Prefer", "Scheduler", "schedule"]
 
 # Like Kubernetes' DefaultPreemption (minCandidateNodesAbsolute), preemption compares a bounded number of devices
 # where eviction works (those with the least room that is enough first), not every device of the pool.
 PREEMPTION_CANDIDATES = 100
 RESERVED = sys.maxsize  # the priority reserved memory is held at: above every deployment's
+
+
+Prefer = Mapping[tuple[str, str], Sequence[str]]  # (model, version) -> device models, best measured first
 
 
 class Load(Protocol):
@@ -55,10 +59,14 @@ class Scheduler:
 
     def __init__(self, nodes: Sequence[NodeView], deployments: Sequence[DeploymentSpec], draining: frozenset[str],
                  memo: FilterMemo | None = None, load: Load | None = None, reserved: Mapping[Key, int] | None = None,
-                 avoid: Mapping[str, frozenset[Key]] | None = None):
+                 avoid: Mapping[str, frozenset[Key]] | None = None, prefer: Prefer | None = None):
         self.draining = draining  # read-only: the state is for this draining set
         self.reserved = dict(reserved or {})  # read-only: memory held outside the placement (`handover`)
         self.avoid = dict(avoid or {})  # read-only: per deployment, devices its replicas kept failing on (`drift`)
+        # read-only: per (model, version), device models by measured throughput per GiB, best first (`profiles`)
+        self.prefer = {mv: tuple(order) for mv, order in (prefer or {}).items()}
+        self._classes: dict[str, list[CandidatePool]] = {}  # per deployment with a preference, its classes' pools
+        self._cursors: dict[int, int] = {}  # spread with a preference: `_cursor` per pool (by id) of the fill
         self._memo_given = memo is not None
         self._memo = memo if memo is not None else FilterMemo()
         self._nodes = {n.name: n for n in nodes}
@@ -95,7 +103,8 @@ class Scheduler:
         self._keep(current)
         self._place_all()
         if self._memo_given:
-            self._memo.keep_only({(signature(spec), self.draining) for spec in [*self._specs.values(), *PLAIN]})
+            used = [*self._specs.values(), *PLAIN, *(p.spec for pools in self._classes.values() for p in pools)]
+            self._memo.keep_only({(signature(spec), self.draining) for spec in used})
         return self._decision
 
     def replicas(self) -> dict[str, list[Replica]]:
@@ -177,6 +186,7 @@ class Scheduler:
         does not fit: then preemption or a pending reason is needed, and the state is part-way (discard it)."""
         pool = self._pool(spec)
         self._placing, self._cursor = spec, 0
+        self._cursors.clear()
         for index in range(spec.replicas):
             found = self._find(spec, pool)
             if found is None:
@@ -187,6 +197,10 @@ class Scheduler:
     def build_pool(self, spec: DeploymentSpec, *, spread: bool = False) -> bool:
         """Build the pool of the deployment's signature (with its spread order if `spread`) when the state has
         none, ahead of the first deployment that needs it. True when something was built."""
+        if self.prefer and spec.name not in self._classes and (spec.model, spec.version) in self.prefer:
+            for pool in self._class_pools(spec):  # its device models' pools too (shared by deployments alike)
+                if spec.strategy == "spread":
+                    pool.spread_order()
         sig = signature(spec)
         if sig not in self._pools:
             pool = self._pool(spec)
@@ -266,6 +280,7 @@ class Scheduler:
 
     def _evict(self, replica: Replica, cause: str) -> None:
         self._cursor = 0  # memory given back moves devices up the spread order
+        self._cursors.clear()
         key = (replica.node, replica.device)
         del self._placed[replica.deployment][replica.index]
         del self._on_device[key][(replica.deployment, replica.index)]
@@ -306,27 +321,76 @@ class Scheduler:
         return pool
 
     def _find(self, spec: DeploymentSpec, pool: CandidatePool) -> Key | None:
-        """`_pick`, with the devices the deployment avoids (a few, if any) out of the pool meanwhile."""
+        """`_pick`, with the devices the deployment avoids (a few, if any) out of its pools meanwhile."""
         avoid = self.avoid.get(spec.name)
         if not avoid:
             return self._pick(spec, pool)
-        hidden = [k for k in sorted(avoid) if any(p is pool for p in self._members.get(k, ()))]
-        for k in hidden:
-            pool.remove(self._free[k], k)
+        pools = [pool, *self._class_pools(spec)] if self.prefer else [pool]
+        hidden = [(k, p) for k in sorted(avoid) for p in pools if any(m is p for m in self._members.get(k, ()))]
+        for k, p in hidden:
+            p.remove(self._free[k], k)
         try:
             return self._pick(spec, pool)
         finally:
-            for k in hidden:
-                pool.insert(self._free[k], k)
+            for k, p in hidden:
+                p.insert(self._free[k], k)
+
+    def _class_pools(self, spec: DeploymentSpec) -> list[CandidatePool]:
+        """The pools of the device models `prefer` ranks for the deployment's model version, best first (one
+        signature per device model: `DeploymentSpec.device_model`); empty when it ranks none. Their rejections are
+        not tallied: pending reasons come from the deployment's own pool."""
+        pools = self._classes.get(spec.name)
+        if pools is None:
+            derived = [replace(spec, device_model=m) for m in self.prefer.get((spec.model, spec.version), ())]
+            missing = {d.device_model: d for d in derived if signature(d) not in self._pools}
+            if missing:  # cut from the deployment's own pool in one walk (already sorted), not the nodes' filters
+                split: dict[str, list[candidates.Entry]] = {m: [] for m in missing}
+                devices = self._devices
+                for entry in self._pool(spec).asc:
+                    if (into := split.get(devices[(entry[1], entry[2])].model)) is not None:
+                        into.append(entry)
+                for m, entries in split.items():
+                    pool = self._pools[signature(missing[m])] = CandidatePool(missing[m], Counter(), entries)
+                    for _, node, dev in entries:
+                        self._members[(node, dev)].append(pool)
+            pools = self._classes[spec.name] = [self._pools[signature(d)] for d in derived]
+        return pools
 
     def _pick(self, spec: DeploymentSpec, pool: CandidatePool) -> Key | None:
         """The device for the next replica: among the first LOAD_CANDIDATES devices (by names) with the best
-        primary key of the strategy (`scoring.STRATEGIES`), the best by `scoring.RANKING`."""
+        primary key of the strategy (`scoring.STRATEGIES`), the best by `scoring.RANKING`; with a profile
+        preference for two device models or more among the feasible devices, `_pick_preferred`."""
+        if self.prefer and (spec.model, spec.version) in self.prefer:
+            classes = [p for p in self._class_pools(spec) if p.asc]
+            if len(classes) > 1:
+                return self._pick_preferred(spec, pool, classes)
         if spec.strategy == "spread":
             group, self._cursor = pool.fewest_on_node(spec.memory_bytes, self._counts[spec.name], self._cursor)
         else:
             group = pool.least_free(spec.memory_bytes)
         return self._best(group) if group else None
+
+    def _pick_preferred(self, spec: DeploymentSpec, pool: CandidatePool, classes: list[CandidatePool]) -> Key | None:
+        """binpack: the least free device that fits in the best class that has one, then in the whole pool.
+        spread: its fewest replicas per node still come first (the user asked for that); among the groups that tie
+        on it, the best class's (most free memory within it), the whole pool's last."""
+        need = spec.memory_bytes
+        if spec.strategy != "spread":
+            for p in classes:
+                if group := p.least_free(need):
+                    return self._best(group)
+            group = pool.least_free(need)
+            return self._best(group) if group else None
+        counts, cursors = self._counts[spec.name], self._cursors
+        best: list[Key] = []
+        fewest = 0
+        for p in (*classes, pool):
+            group, cursors[id(p)] = p.fewest_on_node(need, counts, cursors.get(id(p), 0))
+            if group and (not best or counts.get(group[0][0], 0) < fewest):
+                best, fewest = group, counts.get(group[0][0], 0)
+                if not fewest:
+                    break
+        return self._best(best) if best else None
 
     def _preempt(self, spec: DeploymentSpec, pool: CandidatePool) -> Key | None:
         """Evict replicas of lower priority from the device where that works best; None when nowhere works.
@@ -379,6 +443,7 @@ class Scheduler:
             return True
         pool = self._pool(spec)
         self._placing, self._cursor = spec, 0
+        self._cursors.clear()
         for index in missing:
             key = self._find(spec, pool) or self._preempt(spec, pool)
             if key is None:
@@ -415,6 +480,7 @@ def schedule(
     load: Load | None = None,
     reserved: Mapping[Key, int] | None = None,
     avoid: Mapping[str, frozenset[Key]] | None = None,
+    prefer: Prefer | None = None,
 ) -> Decision:
     """Place every replica of every deployment on a device, keeping `current` placements that still hold.
 
@@ -424,6 +490,7 @@ def schedule(
     devices' live utilization by (node, device id), over what their views hold (the controller's views hold none).
     `reserved` is memory by (node, device id) held outside `current` (old replicas kept while their replacements
     load): nothing is placed into it. `avoid` names, per deployment, devices its replicas leave and are not
-    placed on (where they kept failing).
+    placed on (where they kept failing). `prefer` ranks, per (model, version), device models by measured throughput
+    per GiB (`profiles.Profiles.preference`), best first: see `Scheduler._pick_preferred`.
     """
-    return Scheduler(nodes, deployments, frozenset(draining), memo, load, reserved, avoid).run(current)
+    return Scheduler(nodes, deployments, frozenset(draining), memo, load, reserved, avoid, prefer).run(current)

@@ -206,7 +206,7 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
 
     policy = RoundRobin() if routing_policy == "round-robin" else P2CEwma(emit=router_event, load=load)
     router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents, metrics=metrics.router, policy=policy,
-                    stats=controller.stats)
+                    stats=controller.stats, profiles=controller.state.profiles)
     controller.routes.subscribe(router.update)  # the endpoint table, pushed as it changes
     router_checks = [Authorize(ROUTER_RULES, controller.tokens.verify)] if secured else []
     router_server = grpc.aio.server(options=OPTIONS, interceptors=[*router_checks, *interceptors()])

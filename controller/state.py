@@ -9,6 +9,7 @@ from .core import DeploymentSpec, Replica
 from .drift import Drift
 from .handover import Handover
 from .pool import Pool
+from .profiles import Profiles
 from .shares import Shares
 
 RoutesChanged = Callable[[set[str]], None]  # the nodes whose routable state changed (empty: everything)
@@ -28,6 +29,7 @@ class State:
     drift: Drift = field(default_factory=Drift)  # replicas that stay FAILED or unreported, devices avoided
     unrouted: dict[str, set[str]] = field(default_factory=dict)  # node -> deployments dropped from it, not routed
     routes_changed: list[RoutesChanged] = field(default_factory=list)
+    profiles: Profiles = field(default_factory=Profiles)  # what the router measured per model version, device model
 
     def routes(self, nodes: set[str]) -> None:
         """Tell the hooks which nodes' routable state changed (an empty set: everything)."""

@@ -8,6 +8,7 @@ from xpud.proto import admin_pb2 as apb
 
 from .core import NODE_LOST, DeploymentSpec
 from .pool import NodeState
+from .profiles import Profiles
 from .rollout import holders
 from .state import State
 from .stats import VersionStats
@@ -148,9 +149,16 @@ def pool_view(state: State) -> apb.GetPoolResponse:
     return out
 
 
-def model_info(m: ModelRecord) -> apb.ModelInfo:
+def model_info(m: ModelRecord, profiles: Profiles | None = None) -> apb.ModelInfo:
+    """A model version, with what the router measured of it per device model when `profiles` are given."""
+    measured = [apb.DeviceProfile(device_model=device_model, requests=p.requests, errors=p.errors,
+                                  latency_ms=p.latency_s * 1000, throughput_rps=p.throughput(),
+                                  throughput_per_gib=p.per_gib(), memory_bytes=p.memory)
+                for device_model, p in (profiles.of(m.name, m.version) if profiles is not None else ())
+                if p.requests]
     return apb.ModelInfo(name=m.name, version=m.version, digest=m.digest, size_bytes=m.size, created=m.created,
-                         inputs=[tensor_info(t) for t in m.inputs], outputs=[tensor_info(t) for t in m.outputs])
+                         inputs=[tensor_info(t) for t in m.inputs], outputs=[tensor_info(t) for t in m.outputs],
+                         profile=measured)
 
 
 def tensor_info(t: TensorSpec) -> apb.TensorInfo:

@@ -91,7 +91,7 @@ class PushModelChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., filename: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "digest", "size_bytes", "created", "inputs", "outputs")
+    __slots__ = ("name", "version", "digest", "size_bytes", "created", "inputs", "outputs", "profile")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class ModelInfo(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     digest: str
@@ -106,7 +107,26 @@ class ModelInfo(_message.Message):
     created: float
     inputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created: _Optional[float] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
+    profile: _containers.RepeatedCompositeFieldContainer[DeviceProfile]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created: _Optional[float] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., profile: _Optional[_Iterable[_Union[DeviceProfile, _Mapping]]] = ...) -> None: ...
+
+class DeviceProfile(_message.Message):
+    __slots__ = ("device_model", "requests", "errors", "latency_ms", "throughput_rps", "throughput_per_gib", "memory_bytes")
+    DEVICE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_RPS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_PER_GIB_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    device_model: str
+    requests: int
+    errors: int
+    latency_ms: float
+    throughput_rps: float
+    throughput_per_gib: float
+    memory_bytes: int
+    def __init__(self, device_model: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_ms: _Optional[float] = ..., throughput_rps: _Optional[float] = ..., throughput_per_gib: _Optional[float] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "datatype", "shape", "dim_names")

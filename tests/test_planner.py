@@ -212,7 +212,7 @@ def test_build_pool_builds_each_pool_and_spread_order_once() -> None:
     s.run({})
     gpu = dep("any-gpu", device="gpu")
     assert s.build_pool(gpu) and not s.build_pool(gpu)
-    assert ("gpu", (), "") in s.pools and s.pools[("gpu", (), "")].desc is None
+    assert ("gpu", (), "", "") in s.pools and s.pools[("gpu", (), "", "")].desc is None
     assert s.build_pool(gpu, spread=True) and not s.build_pool(gpu, spread=True)
     fresh = dep("fresh", device="any", zone="z9")
     assert s.build_pool(fresh, spread=True) and not s.build_pool(fresh, spread=True)

@@ -80,7 +80,7 @@ def test_a_database_of_the_previous_schema_migrates(tmp_path: Path) -> None:
     conn.close()
     x = TensorSpec("x", "FP32", (-1, 4), ("batch", ""))
     with SqliteStore(tmp_path) as store:
-        assert store.schema_version() == len(MIGRATIONS) == 3
+        assert store.schema_version() == len(MIGRATIONS) == 4
         assert [(e.kind, e.actor) for e in store.events()] == [("NodeJoined", "")]  # no actor recorded then
         assert store.tokens() == []
         (old,) = store.models()

@@ -222,7 +222,10 @@ async def test_the_version_and_zone_of_a_replica_reach_the_router(tmp_path: Path
 
             routes, status = await eventually(ready, "iris Running")
             (replica,) = routes.replicas  # Running: routable at once
-            assert replica == ReplicaEndpoint(agent.grpc_url, "n1", (status.replicas[0].device,), "7", "z1")
+            device = running.controller.pool.nodes["n1"].devices[status.replicas[0].device]  # its Hello's facts
+            assert replica == ReplicaEndpoint(agent.grpc_url, "n1", (device.id,), "7", "z1", model="iris",
+                                              device_model=device.model, device_memory=device.memory_total)
+            assert device.model and device.memory_total
             async with aioclient.InferenceServerClient(f"127.0.0.1:{running.inference_port}") as client:
                 x = aioclient.InferInput("X", [1, 4], "FP32")
                 x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))

@@ -220,6 +220,15 @@ def _chunks(path: Path, name: str, version: str) -> Iterator[apb.PushModelChunk]
                 return
 
 
+def _best_on(m: apb.ModelInfo) -> str:
+    """The device model the router measured the best throughput per GiB on (`xpud models`' BEST ON)."""
+    measured = [p for p in m.profile if p.throughput_per_gib > 0]
+    if not measured:
+        return NA
+    best = max(measured, key=lambda p: (p.throughput_per_gib, p.device_model))
+    return f"{best.device_model} ({best.throughput_rps:.1f} req/s, {best.throughput_per_gib:.3g}/GiB)"
+
+
 def _tensor(t: apb.TensorInfo) -> str:
     """An input or output as "name FP32 [batch,4]": a dynamic dimension by its name, else -1."""
     names = list(t.dim_names) + [""] * (len(t.shape) - len(t.dim_names))
@@ -345,9 +354,9 @@ def run(args: argparse.Namespace) -> int:
                 *(f"  input  {_tensor(t)}" for t in reply.inputs), *(f"  output {_tensor(t)}" for t in reply.outputs)]))
         else:
             reply = admin.call("ListModels", apb.ListModelsRequest())
-            _print(args, reply, lambda: table(["NAME", "VERSION", "SIZE", "SHA256", "INPUTS", "OUTPUTS"], [
+            _print(args, reply, lambda: table(["NAME", "VERSION", "SIZE", "SHA256", "INPUTS", "OUTPUTS", "BEST ON"], [
                 [m.name, m.version, f"{m.size_bytes}", m.digest[:12], ", ".join(map(_tensor, m.inputs)) or NA,
-                 ", ".join(map(_tensor, m.outputs)) or NA] for m in reply.models]))
+                 ", ".join(map(_tensor, m.outputs)) or NA, _best_on(m)] for m in reply.models]))
     elif command == "deploy":
         replies = [_deploy(admin, args, spec) for spec in specs]
         response = apb.ListDeploymentsResponse(deployments=replies)

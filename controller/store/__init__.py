@@ -11,12 +11,23 @@ from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from .artifacts import ArtifactStore
-from .base import Conflict, Event, EventRecord, ModelRecord, NodeRecord, StateStore, StoreError, TensorSpec, TokenRecord
+from .base import (
+    Conflict,
+    Event,
+    EventRecord,
+    ModelRecord,
+    NodeRecord,
+    ProfileRecord,
+    StateStore,
+    StoreError,
+    TensorSpec,
+    TokenRecord,
+)
 from .sqlite import DB_NAME, MIGRATIONS, SqliteStore
 
 __all__ = ["DB_NAME", "MIGRATIONS", "OPENERS", "ArtifactStore", "Conflict", "Event", "EventRecord", "ModelRecord",
-           "NodeRecord", "SqliteStore", "StateStore", "StoreError", "StoreURLError", "TensorSpec", "TokenRecord",
-           "check_url", "open_store"]
+           "NodeRecord", "ProfileRecord", "SqliteStore", "StateStore", "StoreError", "StoreURLError", "TensorSpec",
+           "TokenRecord", "check_url", "open_store"]
 
 
 class StoreURLError(ValueError):

@@ -78,6 +78,21 @@ class TokenRecord:
     creator: str  # the actor that created it
 
 
+@dataclass(frozen=True)
+class ProfileRecord:
+    """What the router measured of one model version on one device model (controller/profiles.py)."""
+
+    model: str
+    version: str
+    device_model: str
+    memory: int  # bytes of one such device
+    requests: int  # forwards that ended (errors among them)
+    errors: int
+    ok: int  # successful forwards (the throughput's count)
+    latency_s: float  # EWMA of successful forwards' seconds
+    busy_s: float  # seconds the replicas had a forward in flight, summed over replicas
+
+
 class StateStore(Protocol):
     """The controller's durable state: deployments, placement, nodes, generations, models, events.
 
@@ -130,6 +145,14 @@ class StateStore(Protocol):
     def delete_token(self, name: str, event: Event | None = None, when: float = 0.0,
                      actor: str = "") -> list[EventRecord] | None:
         """Remove a token and write its event; None if there is no token of that name."""
+        ...
+
+    def profiles(self) -> list[ProfileRecord]:
+        """Every placement profile, by model, version, device model."""
+        ...
+
+    def put_profiles(self, records: Sequence[ProfileRecord]) -> None:
+        """Create or replace these profiles (by model, version, device model) in one transaction."""
         ...
 
     def commit(self, *, deployments: Sequence[DeploymentSpec] = (), deleted: Sequence[str] = (),

@@ -16,7 +16,17 @@ from typing import Any
 
 from xpud.controller.core import DeploymentSpec, Replica, Rollout
 
-from .base import Conflict, Event, EventRecord, ModelRecord, NodeRecord, StoreError, TensorSpec, TokenRecord
+from .base import (
+    Conflict,
+    Event,
+    EventRecord,
+    ModelRecord,
+    NodeRecord,
+    ProfileRecord,
+    StoreError,
+    TensorSpec,
+    TokenRecord,
+)
 from .lock import StateLock
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -32,6 +42,10 @@ _DEPLOYMENT_SQL = ("INSERT INTO deployments (name, spec) VALUES {rows} "
                    "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec")
 _NODE_SQL = ("INSERT INTO nodes (name, labels, zone, info) VALUES {rows} ON CONFLICT (name) DO UPDATE "
              "SET labels = excluded.labels, zone = excluded.zone, info = excluded.info")
+_PROFILE_COLS = "model, version, device_model, memory, requests, errors, ok, latency_s, busy_s"
+_PROFILE_SQL = (f"INSERT INTO profiles ({_PROFILE_COLS}) VALUES {{rows}} ON CONFLICT (model, version, device_model) "
+                "DO UPDATE SET memory = excluded.memory, requests = excluded.requests, errors = excluded.errors, "
+                "ok = excluded.ok, latency_s = excluded.latency_s, busy_s = excluded.busy_s")
 _EVENT_SQL = "INSERT INTO events (kind, subject, message, time, actor) VALUES {rows}"
 # Bound parameters per statement: SQLite's limit (32766 since 3.32, 999 before).
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
@@ -81,6 +95,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE tokens (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, role TEXT NOT NULL, salt BLOB NOT NULL, "
      "hash BLOB NOT NULL, created REAL NOT NULL, creator TEXT NOT NULL)",
      "ALTER TABLE events ADD COLUMN actor TEXT NOT NULL DEFAULT ''"),
+    # 4: what the router measured per model version and device model (placement profiles, controller/profiles.py)
+    ("CREATE TABLE profiles (model TEXT NOT NULL, version TEXT NOT NULL, device_model TEXT NOT NULL, "
+     "memory INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL, ok INTEGER NOT NULL, "
+     "latency_s REAL NOT NULL, busy_s REAL NOT NULL, PRIMARY KEY (model, version, device_model))",),
 )
 
 
@@ -382,6 +400,17 @@ class SqliteStore:
 
     def generations(self) -> dict[str, int]:
         return {node: gen for node, gen in self._db.execute("SELECT node, generation FROM generations")}
+
+    # ---- placement profiles
+    def profiles(self) -> list[ProfileRecord]:
+        sql = f"SELECT {_PROFILE_COLS} FROM profiles ORDER BY model, version, device_model"
+        return [ProfileRecord(str(m), str(v), str(d), int(mem), int(n), int(e), int(ok), float(lat), float(busy))
+                for m, v, d, mem, n, e, ok, lat, busy in self._db.execute(sql)]
+
+    def put_profiles(self, records: Sequence[ProfileRecord]) -> None:
+        with self._tx() as c:
+            _write_rows(c, _PROFILE_SQL, [(r.model, r.version, r.device_model, r.memory, r.requests, r.errors, r.ok,
+                                           r.latency_s, r.busy_s) for r in records])
 
     # ---- events
     def add_event(self, kind: str, subject: str, message: str, when: float, actor: str = "") -> EventRecord:
