@@ -5,6 +5,10 @@ UNAVAILABLE answer it asks again with the replicas tried so far, and it reports 
 that weighs load, latency, zones or versions reads them from there: the request's parameters, the replicas'
 fields, `done`; `RoundRobin` needs none of it. Every replica `choose` returns is told to `done` exactly once, so a
 policy may count calls in flight from one to the other (`P2CEwma`, the router's default, does).
+
+Zone affinity (both policies): a request's ``xpud-zone`` parameter, else the router's own zone (`zone`), names the
+zone whose replicas it prefers; it spills over to the others while every ready replica there has `zone_bound`
+calls in flight or more (the deployment's --max-inflight, when it has one), or when none is healthy there.
 """
 
 from __future__ import annotations
@@ -46,18 +50,53 @@ class RoutingPolicy(Protocol):
         ...
 
 
+ZONE_PARAMETER = "xpud-zone"  # a request parameter: the zone whose replicas the request prefers
+ZONE_BOUND = 16  # calls in flight at which a replica counts as saturated for zone affinity (no --max-inflight)
+
+
+def zone_of(message: Any, default: str = "") -> str:
+    """The zone a request prefers: its ``xpud-zone`` parameter (a string), else `default` (the router's zone)."""
+    parameters = getattr(message, "parameters", None)
+    if parameters is None or ZONE_PARAMETER not in parameters:
+        return default
+    p = parameters[ZONE_PARAMETER]
+    kind = p.WhichOneof("parameter_choice")
+    return str(getattr(p, kind)) if kind else default
+
+
 class RoundRobin:
     """Each deployment's replicas in turn, in the table's order; a retry goes to the next one after the one that
-    failed (skipping those tried)."""
+    failed (skipping those tried). With a zone (the request's or `zone`), its unsaturated replicas in turn."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, zone: str = "", zone_bound: int = ZONE_BOUND) -> None:
+        self.zone, self.zone_bound = zone, zone_bound
         self._turns: dict[str, int] = {}  # per deployment, the next turn
+        self._in_flight: dict[tuple[str, str], int] = {}  # per (deployment, address): for zone saturation only
 
     def choose(self, request: RouteRequest, routes: DeploymentRoutes,
                tried: Sequence[ReplicaEndpoint] = ()) -> ReplicaEndpoint | None:
+        pick = self._pick(request, routes, tried)
+        if pick is not None:
+            key = (request.deployment, pick.address)
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        return pick
+
+    def _pick(self, request: RouteRequest, routes: DeploymentRoutes,
+              tried: Sequence[ReplicaEndpoint]) -> ReplicaEndpoint | None:
         replicas = routes.replicas
         if not replicas:
             return None
+        zone = zone_of(request.message, self.zone)
+        if zone:
+            bound = routes.max_inflight or self.zone_bound
+            near = [r for r in replicas if r.zone == zone and r not in tried
+                    and self._in_flight.get((request.deployment, r.address), 0) < bound]
+            # the zone's unsaturated replicas in turn, else (spill-over) the other zones' in turn
+            turns = near or [r for r in replicas if r.zone != zone and r not in tried]
+            if turns:
+                turn = self._turns.get(routes.name, 0)
+                self._turns[routes.name] = turn + 1
+                return turns[turn % len(turns)]
         if not tried:
             turn = self._turns.get(routes.name, 0)
             self._turns[routes.name] = turn + 1
@@ -70,7 +109,12 @@ class RoundRobin:
         return None
 
     def done(self, request: RouteRequest, replica: ReplicaEndpoint, code: grpc.StatusCode, seconds: float) -> None:
-        pass
+        key = (request.deployment, replica.address)
+        left = self._in_flight.get(key, 0) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
 
     def update(self, changed: RouteUpdate) -> None:
         for name, routes in changed.items():
@@ -119,13 +163,17 @@ class P2CEwma:
     that fails ejects it again. The last healthy replica is never ejected, and when every one left is out the
     request goes to them anyway. Ejections and returns are told to `emit` (ReplicaEjected, ReplicaReturned). Two
     scores within `tie` of each other are told apart by `load` (the devices' utilization in the agents'
-    telemetry), when it knows both."""
+    telemetry), when it knows both. With a zone (the request's ``xpud-zone``, else `zone`), the two are drawn from
+    that zone's healthy replicas with fewer than `zone_bound` calls in flight (the deployment's --max-inflight
+    when it has one), from every healthy replica when there is none such."""
 
     def __init__(self, *, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
                  emit: Emit | None = None, load: Load | None = None, tie: float = 0.05, alpha: float = 0.3,
                  stale_s: float = 10.0, eject_errors: int = 5, outlier_factor: float = 5.0, min_samples: int = 20,
                  backoff_s: float = 5.0, max_backoff_s: float = 300.0, reset_s: float = 60.0,
-                 probe_every: int = 20, outlier_alpha: float = 0.05, outlier_min_s: float = 0.005) -> None:
+                 probe_every: int = 20, outlier_alpha: float = 0.05, outlier_min_s: float = 0.005,
+                 zone: str = "", zone_bound: int = ZONE_BOUND) -> None:
+        self.zone, self.zone_bound = zone, zone_bound
         self.rng = rng if rng is not None else random.Random()
         self.clock, self.emit, self.load, self.tie = clock, emit, load, tie
         self.alpha, self.stale_s = alpha, stale_s
@@ -186,6 +234,12 @@ class P2CEwma:
                 return None
             pick = out[self.rng.randrange(len(out))]
             return self._start(pick, kept[pick.address])
+        zone = zone_of(request.message, self.zone)
+        if zone and len(healthy) > 1:
+            bound = routes.max_inflight or self.zone_bound
+            near = [h for h in healthy if h[0].zone == zone and h[1].in_flight < bound]
+            if near:  # else spill over: every healthy replica, the zone's saturated ones too
+                healthy = near
         if len(healthy) == 1:
             return self._start(*healthy[0])
         i = self.rng.randrange(len(healthy))

@@ -72,6 +72,31 @@ def merge_statistics(into: pb.ModelStatistics, add: pb.ModelStatistics) -> None:
             memory[(m.type, m.id)] = into.memory_usage.add(type=m.type, id=m.id, byte_size=m.byte_size)
 
 
+SERVICE = "inference.GRPCInferenceService"
+INFER = f"/{SERVICE}/ModelInfer"
+
+
+class Forwarded:
+    """A ModelInfer request as it came: its bytes, forwarded to the agent unchanged (and the agent's reply passed
+    back unparsed), and the message parsed once from them for what the router reads (model name, parameters);
+    its attributes are the message's."""
+
+    __slots__ = ("data", "message")
+
+    def __init__(self, data: bytes, message: pb.ModelInferRequest) -> None:
+        self.data, self.message = data, message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message, name)
+
+
+class _DecodeForwarded:
+    __name__ = "ModelInferRequest"  # what a bad request's INVALID_ARGUMENT names (proto.decoding)
+
+    def FromString(self, data: bytes) -> Forwarded:  # a message class's name for it
+        return Forwarded(data, pb.ModelInferRequest.FromString(data))
+
+
 def priority_of(request: pb.ModelInferRequest) -> int:
     """The OIP ``priority`` parameter (1 is the highest; 0 or absent: the deployment's default)."""
     if "priority" not in request.parameters:
@@ -110,6 +135,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         self.credentials = credentials  # the controller's certificate, for agents that take mTLS
         self._tls: dict[str, str] = {}  # endpoints that take mTLS -> the node name their certificate carries
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
+        self._raw: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}  # per endpoint: ModelInfer, bytes in and out
         self._missing: set[str] = set()  # endpoints unlisted at the last sweep: closed if still unlisted at the next
         self._next_sweep = time.monotonic() + self.SWEEP_INTERVAL_S
         self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # dropped channels, closing with grace
@@ -172,11 +198,19 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             entry = self._channels[endpoint] = (channel, pb_grpc.GRPCInferenceServiceStub(channel))
         return entry[1]
 
+    def _raw_infer(self, endpoint: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        call = self._raw.get(endpoint)
+        if call is None:
+            self._stub(endpoint)
+            call = self._raw[endpoint] = self._channels[endpoint][0].unary_unary(INFER)
+        return call
+
     def _listed(self) -> set[str]:
         return {r.address for routes in self.routes.values() for r in routes.replicas}
 
     def _drop(self, endpoint: str) -> None:
         entry = self._channels.pop(endpoint, None)
+        self._raw.pop(endpoint, None)
         self._tls.pop(endpoint, None)
         if entry is not None:  # in-flight calls get their forward timeout to finish
             task = asyncio.get_running_loop().create_task(entry[0].close(grace=self.forward_timeout_s))
@@ -206,6 +240,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         """Close every cached channel."""
         channels = [channel for channel, _ in self._channels.values()]
         self._channels.clear()
+        self._raw.clear()
         for task, channel in list(self._closing.items()):  # no more grace: close them now
             task.cancel()
             channels.append(channel)
@@ -235,8 +270,11 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         return max(0.0, min(remaining, self.forward_timeout_s))
 
     async def _call(self, endpoint: str, method: str, request: Any, timeout: float) -> Any:
-        """One RPC to one agent; a connection that fails (or was closed under us) reads as UNAVAILABLE."""
+        """One RPC to one agent; a connection that fails (or was closed under us) reads as UNAVAILABLE. A
+        `Forwarded` request goes as its bytes, and its reply comes back as bytes."""
         try:
+            if isinstance(request, Forwarded):
+                return await self._raw_infer(endpoint)(request.data, timeout=timeout)
             return await getattr(self._stub(endpoint), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise StatusError(exc.code(), exc.details() or exc.code().name) from None
@@ -445,6 +483,25 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             yield item
 
 
+class _Handlers:
+    """Stands for a server to the generated registration: keeps the handlers it is given, by method name."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers.update(handlers)
+
+
 def add_router(server: grpc.aio.Server, router: Router) -> None:
-    """Register the router as the server's inference.GRPCInferenceService."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(router, server)
+    """Register the router as the server's inference.GRPCInferenceService; ModelInfer as `Forwarded` requests
+    and bytes replies (parsed once, never serialized again)."""
+    kept = _Handlers()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(router, kept)
+    handlers = {**kept.handlers, "ModelInfer": grpc.unary_unary_rpc_method_handler(
+        router.ModelInfer, request_deserializer=_DecodeForwarded().FromString)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)

@@ -133,7 +133,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
                            audit_keep: int = KEEP, inference_token_port: int | None = None,
                            metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
                            handover_grace: float = HANDOVER_GRACE, replace_grace: float = REPLACE_GRACE,
-                           metrics_tls: bool = False, routing_policy: str = "p2c") -> RunningController:
+                           metrics_tls: bool = False, routing_policy: str = "p2c",
+                           zone: str = "") -> RunningController:
     """Serve a controller whose state is in `store_url` (None: SQLite in `state_dir`), model files in `state_dir`'s
     artifacts/ folder either way; with this process's tuning installed (`tuning.ProcessTuning`).
 
@@ -145,7 +146,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
     State-changing admin calls are recorded in `audit_log` (default: audit.log in `state_dir`). Prometheus
     /metrics (`metrics.ControllerMetrics`) is served on `metrics_host`:`metrics_port` when a port is given, over
     HTTPS with `metrics_tls` (the controller's certificate; with a CA, clients need a certificate signed by it).
-    `routing_policy`: "p2c" (`policy.P2CEwma`) or "round-robin"."""
+    `routing_policy`: "p2c" (`policy.P2CEwma`) or "round-robin"; `zone`: the router's zone, whose replicas a
+    request without an ``xpud-zone`` parameter prefers ("": none)."""
     if metrics_tls and not (tls is not None and tls.cert and tls.key):
         raise StartupError("--metrics-tls serves /metrics with the controller's certificate: give --tls-cert and "
                            "--tls-key")
@@ -204,7 +206,8 @@ async def start_controller(listen: str, inference_port: int, state_dir: Path, *,
         known = [u for d in replica.devices if (u := utilization.get((replica.node, d))) is not None]
         return max(known) if known else None
 
-    policy = RoundRobin() if routing_policy == "round-robin" else P2CEwma(emit=router_event, load=load)
+    policy = RoundRobin(zone=zone) if routing_policy == "round-robin" else \
+        P2CEwma(emit=router_event, load=load, zone=zone)
     router = Router(max_message_bytes=MAX_MESSAGE, credentials=to_agents, metrics=metrics.router, policy=policy,
                     stats=controller.stats, profiles=controller.state.profiles)
     controller.routes.subscribe(router.update)  # the endpoint table, pushed as it changes

@@ -8,8 +8,9 @@ from collections import Counter
 import grpc
 import pytest
 
-from xpud.controller.policy import EJECTED, HEALTHY, P2CEwma, RoundRobin, RouteRequest, RoutingPolicy
+from xpud.controller.policy import EJECTED, HEALTHY, ZONE_PARAMETER, P2CEwma, RoundRobin, RouteRequest, RoutingPolicy
 from xpud.controller.routes import DeploymentRoutes, ReplicaEndpoint
+from xpud.proto.oip import pb
 
 
 def routes(name: str, *addresses: str) -> DeploymentRoutes:
@@ -241,3 +242,77 @@ def test_near_ties_go_to_the_replica_whose_devices_are_less_busy() -> None:
     assert serve(policy, table, 50, {"a": 0.0010, "b": 0.00102}) == Counter({"b": 50})  # within 5 %: less busy
     busy.clear()  # unknown: the score decides
     assert serve(policy, table, 50, {"a": 0.0010, "b": 0.00102}) == Counter({"a": 50})
+
+
+# -- zone affinity: the request's xpud-zone, else the router's zone; spill-over when saturated or gone -----------
+
+
+def zoned(name: str, zones: dict[str, str], max_inflight: int = 0) -> DeploymentRoutes:
+    return DeploymentRoutes(name, tuple(ReplicaEndpoint(a, f"node-{a}", ("cpu:0",), "1", z) for a, z in zones.items()),
+                            max_inflight=max_inflight)
+
+
+def in_zone(deployment: str, zone: str | None) -> RouteRequest:
+    message = pb.ModelInferRequest(model_name=deployment)
+    if zone is not None:
+        message.parameters[ZONE_PARAMETER].string_param = zone
+    return RouteRequest(deployment, "ModelInfer", message)
+
+
+def held(policy: RoutingPolicy, table: DeploymentRoutes, zone: str | None, count: int) -> list[str]:
+    """`count` requests held in flight (none told done): each pick's address."""
+    out = []
+    for _ in range(count):
+        chosen = policy.choose(in_zone(table.name, zone), table)
+        assert chosen is not None
+        out.append(chosen.address)
+    return out
+
+
+@pytest.mark.parametrize("make", [lambda **kw: P2CEwma(rng=random.Random(3), **kw), RoundRobin],
+                         ids=["p2c", "round-robin"])
+def test_a_zone_is_preferred_until_its_replicas_are_saturated_then_requests_spill_over(make) -> None:
+    table = zoned("web", {"a1": "a", "b1": "b", "b2": "b", "c1": "c"})
+    policy = make(zone_bound=3)
+    got = Counter(held(policy, table, "b", 6))  # b's two replicas take three each
+    assert got == {"b1": 3, "b2": 3}
+    got = Counter(held(policy, table, "b", 4))  # both saturated: the others take the rest
+    assert set(got) <= {"a1", "c1"} and sum(got.values()) == 4
+    policy.done(in_zone("web", "b"), table.replicas[1], OK, 0.001)  # one call on b1 ends: b again
+    assert held(policy, table, "b", 1) == ["b1"]
+    assert set(held(make(zone_bound=3), table, "nowhere", 8)) == {"a1", "b1", "b2", "c1"}  # no such zone: any
+
+
+@pytest.mark.parametrize("make", [lambda **kw: P2CEwma(rng=random.Random(3), **kw), RoundRobin],
+                         ids=["p2c", "round-robin"])
+def test_the_request_zone_wins_over_the_router_zone_and_max_inflight_is_the_bound(make) -> None:
+    table = zoned("web", {"a1": "a", "b1": "b"})
+    policy = make(zone="a")
+    assert held(policy, table, None, 5) == ["a1"] * 5  # the router's zone (bound 16)
+    assert held(policy, table, "b", 5) == ["b1"] * 5  # the request's zone wins
+    bounded = zoned("web", {"a1": "a", "b1": "b"}, max_inflight=2)
+    policy = make(zone="a", zone_bound=100)
+    assert held(policy, bounded, None, 4) == ["a1", "a1", "b1", "b1"]  # --max-inflight bounds a1 at 2
+    assert held(make(), table, "", 4).count("a1") == 2  # no zone at all: both, as before
+
+
+def test_zone_affinity_keeps_ejection_working() -> None:
+    policy, clock, events = p2c(eject_errors=3, backoff_s=5.0, probe_every=10)
+    table = zoned("web", {"a1": "a", "b1": "b"})
+
+    def serve_in(zone: str, count: int, codes: dict[str, grpc.StatusCode]) -> Counter[str]:
+        got: Counter[str] = Counter()
+        for _ in range(count):
+            chosen = policy.choose(in_zone("web", zone), table)
+            assert chosen is not None
+            got[chosen.address] += 1
+            policy.done(in_zone("web", zone), chosen, codes.get(chosen.address, OK), 0.001)
+        return got
+
+    got = serve_in("b", 20, {"b1": FAIL})
+    assert got["b1"] == 3 and got["a1"] == 17  # three failures eject b's replica; the rest go to a
+    assert [e[0] for e in events] == ["ReplicaEjected"] and "b1" in events[0][2]
+    clock.t += 5.0
+    got = serve_in("b", 40, {})  # its back-off over: a probe returns it, and b's requests go back to b
+    assert events[-1][0] == "ReplicaReturned"
+    assert got["b1"] >= 25, got

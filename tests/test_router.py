@@ -440,3 +440,42 @@ def test_an_erroring_replica_is_ejected_then_returned(loop_thread):
     assert send(100) == 0
     assert [e[0] for e in events] == ["ReplicaEjected", "ReplicaReturned"]
     assert len(bad.calls) > failed + 1  # back in rotation
+
+
+async def test_model_infer_is_forwarded_and_answered_as_the_same_bytes() -> None:
+    """The router parses a ModelInfer request once (model name, parameters) and forwards its bytes unchanged; the
+    agent's reply bytes come back unchanged (no re-serialization either way)."""
+    # fields out of their canonical order: a message parsed and serialized again would not keep these bytes
+    reply = (pb.ModelInferResponse(raw_output_contents=[b"\x01" * 64]).SerializeToString()
+             + pb.ModelInferResponse(model_name="m", id="7").SerializeToString())
+    got: list[bytes] = []
+
+    async def infer(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        got.append(data)
+        return reply
+
+    agent = grpc.aio.server()
+    agent.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}),))
+    agent_port = agent.add_insecure_port("127.0.0.1:0")
+    router = Router()
+    replica = ReplicaEndpoint(f"127.0.0.1:{agent_port}", "n1", ("cpu:0",), "1", "")
+    router.update({"m": DeploymentRoutes("m", (replica,))})
+    server = grpc.aio.server()
+    add_router(server, router)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await agent.start()
+    await server.start()
+    try:
+        request = pb.ModelInferRequest(id="7", raw_input_contents=[b"\x02" * 64])
+        request.parameters["xpud-zone"].string_param = "z1"
+        data = (request.SerializeToString() + b"\xa0\x06\x01"  # and a field this proto does not know (100: 1)
+                + pb.ModelInferRequest(model_name="m").SerializeToString())
+        assert pb.ModelInferRequest.FromString(data).SerializeToString() != data
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = await channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(data, timeout=10)
+        assert got == [data] and answer == reply
+    finally:
+        await server.stop(0)
+        await agent.stop(0)
+        await router.close()

@@ -181,6 +181,9 @@ def build_parser() -> Parser:
     controller.add_argument("--routing-policy", choices=("p2c", "round-robin"), default="p2c",
                             help="how the router picks a replica: p2c (the better of two by calls in flight x "
                                  "latency, with outlier ejection) or round-robin (default p2c)")
+    controller.add_argument("--zone", metavar="Z",
+                            help="the router's zone: requests without an xpud-zone parameter prefer replicas on nodes "
+                                 "of this zone, spilling over while those are saturated or gone (default: none)")
     controller.add_argument("--token-listen", type=_address, metavar="HOST:PORT",
                             help="also serve the admin API over TLS to clients with a token and no certificate "
                                  "(needs --tls-ca)")
@@ -360,6 +363,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
                                           metrics_port=args.metrics_port, metrics_host=args.metrics_host,
                                           metrics_tls=args.metrics_tls, handover_grace=args.handover_grace,
                                           replace_grace=args.replace_grace, routing_policy=args.routing_policy,
+                                          zone=args.zone or "",
                                           notify=SystemdNotifier().notify, reload=reload))
     except AuditError as exc:
         usage_error("xpud controller", str(exc))
