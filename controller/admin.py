@@ -53,6 +53,9 @@ def audited(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def spec_of(d: apb.Deployment) -> DeploymentSpec:
+    if d.HasField("max_unavailable") and d.max_unavailable < 0:
+        raise InvalidArgument(f"max_unavailable {d.max_unavailable} must be >= 0 (replicas a rolling update may take "
+                              "down at once; leave it unset for the default)")
     return DeploymentSpec(name=d.name, model=d.model, version=d.version, replicas=d.replicas or 1,
                           memory_bytes=d.memory_bytes, device=d.device or "any", priority=d.priority,
                           labels=dict(d.labels), zone=d.zone, strategy=d.strategy or "binpack",

@@ -117,3 +117,14 @@ def test_the_rollout_is_stored_with_the_spec(tmp_path) -> None:  # type: ignore[
     again = SqliteStore(tmp_path)
     assert again.deployments() == [held]
     again.close()
+
+
+def test_the_admin_api_refuses_a_negative_max_unavailable() -> None:
+    from xpud.controller.admin import spec_of
+    from xpud.proto import admin_pb2 as apb
+    from xpud.proto.status import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="max_unavailable -1 must be >= 0"):
+        spec_of(apb.Deployment(name="web", model="m", max_unavailable=-1))
+    assert spec_of(apb.Deployment(name="web", model="m")).max_unavailable == -1  # unset: the default
+    assert spec_of(apb.Deployment(name="web", model="m", max_unavailable=0)).max_unavailable == 0
