@@ -56,7 +56,8 @@ def spec_of(d: apb.Deployment) -> DeploymentSpec:
     if d.HasField("max_unavailable") and d.max_unavailable < 0:
         raise InvalidArgument(f"max_unavailable {d.max_unavailable} must be >= 0 (replicas a rolling update may take "
                               "down at once; leave it unset for the default)")
-    return DeploymentSpec(name=d.name, model=d.model, version=d.version, replicas=d.replicas or 1,
+    replicas = d.replicas if d.HasField("replicas") else 1  # 0, given: kept with no replica running
+    return DeploymentSpec(name=d.name, model=d.model, version=d.version, replicas=replicas,
                           memory_bytes=d.memory_bytes, device=d.device or "any", priority=d.priority,
                           labels=dict(d.labels), zone=d.zone, strategy=d.strategy or "binpack",
                           max_batch_size=d.max_batch_size, traffic=tuple((t.version, t.weight) for t in d.traffic),

@@ -63,7 +63,10 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
         out.versions.add(version=v or "latest", weight=w, replicas=placed, ready=ready)
     rollout_status(state, spec, out.rollout)
     pending = state.pending.get(name, "")
-    if not out.replicas:
+    if spec.replicas == 0:  # kept, with nothing running: scaled to zero by its owner
+        out.phase, out.reason = "Stopped", f"0 replicas: `xpud deploy {name} --model {spec.model}" \
+            f"{':' + spec.version if spec.version else ''} --replicas N` runs it again"
+    elif not out.replicas:
         out.phase, out.reason = "Pending", pending or "not scheduled yet"
     elif failed:
         out.phase = "Degraded"

@@ -23,10 +23,9 @@ def _one_line_exit_2(result, message):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--replicas", "-1"], "xpud deploy: error: --replicas must be a whole number 1..1000, got -1"),
-        (["--replicas", "0"], "--replicas must be a whole number 1..1000, got 0"),
-        (["--replicas", "1001"], "--replicas must be a whole number 1..1000, got 1001"),
-        (["--replicas", "many"], "--replicas must be a whole number 1..1000, got 'many'"),
+        (["--replicas", "-1"], "xpud deploy: error: --replicas must be a whole number 0..1000, got -1"),
+        (["--replicas", "1001"], "--replicas must be a whole number 0..1000, got 1001"),
+        (["--replicas", "many"], "--replicas must be a whole number 0..1000, got 'many'"),
         (["--memory", "2G"], "--memory '2G' is not understood: use a number with one of B, KB, MB, GB, TB"),
         (["--memory", "lots"], "KiB, MiB, GiB, TiB (powers of 1024); a bare number is bytes"),
         (["--memory=-5MiB"], "--memory '-5MiB' is not understood"),
@@ -59,7 +58,7 @@ def test_decimal_memory_is_read_with_a_note():
 
 
 TOML_CASES = [
-    ('name = "web"\nmodel = "iris"\nreplicas = "many"\n', "deployment 'web': replicas must be a whole number 1..1000, "
+    ('name = "web"\nmodel = "iris"\nreplicas = "many"\n', "deployment 'web': replicas must be a whole number 0..1000, "
      "got 'many'"),
     ('name = "web"\nmodle = "iris"\n', ": unknown key 'modle' in deployment 'web' (did you mean 'model'?)"),
     ('name = "web"\n', "deployment 'web' has no 'model' (it needs name and model)"),
@@ -69,7 +68,7 @@ TOML_CASES = [
     ('name = "web"\nmodel = "iris"\nlabels = "rack"\n', "labels must be a table of KEY = VALUE, got 'rack'"),
     ('name = "web"\nmodel = "iris"\nzone = 3\n', "deployment 'web': zone must be a string, got 3"),
     ('name = "web"\nmodel = "iris"\ndevice = "tpu"\n', "device must be one of gpu, cpu, any, got 'tpu'"),
-    ('name = "web"\nmodel = "iris"\nreplicas = true\n', "replicas must be a whole number 1..1000, got True"),
+    ('name = "web"\nmodel = "iris"\nreplicas = true\n', "replicas must be a whole number 0..1000, got True"),
     ('name = "Web"\nmodel = "iris"\n', "deployment name 'Web' is not valid"),
     ('name = "web"\nmodel = "iris"\ntraffic = 90\n', "traffic must be a table of VERSION = PERCENT"),
     ('name = "web"\nmodel = "iris"\ntraffic = { "1" = 150 }\n', "traffic of version 1 must be a whole number 0..100"),

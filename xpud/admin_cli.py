@@ -29,7 +29,8 @@ from xpud.validate import parse_size as _parse_size
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
 DEPLOY_FLAGS = ("replicas", "device", "memory", "priority", "zone", "max_batch", "strategy", "max_inflight",
                 "max_unavailable")
-# `deploy`'s defaults: on an existing deployment (a rolling update) only the flags given otherwise change it
+# `deploy`'s defaults (argparse's are None, so that a flag given is known): on an existing deployment only the
+# flags given change it
 DEPLOY_DEFAULTS: dict[str, Any] = {"replicas": "1", "device": "any", "memory": "0", "priority": "0", "label": [],
                                    "zone": "", "max_batch": "0", "strategy": "binpack", "max_inflight": "0",
                                    "max_unavailable": None}
@@ -77,17 +78,21 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     models.add_argument("--version", help="model version (push; default: the next one)")
     deploy = cmd("deploy", "create a deployment; on an existing one, a new --model N:V rolls it out node by node")
     deploy.add_argument("name")
-    deploy.add_argument("--model", required=True, metavar="N[:V]")
+    deploy.add_argument("--model", required=True, metavar="N[:V]",
+                        help="a pushed model, optionally a version (required; default version: the latest)")
     # values stay text here: xpud.validate checks them, with the same rules as an apply file's
-    deploy.add_argument("--replicas", default="1", metavar="K", help="1..1000 (default 1)")
-    deploy.add_argument("--device", default="any", metavar="KIND", help="gpu, cpu or any (default any)")
-    deploy.add_argument("--memory", default="0", metavar="SIZE", help=SIZE_HELP)
-    deploy.add_argument("--priority", default="0", metavar="P", help="a whole number >= 0 (default 0)")
-    deploy.add_argument("--label", action="append", default=[], metavar="k=v", help="required node label")
-    deploy.add_argument("--zone", default="", metavar="Z")
-    deploy.add_argument("--max-batch", default="0", metavar="B", help="a whole number >= 0 (default 0)")
-    deploy.add_argument("--strategy", default="binpack", metavar="S", help="binpack or spread (default binpack)")
-    deploy.add_argument("--max-inflight", default="0", metavar="N",
+    deploy.add_argument("--replicas", default=None, metavar="K",
+                        help="0..1000 (default 1; 0 keeps the deployment with nothing running)")
+    deploy.add_argument("--device", default=None, metavar="KIND", help="gpu, cpu or any (default any)")
+    deploy.add_argument("--memory", default=None, metavar="SIZE", help=SIZE_HELP + " (default: measured or "
+                        "estimated from the model)")
+    deploy.add_argument("--priority", default=None, metavar="P", help="a whole number >= 0 (default 0)")
+    deploy.add_argument("--label", action="append", default=None, metavar="k=v",
+                        help="a node label replicas need, repeatable (default: none)")
+    deploy.add_argument("--zone", default=None, metavar="Z", help="only nodes of this zone (default: any zone)")
+    deploy.add_argument("--max-batch", default=None, metavar="B", help="a whole number >= 0 (default 0)")
+    deploy.add_argument("--strategy", default=None, metavar="S", help="binpack or spread (default binpack)")
+    deploy.add_argument("--max-inflight", default=None, metavar="N",
                         help="requests in flight per ready replica through the router; beyond it they wait in its "
                              "queue, by priority (default 0: no bound)")
     deploy.add_argument("--max-unavailable", default=None, metavar="K",
@@ -258,11 +263,14 @@ def _specs(args: argparse.Namespace) -> list[apb.Deployment]:
     """The deployments of `deploy` or `apply`, checked (ValidationError) before any call; notes go to stderr."""
     if args.command == "deploy":
         try:
-            checked = [deployment({"name": args.name, "model": args.model, "replicas": args.replicas,
-                                   "device": args.device, "memory": args.memory, "priority": args.priority,
-                                   "labels": args.label, "zone": args.zone, "max_batch": args.max_batch,
-                                   "strategy": args.strategy, "max_inflight": args.max_inflight,
-                                   "max_unavailable": args.max_unavailable})]
+            flags = {flag: default if getattr(args, flag) is None else getattr(args, flag)
+                     for flag, default in DEPLOY_DEFAULTS.items()}
+            checked = [deployment({"name": args.name, "model": args.model, "replicas": flags["replicas"],
+                                   "device": flags["device"], "memory": flags["memory"],
+                                   "priority": flags["priority"], "labels": flags["label"], "zone": flags["zone"],
+                                   "max_batch": flags["max_batch"], "strategy": flags["strategy"],
+                                   "max_inflight": flags["max_inflight"],
+                                   "max_unavailable": flags["max_unavailable"]})]
         except ValidationError as exc:  # name the flag: "--max-batch must be ..."
             field, _, rest = str(exc).partition(" ")
             flag = "--" + field.replace("_", "-") if field in DEPLOY_FLAGS else field
@@ -436,8 +444,8 @@ def _tokens(admin: Admin, args: argparse.Namespace) -> None:
 
 
 def _deploy(admin: Admin, args: argparse.Namespace, spec: apb.Deployment) -> apb.DeploymentStatus:
-    """`deploy`: create the deployment; when it exists with another model version, roll that version out (with
-    the other flags given changed too), else refuse as the controller does."""
+    """`deploy`: create the deployment; when it exists, change what the flags given say (a new model version
+    rolls out node by node; --replicas 0 stops it, keeping it), or refuse as the controller does if none does."""
     try:
         return admin.call("CreateDeployment", spec)
     except CliError as exc:
@@ -445,19 +453,19 @@ def _deploy(admin: Admin, args: argparse.Namespace, spec: apb.Deployment) -> apb
             raise
         held = [d.spec for d in admin.call("ListDeployments", apb.ListDeploymentsRequest()).deployments
                 if d.spec.name == spec.name]
-        if not held or (held[0].model, held[0].version) == (spec.model, spec.version):
+        given = [flag for flag in DEPLOY_DEFAULTS if getattr(args, flag) is not None]
+        if not held or ((held[0].model, held[0].version) == (spec.model, spec.version) and not given):
             raise
         update = apb.Deployment()
         update.CopyFrom(held[0])
         update.model, update.version = spec.model, spec.version
-        for flag, default in DEPLOY_DEFAULTS.items():
-            if getattr(args, flag) != default:
-                for field in DEPLOY_FIELDS[flag]:
-                    if field == "labels":
-                        update.labels.clear()
-                        update.labels.update(spec.labels)
-                    else:
-                        setattr(update, field, getattr(spec, field))
+        for flag in given:
+            for field in DEPLOY_FIELDS[flag]:
+                if field == "labels":
+                    update.labels.clear()
+                    update.labels.update(spec.labels)
+                else:
+                    setattr(update, field, getattr(spec, field))
     try:
         reply = admin.call("ApplyDeployment", update)
     except CliError as exc:

@@ -153,7 +153,7 @@ def deployment(fields: Mapping[str, Any]) -> tuple[apb.Deployment, list[str]]:
         raise ValidationError(f"memory must be at most 1 PiB per replica, got {memory:,} bytes")
     spec = apb.Deployment(
         name=name, model=model, version=version,
-        replicas=_whole("replicas", fields.get("replicas", 1), 1, MAX_REPLICAS),
+        replicas=_whole("replicas", fields.get("replicas", 1), 0, MAX_REPLICAS),
         device=_choice("device", fields.get("device", "any"), DEVICE_KINDS),
         memory_bytes=memory,
         priority=_whole("priority", fields.get("priority", 0), 0, None),
