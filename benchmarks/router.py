@@ -11,9 +11,9 @@
 3. Priority under overload: two pools, each a controller and one linked agent with one simulated GPU whose runs
    take --run-ms, iris deployed with `xpud deploy --max-inflight N` (router admission; N: this script's
    --max-inflight) in one and without a bound in the other. One caller sends --priority-requests priority-1
-   requests one after another (tritonclient.grpc), alone and then while --flood concurrent callers in another process send priority-3 requests as fast as they are
-   answered or shed (waiting --flood-backoff-ms after a shed one; tritonclient.grpc.aio): p50/p99 of the
-   priority-1 requests, and what the flood got.
+   requests one after another (tritonclient.grpc), alone and then while --flood concurrent callers in another
+   process send priority-3 requests as fast as they are answered or shed (waiting --flood-backoff-ms after a
+   shed one; tritonclient.grpc.aio): p50/p99 of the priority-1 requests, and what the flood got.
 4. The floor of the hop: one standalone agent serving iris and `wide` (y = 2x, [1, --wide] FP32: 1 MiB each way by
    default), and in front of it, each in its own process: the router as the controller serves it (ModelInfer
    forwarded as bytes), the same router registered with the generated code (each request and reply parsed and
