@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from helpers import drain, wait_for, xpud_command
+from helpers import IRIS, drain, wait_for, xpud_command
 
 
 def test_up_serves_the_demo_through_the_router(tmp_path):
@@ -40,3 +40,54 @@ def test_up_serves_the_demo_through_the_router(tmp_path):
         reader.join(timeout=5)
     assert code == 0, "".join(lines)[-3000:]
     assert "Traceback" not in "".join(lines)
+
+
+def _up(tmp_path, *extra: str) -> tuple[subprocess.Popen[str], list[str], object]:
+    cmd = xpud_command("up", "--listen", "127.0.0.1:0", "--inference-port", "0", "--grpc-port", "0",
+                       "--metrics-port", "0", "--controller-metrics-port", "0", "--state", str(tmp_path / "state"),
+                       "--cache-dir", str(tmp_path / "c"), *extra)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    return proc, lines, drain(proc, lines)
+
+
+def _stop(proc: subprocess.Popen[str], lines: list[str], reader) -> str:  # type: ignore[no-untyped-def]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, "".join(lines)[-3000:]
+    reader.join(timeout=5)
+    return "".join(lines)
+
+
+def test_up_says_where_its_state_is_and_fresh_starts_empty(tmp_path):
+    from helpers import run_xpud
+
+    proc, lines, reader = _up(tmp_path)
+    try:
+        admin = wait_for(lambda: re.search(r"admin \(xpud nodes.*?:\s+(127\.0\.0\.1:\d+)", "".join(lines)),
+                         timeout=60, what="the banner").group(1)
+        out = "".join(lines)
+        assert f"state in {tmp_path / 'state'}: empty" in out, out
+        # every port the banner names is loopback, as `up` listens
+        assert not re.search(r"(0\.0\.0\.0|\[::\])", out), out
+        pushed = run_xpud("models", "push", str(IRIS), "--name", "extra", "--controller", admin)
+        assert pushed.returncode == 0, pushed.stderr
+        assert run_xpud("deploy", "extra", "--model", "extra", "--replicas", "0", "--controller", admin).returncode == 0
+    finally:
+        _stop(proc, lines, reader)
+    proc, lines, reader = _up(tmp_path)  # the same state: both deployments come back, and it says so
+    try:
+        found = wait_for(lambda: re.search(r"xpud up: state in .*", "".join(lines)), timeout=60, what="the state line")
+        assert "2 deployment(s) recovered (extra, iris); `xpud up --fresh` starts empty" in found.group(0)
+        wait_for(lambda: "xpud is up" in "".join(lines), timeout=60, what="up")
+    finally:
+        _stop(proc, lines, reader)
+    proc, lines, reader = _up(tmp_path, "--fresh")
+    try:
+        wait_for(lambda: "xpud is up" in "".join(lines), timeout=60, what="up")
+        out = "".join(lines)
+        kept = re.search(r"--fresh: the earlier state is kept at (\S+)", out)
+        assert kept and "state.before-" in kept.group(1), out
+        assert f"state in {tmp_path / 'state'}: empty" in out, out
+        assert (tmp_path / kept.group(1)).exists()
+    finally:
+        _stop(proc, lines, reader)

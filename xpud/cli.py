@@ -217,6 +217,8 @@ def build_parser() -> Parser:
                     help="the controller's /metrics port (default 8003; 0: any free port)")
     up.add_argument("--cache-dir", metavar="DIR", help="the local agent's artifact cache and state")
     up.add_argument("--insecure", action="store_true", help="listen on a non-loopback --listen address anyway")
+    up.add_argument("--fresh", action="store_true", help="start with an empty state: the earlier state directory "
+                    "is renamed beside it (…/controller.before-DATE), not deleted")
 
     def controller_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", type=_address, metavar="HOST:PORT",

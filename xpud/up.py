@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -41,6 +42,15 @@ async def deploy_demo(target: str) -> None:
                                                         max_batch_size=64))
 
 
+def set_aside(state: Path) -> Path | None:
+    """Move an earlier state directory out of the way (renamed beside it, never deleted); None if there was none."""
+    if not state.exists() or not any(state.iterdir()):
+        return None
+    moved = state.with_name(f"{state.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+    state.rename(moved)
+    return moved
+
+
 async def run_up(args: argparse.Namespace, state: Path) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,12 +63,23 @@ async def run_up(args: argparse.Namespace, state: Path) -> int:
                          "is for this machine (--listen 127.0.0.1:7070); a pool on a network needs `xpud "
                          "controller` with TLS (`xpud certs init`), or pass --insecure\n")
         return 2
+    if getattr(args, "fresh", False):
+        if args.store:
+            sys.stderr.write("xpud up: error: --fresh starts an empty state directory; with --store the state is "
+                             "in that store: empty it there, or leave --store out\n")
+            return 2
+        if (moved := set_aside(state)) is not None:
+            print(f"xpud up: --fresh: the earlier state is kept at {moved}", flush=True)
     try:
         controller = await start_controller(args.listen, args.inference_port, state, store_url=args.store,
                                             metrics_port=args.controller_metrics_port)
     except (StartupError, StoreError) as exc:
         sys.stderr.write(f"xpud up: error: {exc}\n")
         return 1
+    recovered = sorted(controller.controller.specs)
+    where = args.store or str(state)
+    print(f"xpud up: state in {where}: " + (f"{len(recovered)} deployment(s) recovered ({', '.join(recovered)}); "
+                                          "`xpud up --fresh` starts empty" if recovered else "empty"), flush=True)
     host = args.listen.rpartition(":")[0]
     admin = f"{host}:{controller.port}"
     config = AgentConfig(controller=admin, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
@@ -77,12 +98,14 @@ async def run_up(args: argparse.Namespace, state: Path) -> int:
         print(
             f"xpud is up.\n"
             f"  inference (Triton gRPC, any deployment by name): {host}:{controller.inference_port}\n"
-            f"  this node's own endpoint:                        127.0.0.1:{agent.grpc_port}\n"
+            f"  this node's own endpoint:                        {config.serving_host()}:{agent.grpc_port}\n"
             f"  admin (xpud nodes/pool/deploy ...):              {admin}\n"
-            f"  metrics:                                         http://127.0.0.1:{agent.metrics_port}/metrics\n"
+            f"  metrics:                                         "
+            f"http://{config.metrics_host}:{agent.metrics_port}/metrics\n"
             f"  controller metrics:                              "
             f"http://127.0.0.1:{controller.metrics_port}/metrics\n"
-            f"  demo deployment '{DEMO}': try `xpud deployments --controller {admin}`",
+            f"  demo deployment '{DEMO}': try `xpud deployments --controller {admin}` "
+            f"(`. .venv/bin/activate` first puts `xpud` on PATH)",
             flush=True,
         )
         return await serving
