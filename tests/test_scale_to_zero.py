@@ -37,3 +37,25 @@ def test_zero_replicas_keeps_the_deployment_with_nothing_running(tmp_path: Path)
         if agent is not None:
             agent.kill()
         c.kill()
+
+
+def test_a_drain_that_leaves_a_deployment_without_a_ready_replica_needs_force(tmp_path: Path) -> None:
+    c = ControllerProcess(str(tmp_path / "state"))
+    agent = None
+    try:
+        agent = linked_agent(c, "n1", str(tmp_path / "n1"), "--sim", "1")
+        assert c.admin("models", "push", str(IRIS), "--name", "iris").returncode == 0
+        assert c.admin("deploy", "iris", "--model", "iris").returncode == 0
+        wait_for(lambda: c.deployment("iris").get("phase") == "Running", timeout=60, what="iris Running")
+        refused = c.admin("drain", "n1")  # no other node: iris would have no ready replica
+        assert refused.returncode == 2, refused.stderr
+        assert "leaves iris with no ready replica" in refused.stderr and "--force" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert not c.admin_json("nodes")["nodes"][0].get("cordoned")  # nothing changed
+        forced = c.admin("drain", "n1", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert c.admin_json("nodes")["nodes"][0].get("cordoned") is True
+    finally:
+        if agent is not None:
+            agent.kill()
+        c.kill()

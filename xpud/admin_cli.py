@@ -129,6 +129,9 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
                         ("uncordon", "let a node take replicas again"), ("cordon", "stop placing on a node")):
         p = cmd(name, help_)
         p.add_argument("node")
+        if name == "drain":
+            p.add_argument("--force", action="store_true", help="drain even if a deployment is left with no "
+                           "ready replica (default: ask on a terminal, else refuse)")
 
 
 class Admin:
@@ -407,6 +410,8 @@ def run(args: argparse.Namespace) -> int:
     elif command == "tokens":
         _tokens(admin, args)
     elif command in ("drain", "cordon", "uncordon"):
+        if command == "drain" and not args.force:
+            _check_drain(admin, args.node)
         request = apb.SetCordonRequest(node=args.node, cordoned=command != "uncordon", drain=command == "drain")
         reply = admin.call("SetCordon", request)
         _print(args, reply, lambda: f"node {reply.name}: {reply.state}" + (", cordoned" if reply.cordoned else ""))
@@ -476,6 +481,30 @@ def _deploy(admin: Admin, args: argparse.Namespace, spec: apb.Deployment) -> apb
         print(f"rolling out {reply.rollout.to_model}:{reply.rollout.to_version} on {spec.name} node by node; "
               f"follow it with `xpud rollout status {spec.name}`", file=sys.stderr)
     return reply
+
+
+def _check_drain(admin: Admin, node: str) -> None:
+    """Before a drain with no other node to move to: the deployments whose every ready replica is on `node`
+    would have none; asked on a terminal, else refused (ValidationError: exit 2) unless --force."""
+    others = [n.name for n in admin.call("ListNodes", apb.ListNodesRequest()).nodes
+              if n.name != node and n.state == "Ready" and not n.cordoned]
+    if others:  # a replica moved to another node keeps serving on this one till it is ready there (handover)
+        return
+    alone = []
+    for d in admin.call("ListDeployments", apb.ListDeploymentsRequest()).deployments:
+        ready = [r.node for r in d.replicas if r.state == "READY"]
+        if ready and all(n == node for n in ready):
+            alone.append(d.spec.name)
+    if not alone:
+        return
+    what = f"draining {node} leaves {', '.join(alone)} with no ready replica: no other node takes replicas"
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        sys.stderr.write(f"xpud drain: {what}. Drain anyway? [y/N] ")
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() in ("y", "yes"):
+            return
+        raise ValidationError("not drained")
+    raise ValidationError(f"{what}; nothing changed (pass --force to drain anyway)")
 
 
 def _rollout_text(d: apb.DeploymentStatus) -> str:
