@@ -44,7 +44,8 @@ def test_readme_try_lines_run_against_xpud_up(tmp_path: Path) -> None:
                                     timeout=60, cwd=ROOT)
             assert result.returncode == 0, f"{line!r}: {result.stderr}"
             if line == "xpud deployments":
-                wait_for(lambda: "Running" in subprocess.run(["bash", "-c", activate + line], capture_output=True,
+                listing = activate + line
+                wait_for(lambda: "Running" in subprocess.run(["bash", "-c", listing], capture_output=True,
                                                               text=True, env=env, cwd=ROOT).stdout, timeout=60,
                          what="iris Running")
     finally:
