@@ -44,10 +44,9 @@ def test_readme_try_lines_run_against_xpud_up(tmp_path: Path) -> None:
                                     timeout=60, cwd=ROOT)
             assert result.returncode == 0, f"{line!r}: {result.stderr}"
             if line == "xpud deployments":
-                listing = activate + line
-                wait_for(lambda: "Running" in subprocess.run(["bash", "-c", listing], capture_output=True,
-                                                              text=True, env=env, cwd=ROOT).stdout, timeout=60,
-                         what="iris Running")
+                wait_for(lambda listing=activate + line: "Running" in subprocess.run(
+                    ["bash", "-c", listing], capture_output=True, text=True, env=env, cwd=ROOT).stdout, timeout=60,
+                    what="iris Running")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
