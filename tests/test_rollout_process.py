@@ -155,7 +155,7 @@ def test_with_no_room_beside_one_node_at_a_time_unloads_first(rolled: Controller
     assert load.served["2"] >= 100, load.served
     progress = [e["message"] for e in c.admin_json("events").get("events", []) if e.get("kind") == "RolloutProgress"]
     assert sum("unloading it first" in m for m in progress) == 2, progress
-    assert c.deployment("web")["spec"]["memory_bytes"] == str(50 << 30)
+    assert c.deployment("web")["spec"]["memory_bytes"] == 50 << 30  # a number in JSON
 
 
 def test_a_paused_rollout_is_shown_kept_across_a_restart_and_rolled_back(rolled: ControllerProcess,

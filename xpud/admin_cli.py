@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from xpud.proto import admin_pb2 as apb
 from xpud.proto import admin_pb2_grpc
 from xpud.proto.credentials import CredentialsError, TlsFiles, channel_credentials
 from xpud.proto.identity import ROLES
-from xpud.render import NA, table
+from xpud.render import NA, message_dict, table
 from xpud.validate import SIZE_HELP, ValidationError, deployment, unknown_keys
 from xpud.validate import parse_size as _parse_size
 
@@ -257,7 +256,7 @@ def _model_file(path: str) -> Path:
 
 def _print(args: argparse.Namespace, message: Any, rows: Callable[[], str]) -> None:
     if args.json:
-        print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2))
+        print(json.dumps(message_dict(message), indent=2))
     else:
         print(rows())
 
@@ -433,7 +432,7 @@ def _tokens(admin: Admin, args: argparse.Namespace) -> None:
     if args.action == "create":
         reply = admin.call("CreateToken", apb.CreateTokenRequest(name=args.name, role=args.role))
         if args.json:
-            print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
+            print(json.dumps(message_dict(reply), indent=2))
             return
         print(reply.token)
         print(f"xpud tokens: token {reply.info.name!r} (role {reply.info.role}) created; it is shown this once, "
@@ -568,14 +567,14 @@ def _version_line(v: apb.VersionStatus) -> str:
 def _events(admin: Admin, args: argparse.Namespace) -> None:
     def line(e: apb.Event) -> str:
         if args.json:
-            return json.dumps(MessageToDict(e, preserving_proto_field_name=True))
+            return json.dumps(message_dict(e))
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
         return f"{stamp}  {e.kind:<18} {e.subject:<20} {e.actor or 'controller':<16} {e.message}"
 
     if not args.follow:
         reply = admin.call("ListEvents", apb.ListEventsRequest())
         if args.json:
-            print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
+            print(json.dumps(message_dict(reply), indent=2))
         else:
             for e in reply.events:
                 print(line(e))

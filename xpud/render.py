@@ -101,3 +101,54 @@ def devices_json(devices: Sequence[DeviceInfo], samples: Mapping[str, DeviceSamp
         item["sample"] = None if sample is None else {k: v for k, v in plain(sample).items() if k != "device_id"}
         out.append(item)
     return out
+
+
+def message_dict(message: Any) -> dict[str, Any]:
+    """A proto message as `--json` prints it: field names as in the .proto, 64-bit integers as numbers (JSON's
+    mapping writes them as strings), enums as the tables' words (`HEALTH_OK` -> "ok")."""
+    from google.protobuf.json_format import MessageToDict
+
+    out: dict[str, Any] = MessageToDict(message, preserving_proto_field_name=True)
+    _numbers(out, message.DESCRIPTOR)
+    return out
+
+
+def _enum_word(enum_type: Any, name: str) -> str:
+    """An enum value's name without the prefix every value of its type shares, in lower case."""
+    names = [v.name for v in enum_type.values]
+    prefix = names[0].rsplit("_", 1)[0] + "_" if names else ""
+    while prefix and not all(n.startswith(prefix) for n in names):
+        prefix = prefix[:-1].rsplit("_", 1)[0] + "_" if "_" in prefix[:-1] else ""
+    return name[len(prefix):].lower() if name.startswith(prefix) else name.lower()
+
+
+def _numbers(data: dict[str, Any], descriptor: Any) -> None:
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    wide = (F.CPPTYPE_INT64, F.CPPTYPE_UINT64)
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        convert: Any = None
+        if field.cpp_type in wide:
+            convert = int
+        elif field.cpp_type == F.CPPTYPE_ENUM:
+            convert = lambda v, t=field.enum_type: _enum_word(t, v) if isinstance(v, str) else v  # noqa: E731
+        elif field.cpp_type == F.CPPTYPE_MESSAGE:
+            entry = field.message_type
+            if entry.GetOptions().map_entry:
+                inner = entry.fields_by_name["value"]
+                if inner.cpp_type == F.CPPTYPE_MESSAGE:
+                    for v in value.values():
+                        _numbers(v, inner.message_type)
+                elif inner.cpp_type in wide:
+                    data[field.name] = {k: int(v) for k, v in value.items()}
+                continue
+            if entry.full_name.startswith("google.protobuf."):
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                _numbers(item, entry)
+            continue
+        if convert is not None:
+            data[field.name] = [convert(v) for v in value] if isinstance(value, list) else convert(value)
