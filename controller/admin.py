@@ -159,7 +159,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     # -- events ---------------------------------------------------------------------------------
     @errors
     async def ListEvents(self, request: apb.ListEventsRequest, context: Any) -> apb.ListEventsResponse:
-        records = await self.c.list_events(request.after_seq, request.limit)
+        records = await self.c.list_events(request.after_seq, request.limit, request.since, request.newest)
         return apb.ListEventsResponse(events=[event_proto(e) for e in records])
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -179,5 +179,5 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return apb.ListTokensResponse(tokens=[token_info(r) for r in self.c.tokens.list()])
 
     async def WatchEvents(self, request: apb.ListEventsRequest, context: Any) -> AsyncIterator[apb.Event]:
-        async for e in self.c.watch_events(request.after_seq, request.limit):
+        async for e in self.c.watch_events(request.after_seq, request.limit, request.since, request.newest):
             yield event_proto(e)

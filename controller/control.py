@@ -467,16 +467,19 @@ class Controller:
     async def emit(self, events: tuple[Event, ...] | list[Event], actor: str = "") -> None:
         await self.events.emit(events, actor)
 
-    async def list_events(self, after_seq: int, limit: int) -> list[EventRecord]:
-        return await self.thread.run(self.store.events, after_seq, limit or 1000)
+    async def list_events(self, after_seq: int, limit: int, since: float = 0.0,
+                          newest: bool = False) -> list[EventRecord]:
+        return await self.thread.run(self.store.events, after_seq, limit or 1000, since, newest)
 
-    async def watch_events(self, after_seq: int, limit: int) -> AsyncIterator[EventRecord]:
-        """The events after `after_seq` (up to `limit` of those stored), then each new one as it is written."""
+    async def watch_events(self, after_seq: int, limit: int, since: float = 0.0,
+                           newest: bool = False) -> AsyncIterator[EventRecord]:
+        """The events after `after_seq` (up to `limit` of those stored, from `since`; with `newest` the last
+        ones), then each new one as it is written."""
         queue: asyncio.Queue[EventRecord] = asyncio.Queue()
         self.events.listeners.add(queue)
         try:
             last = after_seq
-            for e in await self.list_events(after_seq, limit):
+            for e in await self.list_events(after_seq, limit, since, newest):
                 last = e.seq
                 yield e
             while True:

@@ -118,6 +118,9 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     undeploy.add_argument("name")
     events = cmd("events", "the controller's events")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument("--since", metavar="WHEN", help="only events since then: a duration ago (30s, 10m, 2h, 1d) "
+                        "or a local time (2026-12-04 10:00, 2026-12-04T10:00:00) (default: all)")
+    events.add_argument("--limit", metavar="N", help="only the last N events (default: the first 1000)")
     tokens = cmd("tokens", "API tokens for clients without a certificate: tokens create --name N --role R, "
                  "tokens revoke N, tokens list")
     tokens.add_argument("action", nargs="?", choices=["create", "revoke", "list"], default="list")
@@ -564,23 +567,62 @@ def _version_line(v: apb.VersionStatus) -> str:
             f"  errors {v.error_rate * 100:.1f}% of {v.requests}  {latency}")
 
 
+DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """`--since`: "10m" (ago), "2026-12-04 10:00" or "2026-12-04T10:00:00" (local time) -> unix time."""
+    text = text.strip()
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in DURATION:
+        return now - float(text[:-1]) * DURATION[text[-1]]
+    for form in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
+        try:
+            return time.mktime(time.strptime(text, form))
+        except ValueError:
+            continue
+    raise ValidationError(f"--since {text!r} is not understood: use a duration ago (30s, 10m, 2h, 1d) or a local "
+                          "time (2026-12-04 10:00)")
+
+
+def fold(events: list[apb.Event], within: float = 1.0) -> list[tuple[apb.Event, int]]:
+    """Repeats of one event (kind, subject, message, actor) within `within` seconds of the first: one, counted."""
+    out: list[tuple[apb.Event, int]] = []
+    for e in events:
+        if out:
+            first, count = out[-1]
+            same = (first.kind, first.subject, first.message, first.actor) == (e.kind, e.subject, e.message, e.actor)
+            if same and e.time - first.time <= within:
+                out[-1] = (first, count + 1)
+                continue
+        out.append((e, 1))
+    return out
+
+
 def _events(admin: Admin, args: argparse.Namespace) -> None:
-    def line(e: apb.Event) -> str:
+    def line(e: apb.Event, count: int = 1) -> str:
         if args.json:
             return json.dumps(message_dict(e))
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
-        return f"{stamp}  {e.kind:<18} {e.subject:<20} {e.actor or 'controller':<16} {e.message}"
+        repeated = f" (x{count})" if count > 1 else ""
+        return f"{stamp}  {e.kind:<18} {e.subject:<20} {e.actor or 'controller':<16} {e.message}{repeated}"
 
+    request = apb.ListEventsRequest()
+    if args.since:
+        request.since = parse_since(args.since, time.time())
+    if args.limit is not None:
+        if not args.limit.isdigit() or not 0 < int(args.limit) <= 100_000:
+            raise ValidationError(f"--limit must be a whole number 1..100000, got {args.limit!r}")
+        request.limit, request.newest = int(args.limit), True
     if not args.follow:
-        reply = admin.call("ListEvents", apb.ListEventsRequest())
+        reply = admin.call("ListEvents", request)
         if args.json:
             print(json.dumps(message_dict(reply), indent=2))
         else:
-            for e in reply.events:
-                print(line(e))
+            for e, count in fold(list(reply.events)):
+                print(line(e, count))
         return
     try:
-        for e in admin.stub.WatchEvents(apb.ListEventsRequest(), metadata=admin.metadata):
+        for e in admin.stub.WatchEvents(request, metadata=admin.metadata):
             print(line(e), flush=True)
     except grpc.RpcError as exc:
         raise _error(exc, admin.target) from None

@@ -130,8 +130,10 @@ class StateStore(Protocol):
         """Record the inputs and outputs of a model version stored before they were kept (the back-fill)."""
         ...
 
-    def events(self, after_seq: int = 0, limit: int = 1000) -> list[EventRecord]:
-        """Events with a sequence number above `after_seq`, oldest first, at most `limit`."""
+    def events(self, after_seq: int = 0, limit: int = 1000, since: float = 0.0,
+               newest: bool = False) -> list[EventRecord]:
+        """Events with a sequence number above `after_seq` and a time at or after `since`, oldest first, at most
+        `limit`: the first ones, or with `newest` the last ones."""
         ...
 
     def tokens(self) -> list[TokenRecord]:

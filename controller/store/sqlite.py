@@ -416,9 +416,13 @@ class SqliteStore:
     def add_event(self, kind: str, subject: str, message: str, when: float, actor: str = "") -> EventRecord:
         return self.commit(events=[(kind, subject, message)], when=when, actor=actor)[0]
 
-    def events(self, after_seq: int = 0, limit: int = 1000) -> list[EventRecord]:
-        sql = "SELECT seq, kind, subject, message, time, actor FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
-        return [EventRecord(*r) for r in self._db.execute(sql, (after_seq, limit))]
+    def events(self, after_seq: int = 0, limit: int = 1000, since: float = 0.0,
+               newest: bool = False) -> list[EventRecord]:
+        order = "DESC" if newest else "ASC"
+        sql = f"SELECT seq, kind, subject, message, time, actor FROM events WHERE seq > ? AND time >= ? " \
+              f"ORDER BY seq {order} LIMIT ?"
+        rows = [EventRecord(*r) for r in self._db.execute(sql, (after_seq, since, limit))]
+        return rows[::-1] if newest else rows
 
     # ---- tokens
     _TOKEN_COLS = "name, id, role, salt, hash, created, creator"
