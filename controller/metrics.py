@@ -42,8 +42,9 @@ SNAPSHOT_TIMEOUT_S = 5.0  # a loop this busy for this long gets a scrape without
 class RouterMetrics:
     """``xpud_router_requests_total{model,code,deployment,version}`` and
     ``xpud_router_request_duration_seconds{model,deployment,version}``: one count and one observation per client
-    inference request (after the router's one retry, if any). ``version`` is the model version of the replica that
-    answered ("" when none did); ``model`` holds the deployment's name too, as it always has."""
+    inference request (after the router's one retry, if any). ``model`` and ``version`` are the model name and
+    version of the replica that answered (when none did: the deployment's model, and ""). A deployment's series
+    go once it is deleted (`forget`)."""
 
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         self.requests = prometheus_client.Counter(
@@ -52,15 +53,27 @@ class RouterMetrics:
         self.duration = prometheus_client.Histogram(
             "xpud_router_request_duration_seconds", "Time the router took to answer an inference request",
             ["model", "deployment", "version"], buckets=ROUTER_BUCKETS, registry=registry)
-        self._bound: dict[tuple[str, grpc.StatusCode, str], tuple[Any, Any]] = {}
+        self._bound: dict[tuple[str, grpc.StatusCode, str, str], tuple[Any, Any]] = {}
 
-    def done(self, model: str, code: grpc.StatusCode, seconds: float, version: str = "") -> None:
-        bound = self._bound.get((model, code, version))
+    def done(self, deployment: str, code: grpc.StatusCode, seconds: float, version: str = "",
+             model: str = "") -> None:
+        """One answer of `deployment` (model name `model`: the deployment's own name when not told)."""
+        model = model or deployment
+        key = (deployment, code, version, model)
+        bound = self._bound.get(key)
         if bound is None:
-            bound = self._bound[(model, code, version)] = (self.requests.labels(model, code.name, model, version),
-                                                           self.duration.labels(model, model, version))
+            bound = self._bound[key] = (self.requests.labels(model, code.name, deployment, version),
+                                        self.duration.labels(model, deployment, version))
         bound[0].inc()
         bound[1].observe(seconds)
+
+    def forget(self, deployment: str) -> None:
+        """Drop a deleted deployment's series: /metrics shows what exists."""
+        for key in [k for k in self._bound if k[0] == deployment]:
+            _, code, version, model = key
+            del self._bound[key]
+            self.requests.remove(model, code.name, deployment, version)
+            self.duration.remove(model, deployment, version)
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,8 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             if routes is None:
                 self.routes.pop(name, None)
                 self._admit(name, None)
+                if self.metrics is not None:
+                    self.metrics.forget(name)
             else:
                 self.routes[name] = routes
                 for r in routes.replicas:
@@ -450,8 +452,15 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             model = request.model_name if request.model_name in self.routes else ""
             seconds, version = time.perf_counter() - started, served[-1] if served and model else ""
             if self.metrics is not None:
-                self.metrics.done(model, code, seconds, version)
+                self.metrics.done(model, code, seconds, version, self._model_name(model, version))
             self._record(model, version, code, seconds)
+
+    def _model_name(self, deployment: str, version: str) -> str:
+        """The model a deployment's replicas of `version` serve (any replica's when none answered)."""
+        routes = self.routes.get(deployment)
+        if routes is None or not routes.replicas:
+            return ""
+        return next((r.model for r in routes.replicas if r.version == version), routes.replicas[0].model)
 
     def _record(self, deployment: str, version: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count an answer in the version's live figures; one no replica gave (no version) is not a version's."""

@@ -10,6 +10,10 @@ import prometheus_client
 
 from .credentials import ServerCertificates, TlsFiles
 
+# no `_created` series next to each counter and histogram: a timestamp per series that dashboards never use and
+# that doubles what every scrape carries (both /metrics endpoints go through this module)
+prometheus_client.disable_created_metrics()
+
 
 class MetricsServer:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:

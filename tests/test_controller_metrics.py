@@ -103,3 +103,16 @@ def test_stream_requests_are_counted_each(pool):
         client.stop_stream()
     assert answers == [None, None, None]
     assert metric(c.scrape(), "xpud_router_requests_total", model="iris", code="OK") == before + 3
+
+
+def test_model_label_names_the_model_series_of_a_deleted_deployment_go_and_no_created(pool):
+    c, _agent = pool
+    assert c.admin("deploy", "flowers", "--model", "iris", "--device", "gpu").returncode == 0
+    wait_for(lambda: c.deployment("flowers").get("phase") == "Running", timeout=60, what="flowers Running")
+    assert infer(c.inference_url, "flowers") == 0
+    text = c.scrape()
+    assert metric(text, "xpud_router_requests_total", model="iris", deployment="flowers", code="OK") == 1
+    assert "_created" not in text  # no creation-time series next to the counters
+    assert c.admin("undeploy", "flowers").returncode == 0
+    wait_for(lambda: 'deployment="flowers"' not in c.scrape(), timeout=30, what="flowers' series gone")
+    assert metric(c.scrape(), "xpud_router_requests_total", deployment="iris", code="OK") >= 1  # others stay
