@@ -233,6 +233,9 @@ def build_parser() -> Parser:
 
     add_commands(sub, Parser, controller_flag)
     add_certs(sub, Parser)
+    completion = sub.add_parser("completion", help="print a shell completion script: eval \"$(xpud completion "
+                                "bash)\"; zsh: xpud completion zsh > \"${fpath[1]}/_xpud\"")
+    completion.add_argument("shell", choices=["bash", "zsh"])
     from xpud.settings import COMMANDS as SETTINGS_COMMANDS
     from xpud.settings import settings
 
@@ -399,8 +402,15 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return certs_main(args)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from xpud.completion import script
+
+    sys.stdout.write(script(build_parser(), args.shell))
+    return 0
+
+
 COMMANDS = {"devices": cmd_devices, "agent": cmd_agent, "controller": cmd_controller, "up": cmd_up,
-            "certs": cmd_certs}
+            "certs": cmd_certs, "completion": cmd_completion}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
