@@ -59,3 +59,27 @@ def test_a_drain_that_leaves_a_deployment_without_a_ready_replica_needs_force(tm
         if agent is not None:
             agent.kill()
         c.kill()
+
+
+def test_top_shows_the_pool_and_deployments(tmp_path: Path) -> None:
+    import json
+
+    c = ControllerProcess(str(tmp_path / "state"))
+    agent = None
+    try:
+        agent = linked_agent(c, "n1", str(tmp_path / "n1"), "--sim", "1")
+        assert c.admin("models", "push", str(IRIS), "--name", "iris").returncode == 0
+        assert c.admin("deploy", "iris", "--model", "iris", "--device", "gpu").returncode == 0
+        wait_for(lambda: c.deployment("iris").get("phase") == "Running", timeout=60, what="iris Running")
+        assert infer(c.inference_url) == 0
+        top = c.admin("top", "--count", "2", "--interval", "0.1")
+        assert top.returncode == 0, top.stderr
+        assert top.stdout.count("xpud top ") == 2 and "nodes: Ready 1" in top.stdout, top.stdout
+        assert "sim:0" in top.stdout and "iris" in top.stdout and "Running" in top.stdout
+        frames = c.admin("top", "--count", "1", "--json").stdout.strip().splitlines()
+        assert len(frames) == 1 and json.loads(frames[0])["deployments"]["deployments"][0]["ready"] == 1
+        assert c.admin("top", "--interval", "0").returncode == 2
+    finally:
+        if agent is not None:
+            agent.kill()
+        c.kill()

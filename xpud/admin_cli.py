@@ -106,6 +106,9 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     apply = cmd("apply", "create or update deployments from a TOML or YAML document")
     apply.add_argument("-f", "--file", required=True, metavar="FILE")
     cmd("deployments", "list deployments with their replicas and state")
+    top = cmd("top", "the pool live: nodes, devices and their load, deployments and their traffic")
+    top.add_argument("--interval", metavar="SECONDS", help="seconds between refreshes (default 1)")
+    top.add_argument("--count", metavar="N", help="stop after N refreshes (default: until Ctrl-C)")
     traffic = cmd("traffic", "split a deployment's requests across model versions: traffic NAME 1=90 2=10")
     traffic.add_argument("name")
     traffic.add_argument("weights", nargs="+", metavar="VERSION=PERCENT",
@@ -335,23 +338,9 @@ def run(args: argparse.Namespace) -> int:
               f"{time.time() - n.last_seen:.0f}s ago" if n.last_seen else NA] for n in reply.nodes]))
     elif command == "pool":
         reply = admin.call("GetPool", apb.GetPoolRequest())
-
-        def pool_rows() -> str:
-            rows = []
-            for d in reply.devices:
-                s = d.sample if d.HasField("sample") else None
-                free = d.device.memory_total - d.memory_allocated
-                util = f"{s.utilization * 100:.0f}%" if s is not None and s.HasField("utilization") else NA
-                health = {1: "ok", 2: "degraded", 3: "failed"}.get(s.health, "unknown") if s is not None else "unknown"
-                judged = {2: "suspect", 3: "unhealthy", 4: "recovering"}.get(s.health_state) if s is not None else None
-                if judged:  # the agent's health state, when the device is not healthy
-                    health += f", {judged}"
-                rows.append([d.node, d.device.id, d.device.model, f"{_gib(d.memory_allocated)}/"
-                             f"{_gib(d.device.memory_total)} GiB", f"{_gib(free)} GiB", util, health,
-                             ",".join(d.replicas) or "-"])
-            return table(["NODE", "DEVICE", "MODEL", "ALLOCATED/TOTAL", "FREE", "UTIL", "HEALTH", "RUNS"], rows)
-
-        _print(args, reply, pool_rows)
+        _print(args, reply, lambda: _pool_table(reply))
+    elif command == "top":
+        _top(admin, args)
     elif command == "models":
         if args.action == "push":
             if not args.path or not args.name:
@@ -537,6 +526,87 @@ def _deployments_view(items: Any) -> str:
                          f"{r.from_version} -> {r.to_model}:{r.to_version}, {r.updated}/{r.nodes} node(s) updated"
                          + (f" (paused: {r.reason})" if r.reason else ""))
     return "\n".join(lines)
+
+
+def _pool_table(reply: apb.GetPoolResponse) -> str:
+    rows = []
+    for d in reply.devices:
+        s = d.sample if d.HasField("sample") else None
+        free = d.device.memory_total - d.memory_allocated
+        util = f"{s.utilization * 100:.0f}%" if s is not None and s.HasField("utilization") else NA
+        health = {1: "ok", 2: "degraded", 3: "failed"}.get(s.health, "unknown") if s is not None else "unknown"
+        judged = {2: "suspect", 3: "unhealthy", 4: "recovering"}.get(s.health_state) if s is not None else None
+        if judged:  # the agent's health state, when the device is not healthy
+            health += f", {judged}"
+        rows.append([d.node, d.device.id, d.device.model, f"{_gib(d.memory_allocated)}/"
+                     f"{_gib(d.device.memory_total)} GiB", f"{_gib(free)} GiB", util, health,
+                     ",".join(d.replicas) or "-"])
+    return table(["NODE", "DEVICE", "MODEL", "ALLOCATED/TOTAL", "FREE", "UTIL", "HEALTH", "RUNS"], rows)
+
+
+def _top_frame(admin: Admin) -> str:
+    """One screen of `top`: nodes, every device with its load, every deployment with its live figures."""
+    nodes = admin.call("ListNodes", apb.ListNodesRequest()).nodes
+    pool = admin.call("GetPool", apb.GetPoolRequest())
+    deployments = admin.call("ListDeployments", apb.ListDeploymentsRequest()).deployments
+    states: dict[str, int] = {}
+    for n in nodes:
+        states[n.state] = states.get(n.state, 0) + 1
+    head = (f"xpud top  {time.strftime('%H:%M:%S')}  {admin.target}  nodes: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none")
+            + f"  devices: {len(pool.devices)}  deployments: {len(deployments)}")
+    rows = []
+    for d in deployments:
+        rate = sum(v.request_rate for v in d.versions)
+        requests = sum(v.requests for v in d.versions)
+        errors = sum(v.error_rate * v.requests for v in d.versions) / requests if requests else 0.0
+        p99 = max((v.p99_ms for v in d.versions if v.requests), default=None)
+        rows.append([d.spec.name, f"{d.ready}/{d.spec.replicas}", d.phase, f"{rate:.1f}", f"{errors * 100:.1f}%",
+                     f"{p99:.1f} ms" if p99 is not None else NA, d.reason or ""])
+    return "\n".join([head, "", _pool_table(pool), "",
+                      table(["DEPLOYMENT", "READY", "PHASE", "REQ/S", "ERRORS", "P99", "REASON"], rows)])
+
+
+def _top(admin: Admin, args: argparse.Namespace) -> None:
+    """`top`: the pool live, a frame per --interval (the screen redrawn on a terminal), until Ctrl-C or --count."""
+    interval = _positive_number("--interval", args.interval, 1.0)
+    count = int(_positive_number("--count", args.count, 0)) if args.count is not None else 0
+    redraw = sys.stdout.isatty()
+    shown = 0
+    try:
+        while True:
+            if args.json:  # one object per refresh, a line each
+                print(json.dumps({"nodes": message_dict(admin.call("ListNodes", apb.ListNodesRequest())),
+                                  "pool": message_dict(admin.call("GetPool", apb.GetPoolRequest())),
+                                  "deployments": message_dict(admin.call("ListDeployments",
+                                                                         apb.ListDeploymentsRequest()))}),
+                      flush=True)
+                shown += 1
+                if count and shown >= count:
+                    return
+                time.sleep(interval)
+                continue
+            frame = _top_frame(admin)
+            sys.stdout.write(("\x1b[H\x1b[2J" if redraw else ("\n" if shown else "")) + frame + "\n")
+            sys.stdout.flush()
+            shown += 1
+            if count and shown >= count:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+def _positive_number(flag: str, text: str | None, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValidationError(f"{flag} must be a number > 0, got {text!r}")
+    return value
 
 
 def _deployments_table(items: Any) -> str:
