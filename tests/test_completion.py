@@ -30,3 +30,17 @@ def test_zsh_script_and_a_bad_shell() -> None:
     assert "'rollback:return a deployment" in result.stdout and "--max-unavailable" in result.stdout
     bad = run_xpud("completion", "fish")
     assert bad.returncode == 2 and "invalid choice: 'fish'" in bad.stderr
+
+
+def test_every_flag_and_argument_has_help() -> None:
+    import argparse
+
+    from xpud.cli import build_parser
+
+    missing = []
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += [f"{name} {a.option_strings or a.dest}" for a in sub._actions
+                            if not a.help and not isinstance(a, argparse._SubParsersAction)]
+    assert not missing, missing

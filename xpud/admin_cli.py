@@ -71,12 +71,13 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     cmd("nodes", "list the nodes of the pool")
     cmd("pool", "every device of the pool: memory, utilisation, health, what runs on it")
     models = cmd("models", "list models, or push one: models push FILE --name N [--version V]")
-    models.add_argument("action", nargs="?", choices=["push", "list"], default="list")
-    models.add_argument("path", nargs="?", metavar="FILE_OR_DIR")
+    models.add_argument("action", nargs="?", choices=["push", "list"], default="list", help="list (default) or push")
+    models.add_argument("path", nargs="?", metavar="FILE_OR_DIR",
+                        help="push: an .onnx file, or a folder holding one (a Triton layout: its highest version)")
     models.add_argument("--name", help="model name (push)")
     models.add_argument("--version", help="model version (push; default: the next one)")
     deploy = cmd("deploy", "create a deployment; on an existing one, a new --model N:V rolls it out node by node")
-    deploy.add_argument("name")
+    deploy.add_argument("name", help="the deployment's name: what clients call as the model name")
     deploy.add_argument("--model", required=True, metavar="N[:V]",
                         help="a pushed model, optionally a version (required; default version: the latest)")
     # values stay text here: xpud.validate checks them, with the same rules as an apply file's
@@ -98,19 +99,20 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
                         help="replicas a rolling update may take down at once (default: 0 where memory allows the "
                              "new version beside the old, else 1)")
     rollout = cmd("rollout", "a rolling update's progress: rollout status NAME")
-    rollout.add_argument("action", choices=["status"])
-    rollout.add_argument("name")
+    rollout.add_argument("action", choices=["status"], help="status")
+    rollout.add_argument("name", help="the deployment")
     rollback = cmd("rollback", "return a deployment to its previous model version, node by node (or turn back the "
                    "rollout in progress)")
-    rollback.add_argument("name")
+    rollback.add_argument("name", help="the deployment")
     apply = cmd("apply", "create or update deployments from a TOML or YAML document")
-    apply.add_argument("-f", "--file", required=True, metavar="FILE")
+    apply.add_argument("-f", "--file", required=True, metavar="FILE",
+                       help="a TOML ([[deployment]] tables) or YAML document (required)")
     cmd("deployments", "list deployments with their replicas and state")
     top = cmd("top", "the pool live: nodes, devices and their load, deployments and their traffic")
     top.add_argument("--interval", metavar="SECONDS", help="seconds between refreshes (default 1)")
     top.add_argument("--count", metavar="N", help="stop after N refreshes (default: until Ctrl-C)")
     traffic = cmd("traffic", "split a deployment's requests across model versions: traffic NAME 1=90 2=10")
-    traffic.add_argument("name")
+    traffic.add_argument("name", help="the deployment")
     traffic.add_argument("weights", nargs="+", metavar="VERSION=PERCENT",
                          help="versions already pushed; percentages summing to 100")
     traffic.add_argument("--auto-rollback-error-rate", metavar="RATE",
@@ -118,7 +120,7 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
                               "more often than RATE, a fraction in (0, 1], over the router's last 30 s (once it "
                               "has 20 requests there)")
     undeploy = cmd("undeploy", "remove a deployment")
-    undeploy.add_argument("name")
+    undeploy.add_argument("name", help="the deployment")
     events = cmd("events", "the controller's events")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument("--since", metavar="WHEN", help="only events since then: a duration ago (30s, 10m, 2h, 1d) "
@@ -126,14 +128,15 @@ def add_commands(sub: Any, parser_class: type, controller_flag: Callable[[argpar
     events.add_argument("--limit", metavar="N", help="only the last N events (default: the first 1000)")
     tokens = cmd("tokens", "API tokens for clients without a certificate: tokens create --name N --role R, "
                  "tokens revoke N, tokens list")
-    tokens.add_argument("action", nargs="?", choices=["create", "revoke", "list"], default="list")
+    tokens.add_argument("action", nargs="?", choices=["create", "revoke", "list"], default="list",
+                        help="list (default), create or revoke")
     tokens.add_argument("token_name", nargs="?", metavar="NAME", help="the token to revoke")
     tokens.add_argument("--name", help="name of the new token (create)")
     tokens.add_argument("--role", choices=list(ROLES), help="what the token may do (create)")
     for name, help_ in (("drain", "stop placing on a node and move its replicas away"),
                         ("uncordon", "let a node take replicas again"), ("cordon", "stop placing on a node")):
         p = cmd(name, help_)
-        p.add_argument("node")
+        p.add_argument("node", help="the node's name (as `xpud nodes` lists it)")
         if name == "drain":
             p.add_argument("--force", action="store_true", help="drain even if a deployment is left with no "
                            "ready replica (default: ask on a terminal, else refuse)")

@@ -209,10 +209,14 @@ def build_parser() -> Parser:
     up.add_argument("--state", metavar="DIR", help="controller state directory")
     up.add_argument("--store", type=_store_url, metavar="URL", help=STORE_HELP)
     up.add_argument("--sim", type=_count, metavar="N", help=sim_help)
-    up.add_argument("--listen", type=_address, default="127.0.0.1:7070", metavar="HOST:PORT")
-    up.add_argument("--inference-port", type=_port, default=8000, metavar="P")
-    up.add_argument("--grpc-port", type=_port, default=8001, metavar="P")
-    up.add_argument("--metrics-port", type=_port, default=8002, metavar="P")
+    up.add_argument("--listen", type=_address, default="127.0.0.1:7070", metavar="HOST:PORT",
+                    help="the controller's admin and agent port (default 127.0.0.1:7070)")
+    up.add_argument("--inference-port", type=_port, default=8000, metavar="P",
+                    help="the router, every deployment by name (default 8000)")
+    up.add_argument("--grpc-port", type=_port, default=8001, metavar="P",
+                    help="the local agent's own inference endpoint (default 8001)")
+    up.add_argument("--metrics-port", type=_port, default=8002, metavar="P",
+                    help="the local agent's /metrics (default 8002)")
     up.add_argument("--controller-metrics-port", type=_port, default=8003, metavar="P",
                     help="the controller's /metrics port (default 8003; 0: any free port)")
     up.add_argument("--cache-dir", metavar="DIR", help="the local agent's artifact cache and state")
@@ -235,7 +239,7 @@ def build_parser() -> Parser:
     add_certs(sub, Parser)
     completion = sub.add_parser("completion", help="print a shell completion script: eval \"$(xpud completion "
                                 "bash)\"; zsh: xpud completion zsh > \"${fpath[1]}/_xpud\"")
-    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.add_argument("shell", choices=["bash", "zsh"], help="bash or zsh")
     from xpud.settings import COMMANDS as SETTINGS_COMMANDS
     from xpud.settings import settings
 
