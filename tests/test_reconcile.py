@@ -233,9 +233,14 @@ async def test_several_versions_of_a_deployment_load_and_unload_one_at_a_time(tm
     assert [(r.version, r.state) for r in reconciler.statuses()] == [("1", "READY"), ("2", "READY")]
     kept = manager.models["web"][2]
 
+    seen.clear()
+    reconciler.on_change = lambda: seen.append([(r.version, r.state) for r in reconciler.statuses()])
     await reconciler.apply(3, [two], fetcher([]))  # version 2 alone: version 1 unloads, drained; 2 is not rebuilt
     assert sorted(manager.models["web"]) == [2] and manager.models["web"][2] is kept
     assert [(r.version, r.state) for r in reconciler.statuses()] == [("2", "READY")]
+    assert seen[0] == [("1", "UNLOADING"), ("2", "READY")]  # reported before it goes: no request is sent there
+    with pytest.raises(ModelUnavailable, match="version 1 was unloaded"):  # one sent before: retried elsewhere
+        manager.get("web", "1")
     assert await versions_answer(manager) == {2: ("sim:1",)}
 
     await reconciler.apply(4, [assignment(devices=("sim:0", "sim:1"), version="3")], fetcher([]))  # a rollout's

@@ -4,12 +4,14 @@ one version at 100 again leaves only that version loaded there."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 from test_traffic import FACTORS, split_ready, version_of
+from tritonclient.utils import InferenceServerException
 
 from helpers import AgentProcess, ControllerProcess, linked_agent, wait_for
 from models import onnx_bytes, scale
@@ -41,6 +43,30 @@ def one_node(tmp_path: Path):  # type: ignore[no-untyped-def]
             proc.kill()
 
 
+class Load:
+    """Requests sent one after another through the router while the versions change on the node: every one answered."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.stop, self.answered, self.errors = url, threading.Event(), Counter[str](), list[str]()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with grpcclient.InferenceServerClient(self.url) as client:
+            while not self.stop.is_set():
+                try:
+                    self.answered[version_of(client)] += 1
+                except InferenceServerException as exc:
+                    self.errors.append(str(exc))
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
 def loaded(agent: AgentProcess) -> list[str]:
     """The versions of web the agent itself has loaded (its own ModelMetadata)."""
     with grpcclient.InferenceServerClient(agent.grpc_url) as client:
@@ -51,9 +77,11 @@ def test_both_versions_of_a_split_serve_side_by_side_on_one_node(one_node: tuple
                                                                                   AgentProcess]) -> None:
     c, agent = one_node
     assert loaded(agent) == ["1"]
-    result = c.admin("traffic", "web", "1=50", "2=50")
-    assert result.returncode == 0, result.stderr
-    d = wait_for(lambda: split_ready(c, {"1": 50, "2": 50}), timeout=60, what="both versions ready on n1")
+    with Load(c.inference_url) as load:  # version 1 moves to one device, version 2 loads on the other
+        result = c.admin("traffic", "web", "1=50", "2=50")
+        assert result.returncode == 0, result.stderr
+        d = wait_for(lambda: split_ready(c, {"1": 50, "2": 50}), timeout=60, what="both versions ready on n1")
+    assert load.errors == [] and load.answered["1"] > 0, (load.errors[:3], load.answered)
     assert sorted((r["node"], r["version"], r["state"]) for r in d["replicas"]) == \
         [("n1", "1", "READY"), ("n1", "2", "READY")]
     assert {v["version"]: (v["replicas"], v["ready"]) for v in d["versions"]} == {"1": (1, 1), "2": (1, 1)}
@@ -71,10 +99,12 @@ def test_both_versions_of_a_split_serve_side_by_side_on_one_node(one_node: tuple
     with grpcclient.InferenceServerClient(agent.grpc_url) as client:
         assert {version_of(client) for _ in range(5)} == {"2"}
 
-    assert c.admin("traffic", "web", "2=100").returncode == 0
-    wait_for(lambda: split_ready(c, {"2": 100}) if all(r["version"] == "2" for r in c.deployment("web")["replicas"])
-             else None, timeout=60, what="version 2 alone")
-    wait_for(lambda: loaded(agent) == ["2"], timeout=30, what="only version 2 loaded on n1")
+    with Load(c.inference_url) as load:  # version 1 unloads, drained; version 2 takes both devices
+        assert c.admin("traffic", "web", "2=100").returncode == 0
+        wait_for(lambda: split_ready(c, {"2": 100}) if all(r["version"] == "2" for r in c.deployment("web")["replicas"])
+                 else None, timeout=60, what="version 2 alone")
+        wait_for(lambda: loaded(agent) == ["2"], timeout=30, what="only version 2 loaded on n1")
+    assert load.errors == [] and load.answered["2"] > 0, (load.errors[:3], load.answered)
     with grpcclient.InferenceServerClient(c.inference_url) as client:
         assert {version_of(client) for _ in range(20)} == {"2"}
     replicas = c.deployment("web")["replicas"]

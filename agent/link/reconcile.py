@@ -30,7 +30,7 @@ class InstanceReport:
     model: str
     version: str
     digest: str
-    state: str  # LOADING, READY, FAILED
+    state: str  # LOADING, READY, FAILED, UNLOADING
     reason: str = ""
     devices: tuple[str, ...] = ()
     execution_provider: str = ""
@@ -91,13 +91,17 @@ class Reconciler:
             for name, _ in desired:
                 per_name[name] = per_name.get(name, 0) + 1
             current = self.applied.assignments
+            # reported in several versions now: a version goes beside the others, not in their place, even when one
+            # alone is assigned (each version unloads drained, reported UNLOADING first, so requests named for it
+            # stop coming before it is gone)
+            reported = Counter(name for name, _ in self.reports)
             for name in sorted({n for n, _ in current} - set(per_name)):
                 await self._remove(name)
             keep = {a.digest for a in (*current.values(), *desired.values())}  # the cache evicts none of these
             for a in sorted(desired.values(), key=lambda a: (-a.priority, a.deployment, a.version)):  # priority first
                 if current.get(_key(a)) == a and self._ready(_key(a)):
                     continue
-                await self._install(a, fetch, keep, alone=per_name[a.deployment] == 1)
+                await self._install(a, fetch, keep, alone=per_name[a.deployment] == 1 and reported[a.deployment] <= 1)
             # a version no longer assigned is unloaded once every version assigned serves (make before break)
             for name, version in sorted({*current, *self.reports} - desired.keys()):
                 if name in per_name and all(self._ready(k) for k in desired if k[0] == name):
@@ -162,6 +166,10 @@ class Reconciler:
     async def _remove_version(self, name: str, version: str) -> None:
         """One version of a deployment served here in several (or once in several) no longer assigned: unloaded
         alone, drained, its other versions serving on."""
+        report = self.reports.get((name, version))
+        if report is not None:  # no new request is routed to it from now on
+            report.state, report.reason = "UNLOADING", "no longer assigned here"
+            self._changed()
         number = _number(version)
         # two versions that are no numbers are both served as 1 (`Assignment.version_number`): keep the other's
         if not any(_number(v) == number for n, v in self.reports if n == name and v != version):

@@ -181,6 +181,9 @@ class ModelManager:
         self.models: dict[str, dict[int, ModelVersion]] = {}
         self.sources: dict[str, ModelSource] = {}  # models given in memory, not read from the repository
         self.failures: dict[str, str] = {}  # model -> why its last load failed
+        # versions unloaded alone (`unload_version`): a request still named for one (sent before its router heard)
+        # gets UNAVAILABLE, which a router retries elsewhere, not NOT_FOUND
+        self.dropped: dict[str, set[int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _repo_names(self) -> list[str]:
@@ -321,6 +324,7 @@ class ModelManager:
             old = self.models.get(name, {})
             self.models[name] = built
             self.failures.pop(name, None)
+            self.dropped.pop(name, None)
             for mv in built.values():
                 log.info("model %s version %d READY on %s (%s), max_batch_size %d, %s MiB %s", name, mv.version,
                          ", ".join(" ".join(i.placement.devices) or i.placement.label() for i in mv.instances),
@@ -357,6 +361,7 @@ class ModelManager:
             held = self.models.get(name, {})
             old = held.get(version)
             self.models[name] = {**held, version: built}  # a new dict: an unload in flight sees it was loaded again
+            self.dropped.get(name, set()).discard(version)
             given = self.sources.get(name)
             files = {**(given.files if given is not None else {}), version: source.files[version]}
             self.sources[name] = ModelSource(source.config, files, source.devices)
@@ -386,6 +391,7 @@ class ModelManager:
             held = self.models.get(name, {})
             if held.get(version) is mv:  # not loaded again meanwhile
                 rest = {v: m for v, m in held.items() if v != version}
+                self.dropped.setdefault(name, set()).add(version)
                 if rest:
                     self.models[name] = rest
                 else:
@@ -419,6 +425,7 @@ class ModelManager:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             known = self.known(name)
+            self.dropped.pop(name, None)
             if forget:
                 self.sources.pop(name, None)
             versions = self.models.get(name)
@@ -455,6 +462,8 @@ class ModelManager:
             raise ModelNotFound(f"unknown model {name!r}; models here: {', '.join(self.names()) or 'none'}")
         if version:
             if not version.isdigit() or int(version) not in versions:
+                if version.isdigit() and int(version) in self.dropped.get(name, ()):
+                    raise ModelUnavailable(f"model {name!r} version {version} was unloaded here")
                 raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: {sorted(versions)}")
             mv = versions[int(version)]
         else:  # the highest version; while it unloads beside others, the highest that serves
