@@ -62,9 +62,10 @@ class Measured:
         for name in self.pool.take_reported():
             node = self.pool.nodes.get(name)
             now: dict[str, int] = {}
-            for deployment, inst in (node.instances.items() if node is not None else ()):
-                if inst.state == "READY" and inst.memory_bytes:
-                    now[deployment] = inst.memory_bytes // max(len(inst.devices), 1)
+            for inst in (node.every_instance() if node is not None else ()):
+                if inst.state == "READY" and inst.memory_bytes:  # several versions here: the most of them
+                    per_device = inst.memory_bytes // max(len(inst.devices), 1)
+                    now[inst.deployment] = max(now.get(inst.deployment, 0), per_device)
             before = by.pop(name, {})
             if now:
                 by[name] = now

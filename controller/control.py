@@ -117,7 +117,7 @@ class Controller:
         READY: a later placement there is routed as usual."""
         names = self.state.unrouted.get(node.name)
         if names:
-            names -= {name for name in names if (inst := node.instances.get(name)) is None or inst.state != "READY"}
+            names -= {name for name in names if all(i.state != "READY" for i in node.instances_of(name))}
             if not names:
                 del self.state.unrouted[node.name]
 

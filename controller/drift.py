@@ -9,6 +9,7 @@ this is for what it cannot heal there. In memory only, on the pool's clock.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 from .core import NODE_READY, Replica
 from .pool import Pool
@@ -21,12 +22,13 @@ Key = tuple[str, str]  # (node, device id)
 Spot = tuple[str, str, str]  # (deployment, node, device id)
 
 
-def failing(pool: Pool, replica: Replica, generation: int) -> str | None:
-    """Why the replica does not serve on its Ready node (None: it serves, loads, or cannot be judged now)."""
+def failing(pool: Pool, replica: Replica, generation: int, version: str = "") -> str | None:
+    """Why the replica does not serve on its Ready node (None: it serves, loads, or cannot be judged now); `version`:
+    the one its node was given for it, when the node serves several versions of its deployment."""
     node = pool.nodes.get(replica.node)
     if node is None or node.state != NODE_READY:
         return None  # Suspect: wait; Lost or gone: the scheduler moves it anyway
-    inst = node.instances.get(replica.deployment)
+    inst = node.instance(replica.deployment, version)
     if inst is None:
         if node.generation_observed >= generation > 0:
             return f"not reported by its node (generation {node.generation_observed} applied)"
@@ -52,12 +54,15 @@ class Drift:
         seen = set()
         nodes, self.watched = self.watched | {node for _, node, _ in self.since}, set()
         for node in sorted(nodes):
-            for a in shares.get(node, ()):
+            share = shares.get(node, ())
+            several = {a.deployment for a, b in pairwise(share) if a.deployment == b.deployment}
+            for a in share:
+                split = a.deployment in several  # one assignment per version here: each its replicas' devices
                 for r in placement.get(a.deployment, ()):
-                    if r.node != node:
+                    if r.node != node or (split and r.device not in a.devices):
                         continue
                     name = a.deployment
-                    why = failing(pool, r, generations.get(r.node, 0))
+                    why = failing(pool, r, generations.get(r.node, 0), a.version if split else "")
                     if why is None:
                         continue
                     spot = (name, r.node, r.device)

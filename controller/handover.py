@@ -53,13 +53,14 @@ def still_serves(node: NodeView | None, device_id: str, draining: frozenset[str]
 
 def _ready(pool: Pool, replica: Replica, placement: Sequence[Replica]) -> bool:
     """Whether the replica's node reports its deployment READY with every device placed there (an instance that
-    still reports its former devices while it reloads on new ones does not count)."""
+    still reports its former devices while it reloads on new ones does not count; a node serving several versions
+    of it: their READY instances together)."""
     node = pool.nodes.get(replica.node)
-    inst = node.instances.get(replica.deployment) if node is not None else None
-    if inst is None or inst.state != "READY":
+    ready = [i for i in node.instances_of(replica.deployment) if i.state == "READY"] if node is not None else []
+    if not ready:
         return False
     want = Counter(r.device for r in placement if r.node == replica.node)
-    have = Counter(inst.devices)
+    have = Counter(d for inst in ready for d in inst.devices)
     return all(have[dev] >= n for dev, n in want.items())
 
 

@@ -19,6 +19,7 @@ from .pool import NodeState
 from .state import State
 from .store import Event, NodeRecord, StateStore
 from .storethread import StoreThread
+from .traffic import replica_versions
 from .tuning import Tuning
 
 log = logging.getLogger(__name__)
@@ -107,17 +108,17 @@ class Nodes:
                 self.changed()
         elif kind == "status":
             before = {k: v.state for k, v in node.instances.items()}
-            versions = {k: v.version for k, v in node.instances.items()}
+            versions = [(i.deployment, i.version, i.state) for i in node.every_instance()]
             pool.status(node, message.status)
             self.state.drift.watched.add(node.name)  # the next pass looks for replicas it does not serve
             after = {k: v.state for k, v in node.instances.items()}
-            # a new state, or a version loaded in place (`xpud traffic`): the node's routes change
-            if before != after or versions != {k: v.version for k, v in node.instances.items()}:
+            # a new state, or a version loaded in place or beside another (`xpud traffic`): the node's routes change
+            if before != after or versions != [(i.deployment, i.version, i.state) for i in node.every_instance()]:
                 self._instance_events(node, before, after)
                 self.state.routes({node.name})
                 self.changed()
             elif node.generation_observed >= self.state.generations.get(node.name, 0) \
-                    and len(node.instances) < len(self.state.shares.now.get(node.name, ())):
+                    and node.instance_count() < len(self.state.shares.now.get(node.name, ())):
                 self.changed()  # it applied its desired state and some replica is not reported: `drift` notes it
 
     def _instance_events(self, node: NodeState, before: dict[str, str], after: dict[str, str]) -> None:
@@ -209,17 +210,21 @@ class Nodes:
 
 
 def adopt(node: NodeState, specs: dict[str, DeploymentSpec], placement: dict[str, list[Replica]]) -> None:
-    """Instances a node already runs for a known deployment count as its replicas (no restart)."""
-    for name, inst in node.instances.items():
+    """Instances a node already runs for a known deployment count as its replicas (no restart); a version's
+    instance takes the indexes the deployment's split gives that version first."""
+    for inst in node.every_instance():
+        name = inst.deployment
         spec = specs.get(name)
         if spec is None or inst.state not in ("READY", "LOADING") or not inst.devices:
             continue
         replicas = placement.setdefault(name, [])
+        versions = replica_versions(spec) if spec.traffic else []
         here = {(r.node, r.device) for r in replicas}
         used = {r.index for r in replicas}
         for device in inst.devices:
             if (node.name, device) in here or len(replicas) >= spec.replicas:
                 continue
-            index = next(i for i in range(spec.replicas + len(replicas) + 1) if i not in used)
+            free = [i for i in range(spec.replicas + len(replicas) + 1) if i not in used]
+            index = next((i for i in free if i < len(versions) and versions[i] == inst.version), free[0])
             used.add(index)
             replicas.append(Replica(name, index, node.name, device, spec.memory_bytes or MIN_MEMORY))

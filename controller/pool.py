@@ -13,7 +13,7 @@ the views of 10,000 busy nodes stay put while their utilization moves every seco
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from xpud.proto.devices import gpu_providers
 from xpud.proto.samples import apply_delta
 
 from .core import NODE_LOST, NODE_READY, NODE_SUSPECT, DeviceView, NodeView
+from .traffic import version_order
 
 HEALTH = {tpb.HEALTH_OK: "ok", tpb.HEALTH_DEGRADED: "degraded", tpb.HEALTH_FAILED: "failed",
           tpb.HEALTH_UNKNOWN: "unknown", tpb.HEALTH_UNSPECIFIED: "unknown"}
@@ -48,7 +49,10 @@ class NodeState:
     connected: bool = False
     last_seen: float = 0.0  # controller clock
     last_seen_wall: float = 0.0
+    # per deployment, its instance here; one served in several versions: its highest version's (`versions`)
     instances: dict[str, lpb.InstanceStatus] = field(default_factory=dict)
+    # per deployment served here in more than one version (a traffic split), each version's instance
+    versions: dict[str, dict[str, lpb.InstanceStatus]] = field(default_factory=dict)
     generation_observed: int = 0
     session: Any = None  # the link session pushing this node's desired state
     revision: int = 0  # bumped when what the scheduler sees of this node changed (see the module docstring)
@@ -85,6 +89,45 @@ class NodeState:
         """What the scheduler sees of this node may have changed: `Pool.views` looks at it again."""
         if self.changed is not None:
             self.changed.add(self.name)
+
+    def instance(self, deployment: str, version: str = "") -> lpb.InstanceStatus | None:
+        """The deployment's instance here; of `version` when one is given (None: it serves no such version)."""
+        several = self.versions.get(deployment)
+        if several is not None and version:
+            return several.get(version)
+        inst = self.instances.get(deployment)
+        return inst if inst is None or not version or inst.version == version else None
+
+    def instances_of(self, deployment: str) -> list[lpb.InstanceStatus]:
+        """Every instance of one deployment here: one per version it serves."""
+        several = self.versions.get(deployment)
+        if several is not None:
+            return list(several.values())
+        inst = self.instances.get(deployment)
+        return [inst] if inst is not None else []
+
+    def instance_count(self) -> int:
+        return len(self.instances) + sum(len(held) - 1 for held in self.versions.values())
+
+    def every_instance(self) -> list[lpb.InstanceStatus]:
+        """Every instance reported, one per (deployment, version)."""
+        return [i for name, inst in self.instances.items()
+                for i in (self.versions[name].values() if name in self.versions else (inst,))]
+
+    def report(self, instances: Iterable[lpb.InstanceStatus]) -> None:
+        """Take what the node reports it runs: one instance per deployment, or per version of a deployment."""
+        by: dict[str, lpb.InstanceStatus] = {}
+        several: dict[str, dict[str, lpb.InstanceStatus]] = {}
+        for i in instances:
+            held = by.get(i.deployment)
+            if held is None:  # the usual case: one instance of the deployment
+                by[i.deployment] = i
+                continue
+            several.setdefault(i.deployment, {held.version: held})[i.version] = i
+            if version_order(i.version) >= version_order(held.version):
+                by[i.deployment] = i
+        self.instances = by
+        self.versions = {name: held for name, held in several.items() if len(held) > 1}
 
     def bump(self) -> None:
         """What the scheduler sees of this node changed (devices, labels, health...): its view is rebuilt."""
@@ -165,7 +208,7 @@ class Pool:
         node.endpoint, node.agent_version, node.incarnation = hello.inference_endpoint, hello.agent_version, \
             hello.incarnation
         node.endpoint_tls = hello.inference_tls
-        node.instances = {i.deployment: i for i in hello.instances}
+        node.report(hello.instances)
         node.generation_observed = hello.generation
         self.instances_reported.add(node.name)
         node.bump()
@@ -196,7 +239,7 @@ class Pool:
         return changed
 
     def status(self, node: NodeState, report: lpb.StatusReport) -> None:
-        node.instances = {i.deployment: i for i in report.instances}
+        node.report(report.instances)
         node.generation_observed = report.generation
         self.instances_reported.add(node.name)
 

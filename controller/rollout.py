@@ -1,12 +1,13 @@
 """Rolling updates: a deployment's nodes move to a new model version one node at a time, with no request failed.
 
-A node serves one version of a deployment, and its agent loads a new version beside the one it serves, warms it
-up, swaps them and drains the old one (in-flight requests finish): a node whose devices have room for both moves
-with nothing taken down. With no room, its old version unloads first, which takes its replicas down: allowed only
-when they are no more than `max_unavailable` (-1, the default, allows one replica where there is no room; 0
-waits, paused, for room). A node that fails to load the new version pauses the rollout (`xpud rollback` turns it
-back). Everything here is pure: `step` reads the deployment, its replicas, what nodes report and free memory,
-and says what the rollout becomes; the controller persists it (the spec carries it) and pushes the shares.
+During a rollout a node serves one version of the deployment (a split is never rolled out), and its agent loads a
+new version beside the one it serves, warms it up, swaps them and drains the old one (in-flight requests finish): a
+node whose devices have room for both moves with nothing taken down. With no room, its old version unloads first,
+which takes its replicas down: allowed only when they are no more than `max_unavailable` (-1, the default, allows
+one replica where there is no room; 0 waits, paused, for room). A node that fails to load the new version pauses the
+rollout (`xpud rollback` turns it back). Everything here is pure: `step` reads the deployment, its replicas, what
+nodes report and free memory, and says what the rollout becomes; the controller persists it (the spec carries it)
+and pushes the shares.
 """
 
 from __future__ import annotations

@@ -97,6 +97,36 @@ class _DecodeForwarded:
         return Forwarded(data, pb.ModelInferRequest.FromString(data))
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+MODEL_VERSION_TAG = b"\x12"  # ModelInferRequest.model_version: field 2, length-delimited
+
+
+def pinned(request: Any, version: str) -> Any:
+    """`request` naming model version `version`, for a replica whose node serves several versions of the deployment
+    (the agent answers an unpinned request with its highest one); a request that names a version itself is left
+    as it is. A `Forwarded` request gets the field appended to its bytes: the last value of a field wins."""
+    if isinstance(request, Forwarded):
+        if request.message.model_version:
+            return request
+        data = version.encode()
+        return Forwarded(request.data + MODEL_VERSION_TAG + _varint(len(data)) + data, request.message)
+    field = "model_version" if isinstance(request, pb.ModelInferRequest) else "version"
+    if not hasattr(request, field) or getattr(request, field):
+        return request
+    copy = type(request)()
+    copy.CopyFrom(request)
+    setattr(copy, field, version)
+    return copy
+
+
 def priority_of(request: pb.ModelInferRequest) -> int:
     """The OIP ``priority`` parameter (1 is the highest; 0 or absent: the deployment's default)."""
     if "priority" not in request.parameters:
@@ -293,7 +323,8 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             profiles.begin(replica)
         started, code = time.perf_counter(), grpc.StatusCode.CANCELLED  # unless it ends with an answer
         try:
-            reply = await self._call(replica.address, route.method, route.message, self._timeout(context))
+            message = pinned(route.message, replica.version) if replica.pinned else route.message
+            reply = await self._call(replica.address, route.method, message, self._timeout(context))
             code = grpc.StatusCode.OK
             return reply
         except StatusError as exc:
@@ -330,7 +361,8 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         self, deployment: str, version: str, context: grpc.aio.ServicerContext
     ) -> list[pb.ModelStatistics]:
         """Every ready replica's statistics of ``deployment``, summed per version; unreachable replicas skipped."""
-        endpoints = [r.address for r in self._ready(deployment).replicas]
+        # once per agent: one serving several versions lists a replica per version, and answers for all of them
+        endpoints = list(dict.fromkeys(r.address for r in self._ready(deployment).replicas))
         request = pb.ModelStatisticsRequest(name=deployment, version=version)
         timeout = self._timeout(context)
         results = await asyncio.gather(

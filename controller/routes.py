@@ -20,7 +20,7 @@ from xpud.proto.status import StatusError
 from . import traffic
 from .core import NODE_LOST
 from .pool import NodeState
-from .traffic import Split, Weights
+from .traffic import Split, Weights, version_order
 
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
 Reason = Callable[[str], str | None]  # why a deployment has no ready replica; None: it does not exist (any more)
@@ -39,6 +39,8 @@ class ReplicaEndpoint:
     model: str = ""  # the model the instance serves (the deployment's), for the placement profiles (`profiles`)
     device_model: str = ""  # its first device's model and memory in bytes, from the node's Hello
     device_memory: int = 0
+    # its node serves several versions of the deployment: a request forwarded there names this one
+    pinned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +89,28 @@ Listener = Callable[[RouteUpdate], None]
 
 
 def node_replicas(node: NodeState, skip: Collection[str] = ()) -> dict[str, ReplicaEndpoint]:
-    """What a node serves now, by deployment: its READY instances, while it has an endpoint and is not Lost; `skip`:
-    deployments dropped from its desired state that it still reports (no new request goes there)."""
+    """What a node serves now, by deployment (one served in several versions here: its highest version's; see
+    `node_endpoints` for all of them)."""
+    return {name: r for (name, _), r in node_endpoints(node, skip).items() if node.instances[name].version == r.version}
+
+
+Served = tuple[str, str]  # (deployment, version)
+
+
+def node_endpoints(node: NodeState, skip: Collection[str] = ()) -> dict[Served, ReplicaEndpoint]:
+    """What a node serves now, by deployment and version: its READY instances, while it has an endpoint and is not
+    Lost; `skip`: deployments dropped from its desired state that it still reports (no new request goes there)."""
     if node.state == NODE_LOST or not node.endpoint:
         return {}
     served = {}
-    for name, inst in node.instances.items():
+    for inst in node.every_instance():
+        name = inst.deployment
         if inst.state == READY and name not in skip:
             first = node.devices.get(inst.devices[0]) if inst.devices else None
-            served[name] = ReplicaEndpoint(node.endpoint, node.name, tuple(inst.devices), inst.version, node.zone,
-                                           node.endpoint_tls, inst.model, first.model if first else "",
-                                           first.memory_total if first else 0)
+            served[(name, inst.version)] = ReplicaEndpoint(
+                node.endpoint, node.name, tuple(inst.devices), inst.version, node.zone, node.endpoint_tls,
+                inst.model, first.model if first else "", first.memory_total if first else 0,
+                name in node.versions)
     return served
 
 
@@ -112,8 +125,8 @@ def _versioned(name: str, served: tuple[ReplicaEndpoint, ...], ask: Reason, spli
                             max_inflight=max_inflight)
 
 
-def _order(replica: ReplicaEndpoint) -> tuple[str, str]:
-    return replica.address, replica.node
+def _order(replica: ReplicaEndpoint) -> tuple[str, str, tuple[int, int, str]]:
+    return replica.address, replica.node, version_order(replica.version)
 
 
 def _without(replicas: tuple[ReplicaEndpoint, ...], gone: ReplicaEndpoint) -> tuple[ReplicaEndpoint, ...]:
@@ -144,7 +157,7 @@ class RouteTable:
         self.unrouted = unrouted if unrouted is not None else {}  # per node, deployments it serves but is not sent
         self.routes: dict[str, DeploymentRoutes] = {}  # what the listeners hold
         self._served: dict[str, tuple[ReplicaEndpoint, ...]] = {}  # per deployment, known or not: ready replicas
-        self._on_node: dict[str, dict[str, ReplicaEndpoint]] = {}  # per node, what it serves (`node_replicas`)
+        self._on_node: dict[str, dict[Served, ReplicaEndpoint]] = {}  # per node, what it serves (`node_endpoints`)
         self._listeners: list[Listener] = []
         self._splits: dict[str, Weights] = {}  # per deployment served in several versions, its weights
         self._limits: dict[str, int] = {}  # per deployment with a bound on requests in flight, that bound
@@ -157,12 +170,13 @@ class RouteTable:
     def node(self, node: NodeState) -> RouteUpdate:
         """The node's routable state may have changed: re-read what it serves, push the deployments whose ready
         replicas changed."""
-        before, now = self._on_node.pop(node.name, {}), node_replicas(node, self.unrouted.get(node.name, ()))
+        before, now = self._on_node.pop(node.name, {}), node_endpoints(node, self.unrouted.get(node.name, ()))
         if now:
             self._on_node[node.name] = now
         update: dict[str, DeploymentRoutes | None] = {}
-        for name in before.keys() | now.keys():
-            old, new = before.get(name), now.get(name)
+        for key in before.keys() | now.keys():
+            name = key[0]
+            old, new = before.get(key), now.get(key)
             if old == new:
                 continue
             served = self._served.get(name, ())

@@ -14,11 +14,12 @@ from typing import NamedTuple
 
 from .core import DeploymentSpec, Replica
 from .store import ModelRecord
-from .traffic import replica_versions, weights
+from .traffic import replica_versions, version_order, weights
 
 
 class Assignment(NamedTuple):
-    """One deployment's part of a node's share (a ModelAssignment as a plain, comparable tuple)."""
+    """One deployment's part of a node's share, or one version's part when the node serves several versions of it
+    (a ModelAssignment as a plain, comparable tuple)."""
 
     deployment: str
     model: str
@@ -30,17 +31,18 @@ class Assignment(NamedTuple):
     priority: int
 
 
-Share = tuple[Assignment, ...]  # a node's share of the placement, by deployment name
+Share = tuple[Assignment, ...]  # a node's share of the placement, by deployment name (then version)
 FindModel = Callable[[str, str], "ModelRecord | None"]  # (model, version) -> record, as `Catalog.find`
 
 
 class _Part(NamedTuple):
-    """What one deployment's part of the shares was built from, and the part (one Assignment per node)."""
+    """What one deployment's part of the shares was built from, and the part (per node, one Assignment per version
+    its replicas there carry: one, but for a traffic split with several of its replicas on one node)."""
 
     replicas: list[Replica]
     spec: DeploymentSpec | None
     models: tuple[ModelRecord | None, ...]  # per weighted version (`traffic.weights`)
-    per_node: dict[str, Assignment]
+    per_node: dict[str, tuple[Assignment, ...]]
 
 
 def _models(spec: DeploymentSpec, find: FindModel) -> tuple[ModelRecord | None, ...]:
@@ -53,29 +55,34 @@ def _models(spec: DeploymentSpec, find: FindModel) -> tuple[ModelRecord | None, 
 
 
 def _per_node(name: str, replicas: Sequence[Replica], spec: DeploymentSpec | None,
-              models: tuple[ModelRecord | None, ...]) -> dict[str, Assignment]:
+              models: tuple[ModelRecord | None, ...]) -> dict[str, tuple[Assignment, ...]]:
     if spec is None or not models or None in models:  # deleted meanwhile, or a model gone: nothing to run
         return {}
     by_version = {v: m for (v, _), m in zip(weights(spec), models, strict=False) if m is not None}
     versions = replica_versions(spec) if spec.traffic else []
-    devices: dict[str, list[str]] = {}
-    held_versions: dict[str, list[str]] = {}
+    held: dict[str, dict[str, list[str]]] = {}  # per node, per version its replicas there carry: their devices
     for r in replicas:
-        devices.setdefault(r.node, []).append(r.device)
-        held_versions.setdefault(r.node, []).append(versions[r.index] if r.index < len(versions) else spec.version)
+        version = versions[r.index] if r.index < len(versions) else spec.version
+        held.setdefault(r.node, {}).setdefault(version, []).append(r.device)
     out = {}
     rollout = spec.rollout
-    for node, held in devices.items():
-        if rollout is not None:  # the source until the node's turn, then the target (`rollout.py`)
+    for node, per_version in held.items():
+        if rollout is not None:  # one version: the source until the node's turn, then the target (`rollout.py`)
             if node == rollout.down:
                 continue
             model = models[-1] if node in rollout.updated else models[-2]
-        else:  # a node serves one version of a deployment: the one most of its replicas have (ties: the first)
-            wanted = held_versions[node]
-            model = by_version.get(max(wanted, key=wanted.count), models[0])
-        assert model is not None
-        out[node] = Assignment(name, model.name, model.version, model.digest, model.size, tuple(sorted(held)),
-                               spec.max_batch_size, max(spec.priority, 0))
+            parts = [(model, [d for devices in per_version.values() for d in devices])]
+        else:  # each version its replicas carry, on their devices (a version without a record: the first's)
+            parts = [(by_version.get(v, models[0]), devices) for v, devices in per_version.items()]
+        assigned: dict[str, Assignment] = {}
+        for model, devices in parts:
+            assert model is not None
+            held_here = assigned.get(model.version)
+            if held_here is not None:  # two versions resolved to one record: one assignment on all their devices
+                devices = [*held_here.devices, *devices]
+            assigned[model.version] = Assignment(name, model.name, model.version, model.digest, model.size,
+                                                 tuple(sorted(devices)), spec.max_batch_size, max(spec.priority, 0))
+        out[node] = tuple(assigned[v] for v in sorted(assigned, key=version_order))
     return out
 
 
@@ -103,7 +110,7 @@ class Shares:
         for node in touched:
             names = self._on_node.get(node)
             if names:
-                self.now[node] = tuple(self._parts[d].per_node[node] for d in sorted(names))
+                self.now[node] = tuple(a for d in sorted(names) for a in self._parts[d].per_node[node])
             else:
                 self.now.pop(node, None)
                 self._on_node.pop(node, None)

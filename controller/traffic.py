@@ -51,6 +51,11 @@ def _rank(version: str) -> tuple[int, int, str]:
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
+def version_order(version: str) -> tuple[int, int, str]:
+    """A sort key for versions: whole numbers by value, then the others by name."""
+    return _rank(version)
+
+
 def replica_counts(spec: DeploymentSpec) -> dict[str, int]:
     """Replicas per weighted version: in proportion (largest remainder), at least one each."""
     split = weights(spec)

@@ -21,7 +21,7 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
     out = apb.DeploymentStatus(spec=deployment_proto(spec))
     failed = 0
     unreported = ""
-    held: Counter[tuple[str, str]] = Counter()  # instances reported per (node, device), given out to replicas
+    held: Counter[tuple[str, str, str]] = Counter()  # instances reported per (node, device, version), given out
     versions = replica_versions(spec) if spec.traffic else []
     per_version: dict[str, list[int]] = {v: [0, 0] for v, _ in weights(spec)}  # version -> [placed, ready]
     r_out = spec.rollout
@@ -29,12 +29,14 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
         per_version = {r_out.version: [0, 0], r_out.target: [0, 0]}
     for r in sorted(state.placement.get(name, []), key=lambda r: r.index):
         node = state.pool.nodes.get(r.node)
-        inst = node.instances.get(name) if node is not None else None
+        # with a split, the instance of the replica's version (a node may serve several versions side by side)
+        inst = node.instance(name, versions[r.index] if r.index < len(versions) and r_out is None else "") \
+            if node is not None else None
         replica_state, reason = "PENDING", "waiting for the node to load it"
         if node is not None and node.state == NODE_LOST:
             replica_state, reason = "PENDING", f"node {r.node} is lost"
-        elif inst is not None and held[(r.node, r.device)] < sum(d == r.device for d in inst.devices):
-            held[(r.node, r.device)] += 1  # one reported instance per replica: two on a device need two
+        elif inst is not None and held[(r.node, r.device, inst.version)] < sum(d == r.device for d in inst.devices):
+            held[(r.node, r.device, inst.version)] += 1  # one reported instance per replica: two on a device need two
             replica_state, reason = inst.state, inst.reason
         elif node is not None and node.generation_observed >= state.generations.get(r.node, 0) > 0:
             # the node applied the desired state that carries it and does not report it: drift, not running

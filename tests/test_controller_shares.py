@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from xpud.controller.core import DeploymentSpec, Replica
+from xpud.controller.core import DeploymentSpec, Replica, Rollout
 from xpud.controller.shares import Assignment, Shares
 from xpud.controller.store import ModelRecord
 
@@ -53,9 +53,10 @@ def test_shares_follow_any_sequence_of_changes(seed: int) -> None:
             placement.pop(name, None)
             if rng.random() < 0.5:
                 specs.pop(name, None)
-        elif step == 3:  # applied again: batch size, priority or a pinned version
+        elif step == 3:  # applied again: batch size, priority, a pinned version or a split across versions
             specs[name] = DeploymentSpec(name, "m", rng.choice(["", "1"]), 3, 1 << 20,
-                                         priority=rng.randint(-1, 2), max_batch_size=rng.choice([0, 8]))
+                                         priority=rng.randint(-1, 2), max_batch_size=rng.choice([0, 8]),
+                                         traffic=rng.choice([(), (("1", 50), ("2", 50))]))
         elif step == 4:  # a newer model version pushed
             latest["m"] = rng.choice(["1", "2"])
         elif step == 5:  # a node on a new stream
@@ -93,3 +94,24 @@ def test_a_share_lists_each_deployment_once_with_its_devices_sorted() -> None:
     assert shares.stale == {"n1", "n2"}
     shares.update(placement, {"web": spec}, lambda name, version: model)  # api deleted: its part goes
     assert shares.now["n1"] == (Assignment("web", "m", "1", digest, 100, ("sim:0", "sim:1"), 4, 0),)
+
+
+def test_a_node_holding_replicas_of_several_versions_gets_one_assignment_per_version() -> None:
+    models = {v: _model("m", v) for v in ("1", "2")}
+    spec = DeploymentSpec("web", "m", "1", 4, 1 << 20, traffic=(("1", 50), ("2", 50)))
+    # replica_versions: indexes 0 and 1 are version 1's, 2 and 3 version 2's
+    placement = {"web": [Replica("web", 0, "n1", "sim:0", 1), Replica("web", 1, "n2", "sim:0", 1),
+                         Replica("web", 2, "n1", "sim:1", 1), Replica("web", 3, "n1", "sim:2", 1)]}
+    shares = Shares()
+    shares.update(placement, {"web": spec}, lambda name, version: models.get(version))
+    one, two = models["1"], models["2"]
+    assert shares.now == {
+        "n1": (Assignment("web", "m", "1", one.digest, 100, ("sim:0",), 0, 0),
+               Assignment("web", "m", "2", two.digest, 100, ("sim:1", "sim:2"), 0, 0)),
+        "n2": (Assignment("web", "m", "1", one.digest, 100, ("sim:0",), 0, 0),)}
+    # a rollout gives a node one version still: the source until its turn, then the target
+    rolling = replace(spec, traffic=(), version="2", rollout=Rollout("m", "1", "2", updated=("n2",)))
+    shares.update(placement, {"web": rolling}, lambda name, version: models.get(version))
+    assert shares.now == {
+        "n1": (Assignment("web", "m", "1", one.digest, 100, ("sim:0", "sim:1", "sim:2"), 0, 0),),
+        "n2": (Assignment("web", "m", "2", two.digest, 100, ("sim:0",), 0, 0),)}

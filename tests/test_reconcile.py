@@ -148,7 +148,7 @@ async def test_higher_priorities_load_first(tmp_path):
     order: list[str] = []
 
     def changed() -> None:
-        order.extend(n for n, r in reconciler.reports.items() if r.state == "LOADING" and n not in order)
+        order.extend(n for (n, _), r in reconciler.reports.items() if r.state == "LOADING" and n not in order)
 
     reconciler.on_change = changed
     wanted = [assignment("a-low"), assignment("b-high", priority=9), assignment("c-mid", priority=2)]
@@ -192,4 +192,71 @@ async def test_a_replica_moved_to_other_devices_is_reported_ready_until_the_new_
     assert ("LOADING", ("sim:1",)) not in seen and seen[-1] == ("READY", ("sim:1",)), seen
     assert all(state == "READY" for state, _ in seen)
     assert (await answer(manager, "web")).shape == (3,)
+    await manager.close()
+
+
+async def versions_answer(manager: ModelManager) -> dict[int, tuple[int, ...]]:
+    """Per version loaded: the devices its instances run on, after a pinned request to it answered."""
+    out = {}
+    for number, mv in sorted(manager.models["web"].items()):
+        req = pb.ModelInferRequest(model_name="web", model_version=str(number))
+        req.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        req.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+        reply = await infer(manager, req)
+        assert reply.model_version == str(number)
+        out[number] = tuple(d for i in mv.instances for d in i.placement.devices)
+    return out
+
+
+async def test_several_versions_of_a_deployment_load_and_unload_one_at_a_time(tmp_path):
+    manager, reconciler = node(tmp_path)
+    one, two = assignment(devices=("sim:0",)), assignment(devices=("sim:1",), version="2")
+    await reconciler.apply(1, [assignment(devices=("sim:0",))], fetcher([]))
+    first = manager.models["web"][1]
+    seen: list[list[tuple[str, str]]] = []
+    reconciler.on_change = lambda: seen.append([(r.version, r.state) for r in reconciler.statuses()])
+
+    await reconciler.apply(2, [one, two], fetcher([]))  # a split: version 2 beside version 1, which is not rebuilt
+    assert manager.models["web"][1] is first and first.state.value == "READY"
+    assert [(r.deployment, r.version, r.state, r.devices) for r in reconciler.statuses()] == \
+        [("web", "1", "READY", ("sim:0",)), ("web", "2", "READY", ("sim:1",))]
+    assert ("1", "READY") in seen[0] and ("2", "LOADING") in seen[0]  # version 1 served on while 2 loaded
+    assert await versions_answer(manager) == {1: ("sim:0",), 2: ("sim:1",)}
+    assert manager.get("web").version == 2  # unpinned: the highest version
+
+    _, saved = reconciler.saved()  # desired.json holds both, and a restarted node serves both again
+    assert saved == [one, two]
+    await manager.close()
+    manager, reconciler = node(tmp_path)
+    generation, saved = reconciler.saved()
+    await reconciler.apply(generation, saved, None)
+    assert [(r.version, r.state) for r in reconciler.statuses()] == [("1", "READY"), ("2", "READY")]
+    kept = manager.models["web"][2]
+
+    seen.clear()
+    reconciler.on_change = lambda: seen.append([(r.version, r.state) for r in reconciler.statuses()])
+    await reconciler.apply(3, [two], fetcher([]))  # version 2 alone: version 1 unloads, drained; 2 is not rebuilt
+    assert sorted(manager.models["web"]) == [2] and manager.models["web"][2] is kept
+    assert [(r.version, r.state) for r in reconciler.statuses()] == [("2", "READY")]
+    assert seen[0] == [("1", "UNLOADING"), ("2", "READY")]  # reported before it goes: no request is sent there
+    with pytest.raises(ModelUnavailable, match="version 1 was unloaded"):  # one sent before: retried elsewhere
+        manager.get("web", "1")
+    assert await versions_answer(manager) == {2: ("sim:1",)}
+
+    await reconciler.apply(4, [assignment(devices=("sim:0", "sim:1"), version="3")], fetcher([]))  # a rollout's
+    assert sorted(manager.models["web"]) == [3]  # replacement, make before break: the one version in one load
+    assert [(r.version, r.state) for r in reconciler.statuses()] == [("3", "READY")]
+    await manager.close()
+
+
+async def test_a_version_that_fails_to_load_leaves_the_others_serving(tmp_path):
+    manager, reconciler = node(tmp_path)
+    bad = Assignment("web", "mlp", "2", "0" * 64, 10, ("sim:1",))  # not cached, and no controller to fetch it from
+    await reconciler.apply(1, [assignment(devices=("sim:0",)), bad], None)
+    assert [(r.version, r.state) for r in reconciler.statuses()] == [("1", "FAILED"), ("2", "FAILED")]
+    await reconciler.apply(1, [assignment(devices=("sim:0",))], fetcher([]))  # cached now
+    await reconciler.apply(2, [assignment(devices=("sim:0",)), bad], None)
+    states = {r.version: (r.state, r.reason) for r in reconciler.statuses()}
+    assert states["1"] == ("READY", "") and states["2"][0] == "FAILED" and "not cached" in states["2"][1]
+    assert sorted(manager.models["web"]) == [1] and manager.get("web").version == 1
     await manager.close()

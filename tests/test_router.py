@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -22,8 +23,9 @@ from tritonclient.utils import InferenceServerException
 from helpers import AgentProcess, expect_status
 from models import save, scale
 from xpud.controller.policy import P2CEwma, RoundRobin, RouteRequest
-from xpud.controller.router import Router, add_router
+from xpud.controller.router import Forwarded, Router, add_router, pinned
 from xpud.controller.routes import DeploymentRoutes, ReplicaEndpoint, RouteUpdate
+from xpud.controller.traffic import Split
 from xpud.proto.oip import pb, pb_grpc
 
 T = TypeVar("T")
@@ -479,3 +481,59 @@ async def test_model_infer_is_forwarded_and_answered_as_the_same_bytes() -> None
         await server.stop(0)
         await agent.stop(0)
         await router.close()
+
+
+async def test_a_replica_whose_node_serves_several_versions_gets_the_version_named() -> None:
+    """A split deployment's node that serves several of its versions side by side answers an unpinned request with
+    its highest one: the router names the version it chose by appending `model_version` to the request's bytes (the
+    last value wins); a request that names one itself, and a replica alone on its node, get the bytes unchanged."""
+    got: list[bytes] = []
+
+    async def infer(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        got.append(data)
+        return pb.ModelInferResponse(model_name="m").SerializeToString()
+
+    agent = grpc.aio.server()
+    agent.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}),))
+    address = f"127.0.0.1:{agent.add_insecure_port('127.0.0.1:0')}"
+    one, two = (ReplicaEndpoint(address, "n1", (f"sim:{v}",), v, "", pinned=True) for v in ("1", "2"))
+    router = Router()
+    server = grpc.aio.server()
+    add_router(server, router)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await agent.start()
+    await server.start()
+
+    def split(first: ReplicaEndpoint, second: ReplicaEndpoint) -> DeploymentRoutes:  # every unpinned one: 1
+        by_version = {"1": DeploymentRoutes("m", (first,)), "2": DeploymentRoutes("m", (second,))}
+        return DeploymentRoutes("m", (first, second), split=Split.of((("1", 100), ("2", 0))), by_version=by_version)
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            router.update({"m": split(one, two)})
+            unpinned = pb.ModelInferRequest(model_name="m", id="a").SerializeToString()
+            named = pb.ModelInferRequest(model_name="m", model_version="2").SerializeToString()
+            for data in (unpinned, named):
+                await call(data, timeout=10)
+            assert got[0].startswith(unpinned) and pb.ModelInferRequest.FromString(got[0]).model_version == "1"
+            assert got[1] == named
+            router.update({"m": split(replace(one, pinned=False), replace(two, pinned=False))})
+            await call(unpinned, timeout=10)
+            assert got[2] == unpinned  # alone on its node: the agent's one version serves it as it is
+    finally:
+        await server.stop(0)
+        await agent.stop(0)
+        await router.close()
+
+
+def test_pinning_a_message_copies_it_and_keeps_a_version_named() -> None:
+    metadata = pb.ModelMetadataRequest(name="m")
+    assert pinned(metadata, "2") == pb.ModelMetadataRequest(name="m", version="2") and metadata.version == ""
+    assert pinned(pb.ModelConfigRequest(name="m", version="1"), "2").version == "1"
+    infer = pb.ModelInferRequest(model_name="m", id="x")
+    for version in ("12", "9" * 300):  # a length of one varint byte, and of two
+        forwarded = pinned(Forwarded(infer.SerializeToString(), infer), version)
+        assert pb.ModelInferRequest.FromString(forwarded.data) == pb.ModelInferRequest(model_name="m", id="x",
+                                                                                       model_version=version)

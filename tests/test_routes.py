@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,12 +19,22 @@ from tritonclient.utils import InferenceServerException
 from helpers import AgentProcess
 from xpud.controller.core import NODE_LOST, NODE_READY, NODE_SUSPECT
 from xpud.controller.pool import NodeState, Pool
-from xpud.controller.routes import DeploymentRoutes, ReplicaEndpoint, RouteTable, RouteUpdate, node_replicas
+from xpud.controller.routes import (
+    DeploymentRoutes,
+    ReplicaEndpoint,
+    RouteTable,
+    RouteUpdate,
+    for_request,
+    node_endpoints,
+    node_replicas,
+)
 from xpud.controller.server import start_controller
+from xpud.controller.traffic import version_order
 from xpud.controller.views import deployment_status
 from xpud.proto import admin_pb2 as apb
 from xpud.proto import admin_pb2_grpc
 from xpud.proto import link_pb2 as lpb
+from xpud.proto.oip import pb
 
 T = TypeVar("T")
 IRIS = Path(__file__).resolve().parent.parent / "models" / "iris" / "1" / "model.onnx"
@@ -169,8 +180,9 @@ def test_each_deployment_lists_its_replicas_by_address_as_a_rebuild_would() -> N
     table.deployments(names)
     for step in range(300):
         name = f"n{rng.randrange(40)}"
-        serving = [instance(d, rng.choice(["READY", "READY", "LOADING"]), version=str(step)) for d in names
-                   if rng.random() < 0.5]
+        serving = [instance(d, rng.choice(["READY", "READY", "LOADING"]), version=v) for d in names
+                   if rng.random() < 0.5  # sometimes two versions side by side
+                   for v in rng.choice([(str(step),), (str(step), str(step + 1000))])]
         if name not in nodes.pool.nodes or rng.random() < 0.2:
             node = nodes.hello(name, *serving, endpoint=f"10.0.{rng.randrange(3)}.{rng.randrange(200)}:8001")
         elif rng.random() < 0.2:
@@ -180,9 +192,34 @@ def test_each_deployment_lists_its_replicas_by_address_as_a_rebuild_would() -> N
             node = nodes.report(name, *serving)
         table.node(node)
         for d in names:
-            expected = sorted((r for n in nodes.pool.nodes.values() if (r := node_replicas(n).get(d))),
-                              key=lambda r: (r.address, r.node))
+            expected = sorted((r for n in nodes.pool.nodes.values() for (name, _), r in node_endpoints(n).items()
+                               if name == d), key=lambda r: (r.address, r.node, version_order(r.version)))
             assert list(table.routes[d].replicas) == expected, (step, d)
+
+
+def test_a_node_serving_two_versions_lists_a_replica_of_each() -> None:
+    nodes = Nodes()
+    table = RouteTable(Reasons("web"))
+    table.deployments(["web"], {"web": (("1", 50), ("2", 50))})
+    n1 = nodes.hello("n1", instance("web", devices=["sim:0"]), endpoint="10.0.0.1:8001")
+    table.node(n1)
+    alone = ReplicaEndpoint("10.0.0.1:8001", "n1", ("sim:0",), "1", "z1")
+    assert table.routes["web"].replicas == (alone,)  # one version on its node: nothing to name
+    both = (instance("web", version="2", devices=["sim:1"]), instance("web", devices=["sim:0"]))
+    table.node(nodes.report("n1", *both))
+    one, two = (replace(alone, pinned=True), ReplicaEndpoint("10.0.0.1:8001", "n1", ("sim:1",), "2", "z1", pinned=True))
+    assert node_endpoints(n1) == {("web", "1"): one, ("web", "2"): two}
+    assert node_replicas(n1) == {"web": two}  # by deployment: the highest version, as the agent answers unpinned
+    routes = table.routes["web"]
+    assert routes.replicas == (one, two) and {v: r.replicas for v, r in routes.by_version.items()} == \
+        {"1": (one,), "2": (two,)}
+    assert for_request(routes, pb.ModelInferRequest(model_name="web", model_version="2")).replicas == (two,)
+    assert n1.instance("web", "1") == both[1] and n1.instance("web", "3") is None and n1.instance("web") == both[0]
+    table.node(nodes.report("n1", instance("web", "UNLOADING", devices=["sim:0"]),
+                            instance("web", version="2", devices=["sim:1"])))
+    assert table.routes["web"].replicas == (two,)  # version 1 unloading: no request goes there; 2 still pinned
+    table.node(nodes.report("n1", instance("web", version="2", devices=["sim:1"])))
+    assert table.routes["web"].replicas == (replace(two, pinned=False),) and n1.versions == {}
 
 
 # -- over a real controller and a real agent ---------------------------------------------------------

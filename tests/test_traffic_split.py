@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from xpud.controller.core import DeploymentSpec
+from xpud.controller.core import DeploymentSpec, Replica
+from xpud.controller.nodes import adopt
+from xpud.controller.pool import NodeState
 from xpud.controller.traffic import Split, key_point, normalized, replica_counts, replica_versions
+from xpud.proto import link_pb2 as lpb
 from xpud.proto.status import InvalidArgument
 
 
@@ -59,3 +62,17 @@ def test_the_split_is_stored_with_the_spec(tmp_path) -> None:  # type: ignore[no
     again = SqliteStore(tmp_path)
     assert again.deployments() == [split]
     again.close()
+
+
+def test_a_node_reporting_two_versions_has_them_adopted_at_their_versions_indexes() -> None:
+    """A node that comes back serving both versions of a split (its desired.json) keeps them: each version's
+    instance takes an index the split gives that version, so nothing reloads."""
+    node = NodeState("n1")
+    node.report([lpb.InstanceStatus(deployment="web", version="2", state="READY", devices=["sim:1"]),
+                 lpb.InstanceStatus(deployment="web", version="1", state="READY", devices=["sim:0"])])
+    s = spec(2, ("1", 50), ("2", 50))
+    placement: dict[str, list[Replica]] = {}
+    adopt(node, {"web": s}, placement)
+    versions = replica_versions(s)
+    assert sorted((versions[r.index], r.device) for r in placement["web"]) == [("1", "sim:0"), ("2", "sim:1")]
+    assert node.instance_count() == 2 and [i.version for i in node.instances_of("web")] == ["2", "1"]

@@ -181,6 +181,9 @@ class ModelManager:
         self.models: dict[str, dict[int, ModelVersion]] = {}
         self.sources: dict[str, ModelSource] = {}  # models given in memory, not read from the repository
         self.failures: dict[str, str] = {}  # model -> why its last load failed
+        # versions unloaded alone (`unload_version`): a request still named for one (sent before its router heard)
+        # gets UNAVAILABLE, which a router retries elsewhere, not NOT_FOUND
+        self.dropped: dict[str, set[int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _repo_names(self) -> list[str]:
@@ -321,6 +324,7 @@ class ModelManager:
             old = self.models.get(name, {})
             self.models[name] = built
             self.failures.pop(name, None)
+            self.dropped.pop(name, None)
             for mv in built.values():
                 log.info("model %s version %d READY on %s (%s), max_batch_size %d, %s MiB %s", name, mv.version,
                          ", ".join(" ".join(i.placement.devices) or i.placement.label() for i in mv.instances),
@@ -328,6 +332,71 @@ class ModelManager:
                          f"{mv.memory_bytes / 2**20:.1f}", "of GPU memory" if mv.memory_on_gpu else "of host memory")
         await self._retire([mv for mv in old.values() if mv.state is ModelState.READY])  # not those unloading
         return list(built.values())
+
+    async def load_version(self, name: str, source: ModelSource) -> ModelVersion:
+        """Load the one version ``source`` holds beside the versions of ``name`` already loaded (a deployment served
+        in several versions on this node); the same version loaded before (other devices, say) keeps serving until
+        the new one is ready, the others are not touched. The model's source then holds every version so loaded."""
+        if len(source.files) != 1:
+            raise ModelConfigError(f"model {name!r}: load_version takes one version, not {sorted(source.files)}")
+        if source.config.name != name:
+            raise ModelConfigError(f"model {name!r}: its source is named {source.config.name!r}")
+        version = next(iter(source.files))
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            loop = asyncio.get_running_loop()
+            try:
+                built = (await loop.run_in_executor(None, self._build, name, source))[version]
+            except (ModelConfigError, SessionError) as exc:
+                self.failures[name] = str(exc)
+                raise
+            except Exception as exc:
+                log.exception("model %s version %d: unexpected load failure", name, version)
+                self.failures[name] = f"{type(exc).__name__}: {exc}"
+                raise SessionError(f"{name}: version {version} failed to load: {type(exc).__name__}: {exc}") from exc
+            built.batcher = Batcher(f"{name}:{version}", batch_policy(built.config),
+                                    [built.runner(i) for i in built.instances], on_done=self._outcome_sink(built))
+            await built.batcher.start()
+            built.state = ModelState.READY
+            held = self.models.get(name, {})
+            old = held.get(version)
+            self.models[name] = {**held, version: built}  # a new dict: an unload in flight sees it was loaded again
+            self.dropped.get(name, set()).discard(version)
+            given = self.sources.get(name)
+            files = {**(given.files if given is not None else {}), version: source.files[version]}
+            self.sources[name] = ModelSource(source.config, files, source.devices)
+            self.failures.pop(name, None)
+            log.info("model %s version %d READY beside %s on %s (%s)", name, version,
+                     sorted(v for v in held if v != version) or "none",
+                     ", ".join(" ".join(i.placement.devices) or i.placement.label() for i in built.instances),
+                     built.provider)
+        if old is not None and old.state is ModelState.READY:
+            await self._retire([old])
+        return built
+
+    async def unload_version(self, name: str, version: int) -> None:
+        """Unload one version of a model, drained, the others serving on (ModelNotFound: not loaded)."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            mv = self.models.get(name, {}).get(version)
+            if mv is None:
+                raise ModelNotFound(f"model {name!r} has no version {version} loaded")
+            mv.state = ModelState.UNLOADING  # listed until drained: a request meanwhile gets UNAVAILABLE
+            given = self.sources.get(name)
+            if given is not None and version in given.files:
+                self.sources[name] = ModelSource(given.config, {v: p for v, p in given.files.items() if v != version},
+                                                 given.devices)
+        await self._retire([mv])
+        async with lock:
+            held = self.models.get(name, {})
+            if held.get(version) is mv:  # not loaded again meanwhile
+                rest = {v: m for v, m in held.items() if v != version}
+                self.dropped.setdefault(name, set()).add(version)
+                if rest:
+                    self.models[name] = rest
+                else:
+                    del self.models[name]
+        log.info("model %s version %d unloaded", name, version)
 
     def _outcome_sink(self, mv: ModelVersion) -> BatchDone:
         """Each batch's outcome, counted against the device(s) its instance ran on: a success, or a RunFailed
@@ -356,6 +425,7 @@ class ModelManager:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             known = self.known(name)
+            self.dropped.pop(name, None)
             if forget:
                 self.sources.pop(name, None)
             versions = self.models.get(name)
@@ -392,10 +462,15 @@ class ModelManager:
             raise ModelNotFound(f"unknown model {name!r}; models here: {', '.join(self.names()) or 'none'}")
         if version:
             if not version.isdigit() or int(version) not in versions:
+                if version.isdigit() and int(version) in self.dropped.get(name, ()):
+                    raise ModelUnavailable(f"model {name!r} version {version} was unloaded here")
                 raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: {sorted(versions)}")
             mv = versions[int(version)]
-        else:
+        else:  # the highest version; while it unloads beside others, the highest that serves
             mv = versions[max(versions)]
+            if mv.state is not ModelState.READY and len(versions) > 1:
+                mv = max((m for m in versions.values() if m.state is ModelState.READY), key=lambda m: m.version,
+                         default=mv)
         if mv.state is not ModelState.READY:
             raise ModelUnavailable(f"model {name!r} version {mv.version} is {mv.state.value}")
         return mv
