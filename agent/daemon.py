@@ -29,9 +29,12 @@ if TYPE_CHECKING:
 
     from .link.client import LinkClient
     from .serving.manager import ModelManager
+    from .serving.providers import Probe
     from .serving.servicer import InferenceServer
 
 log = logging.getLogger(__name__)
+# what the gpu extra's wheels hold (the driver's libcuda is not among them)
+CUDA_WHEEL_LIBRARIES = ("libcublas", "libcublasLt", "libcudart", "libcudnn", "libcufft", "libcurand", "libnvrtc")
 TOKENS_FILE = "tokens.json"  # in the cache directory: the pool's token hashes, as the controller last sent them
 
 
@@ -71,6 +74,10 @@ def build_inventory(config: AgentConfig) -> Inventory:
 
 
 async def start_agent(config: AgentConfig) -> RunningAgent:
+    if config.controller is not None or config.model_repo is not None:
+        from .serving import providers
+
+        providers.start()  # in a child process, while the plugins and /metrics start: the Hello waits for it
     inventory = build_inventory(config)
     await inventory.discover()
     telemetry = Telemetry(inventory, config.interval, health=HealthBook(config.health))
@@ -169,6 +176,18 @@ def gpu_devices(inventory: Inventory) -> dict[int, str]:
             if d.plugin in GPU_VENDORS and d.kind == "gpu" and d.partition is None and d.index is not None}
 
 
+def warn_unusable_gpus(inventory: Inventory, probe: Probe) -> None:
+    """Say so when this node has GPUs that none of their vendor's execution providers can run on."""
+    for vendor, eps in GPU_VENDORS.items():
+        ids = [d.id for d in inventory.devices if d.plugin == vendor and d.kind == "gpu" and d.partition is None]
+        if ids and not any(ep in probe.usable for ep in eps):
+            why = "; ".join(f"{ep}: {probe.refused.get(ep) or probe.refused.get('*') or 'not in this onnxruntime'}"
+                            for ep in eps)
+            missing_cuda = any(f"{lib}.so" in why for lib in CUDA_WHEEL_LIBRARIES)
+            hint = " (pip install 'xpud[gpu]' brings the CUDA and cuDNN libraries)" if missing_cuda else ""
+            log.warning("%s cannot run models: %s%s", ", ".join(ids), why, hint)
+
+
 def inference_checks(inventory: Inventory) -> dict[str, Callable[[], None]]:
     """Per device id, what its plugin wants called before each model run on it: the simulator's injected
     inference faults (``inference_check``, an optional plugin method); real devices fail on their own."""
@@ -185,6 +204,7 @@ def inference_checks(inventory: Inventory) -> dict[str, Callable[[], None]]:
 
 async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | None) -> None:
     """The OIP endpoint over a model manager: of the repository ``repo``, or (None) of what is assigned."""
+    from .serving import providers
     from .serving.gpumemory import GpuMemory
     from .serving.manager import ModelManager  # numpy and the serving stack: only for an agent that serves
     from .serving.servicer import InferenceServer
@@ -194,6 +214,7 @@ async def _start_serving(agent: RunningAgent, config: AgentConfig, repo: Path | 
         await agent.close()
         raise StartupError(f"model repository {str(repo)!r} is not a directory (check --model-repo)")
     by_index = gpu_devices(agent.inventory)
+    providers.start(lambda probe: warn_unusable_gpus(agent.inventory, probe))  # when the probe is done
     gpus = sorted(by_index)
     nvidia = any(d.plugin == "nvidia" and d.index in gpus for d in agent.inventory.devices)
     # each run's outcome counts against the devices it ran on, for their health (agent.telemetry.health)

@@ -120,12 +120,12 @@ class LinkClient:
         self.labels, self.zone = dict(labels), zone
         self._rejoin.set()
 
-    def _hello(self) -> lpb.AgentMessage:
+    def _hello(self, providers: list[str]) -> lpb.AgentMessage:
         inventory = self.telemetry.inventory
         hello = lpb.Hello(
             node=self.node, labels=self.labels, zone=self.zone, agent_version=__version__,
             generation=self.reconciler.applied.generation, inference_endpoint=self.endpoint,
-            incarnation=self.incarnation, execution_providers=self.providers(), inference_tls=self.inference_tls,
+            incarnation=self.incarnation, execution_providers=providers, inference_tls=self.inference_tls,
         )
         hello.devices.extend(device_info_to_proto(d) for d in inventory.devices)
         hello.instances.extend(self._instances())
@@ -140,6 +140,7 @@ class LinkClient:
         ]
 
     async def _session(self, stop: asyncio.Event) -> bool:
+        providers = await asyncio.to_thread(self.providers)  # the first call may wait for the provider probe
         if self.credentials is not None:
             channel = grpc.aio.secure_channel(self.target, self.credentials, options=CHANNEL_OPTIONS)
         else:
@@ -147,7 +148,7 @@ class LinkClient:
         async with channel:
             self._stub = link_pb2_grpc.AgentLinkStub(channel)
             call = self._stub.Connect()
-            await call.write(self._hello())
+            await call.write(self._hello(providers))
             first = await call.read()
             if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
                 raise ConnectionError("controller closed the link before its welcome")

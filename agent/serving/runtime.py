@@ -22,6 +22,8 @@ import numpy as np
 
 from xpud.proto.devices import GPU_VENDORS
 
+from .providers import load_onnxruntime
+
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
@@ -30,6 +32,7 @@ TENSORRT = "TensorrtExecutionProvider"
 ROCM = "ROCMExecutionProvider"
 MIGRAPHX = "MIGraphXExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
+NVIDIA_EPS = frozenset(GPU_VENDORS["nvidia"])  # they need the CUDA libraries loaded
 GPU_EPS = frozenset(ep for eps in GPU_VENDORS.values() for ep in eps)  # they take a "device_id" option
 ACCELERATOR_EPS = {"tensorrt": TENSORRT, "cuda": CUDA, "rocm": ROCM, "migraphx": MIGRAPHX, "openvino": OPENVINO}
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -86,14 +89,12 @@ class SessionOptions:
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def _ort() -> Any:
-    import onnxruntime  # imported only when a model is loaded: ~20 MiB and 0.2 s an agent without models skips
-
-    return onnxruntime
-
-
 def available_providers() -> list[str]:
-    return list(_ort().get_available_providers())
+    """The execution providers that can run here: what this onnxruntime build lists, less those that failed
+    to run a probe model (CUDA listed on a host without a GPU or its libraries). Probed once per process."""
+    from .providers import usable_providers
+
+    return usable_providers()
 
 
 class OrtInstance:
@@ -107,7 +108,7 @@ class OrtInstance:
                  model: str | None = None, checks: tuple[Callable[[], None], ...] = ()) -> None:
         """``model``: the model's name in messages (default: the repository folder that holds the file);
         ``checks``: called before each run, they raise as the device's driver would (a simulated fault)."""
-        ort = _ort()
+        ort = load_onnxruntime(gpu_libraries=placement.wanted in NVIDIA_EPS)
         self.name = name
         self.placement = placement
         self.checks = checks
