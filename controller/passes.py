@@ -176,7 +176,7 @@ class Scheduling:
             viewed = time.perf_counter()
             decision = self.planner.schedule(views, specs, old, draining=frozenset(state.draining), load=pool.load,
                                              reserved=state.handover.reserved(), avoid=state.drift.avoid(now),
-                                             prefer=state.profiles.preference())
+                                             prefer=_latest_too(state.profiles.preference(), specs, catalog.find))
         scheduled, cpu = time.perf_counter(), time.thread_time() - cpu
         self.schedules += 1
         placement = {k: list(v) for k, v in decision.replicas.items() if v}
@@ -287,6 +287,19 @@ class Scheduling:
     @property
     def warming(self) -> bool:
         return self._warming is not None
+
+
+def _latest_too(prefer: dict[tuple[str, str], tuple[str, ...]], specs: Sequence[DeploymentSpec],
+                find: Callable[[str, str], Any]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The profiles' ranking also under (model, "") for deployments of a model's latest version, as the scheduler
+    looks them up by the spec's own (model, version)."""
+    if not prefer:
+        return prefer
+    for spec in specs:
+        if not spec.version and (record := find(spec.model, "")) is not None \
+                and (ranked := prefer.get((spec.model, record.version))) is not None:
+            prefer[(spec.model, "")] = ranked
+    return prefer
 
 
 def _writes(change: Change | None) -> dict[str, Any]:

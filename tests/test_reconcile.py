@@ -16,7 +16,7 @@ from xpud.agent.link.assignment import PRIORITY_PARAMETER, Assignment, model_con
 from xpud.agent.link.client import LinkClient
 from xpud.agent.link.reconcile import Reconciler
 from xpud.agent.serving.inference import infer
-from xpud.agent.serving.manager import ModelManager, ModelUnavailable
+from xpud.agent.serving.manager import ModelManager, ModelNotFound, ModelUnavailable
 from xpud.agent.serving.repository import ModelConfigError
 from xpud.proto import link_pb2 as lpb
 from xpud.proto.oip import mc, pb
@@ -126,6 +126,11 @@ async def test_an_assignment_is_served_from_the_cache_with_its_priority(tmp_path
 
     await reconciler.apply(5, [], fetcher(calls))  # removed: forgotten, not merely unloaded
     assert manager.names() == [] and reconciler.statuses() == []
+    with pytest.raises(ModelUnavailable, match="unloaded here a moment ago"):  # a late request: retried elsewhere
+        manager.get("web")
+    manager.removed["web"] -= 60  # long gone: unknown, as any other name
+    with pytest.raises(ModelNotFound, match="unknown model 'web'"):
+        manager.get("web")
     await manager.close()
 
 

@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 
 # One model run's outcome on one device: (device id, ok, requests). The telemetry's health book takes it.
 Outcome = Callable[[str, bool, int], None]
-RUN_FAILURE_LOG_S = 10.0  # a failing device is logged at most once per instance in this long
+RUN_FAILURE_LOG_S = 10.0
+# a request for a model removed from this node within this long (sent before its router heard) gets UNAVAILABLE,
+# which a router retries on another replica, not NOT_FOUND
+REMOVED_S = 30.0  # a failing device is logged at most once per instance in this long
 
 
 class ModelState(enum.StrEnum):
@@ -184,6 +187,7 @@ class ModelManager:
         # versions unloaded alone (`unload_version`): a request still named for one (sent before its router heard)
         # gets UNAVAILABLE, which a router retries elsewhere, not NOT_FOUND
         self.dropped: dict[str, set[int]] = {}
+        self.removed: dict[str, float] = {}  # models unloaded for good (their replica left), by when (`REMOVED_S`)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _repo_names(self) -> list[str]:
@@ -441,6 +445,8 @@ class ModelManager:
         await self._retire(list(versions.values()))
         if self.models.get(name) is versions:  # not loaded again meanwhile
             del self.models[name]
+            if forget:
+                self.removed[name] = time.monotonic()
         log.info("model %s unloaded", name)
 
     async def _retire(self, versions: list[ModelVersion]) -> None:
@@ -455,6 +461,8 @@ class ModelManager:
     def get(self, name: str, version: str = "") -> ModelVersion:
         versions = self.models.get(name)
         if not versions:
+            if time.monotonic() - self.removed.get(name, -REMOVED_S) < REMOVED_S:
+                raise ModelUnavailable(f"model {name!r} was unloaded here a moment ago (its replica left this node)")
             if name in self.failures:
                 raise ModelUnavailable(f"model {name!r} is not ready: its load failed: {self.failures[name]}")
             if self.known(name):
