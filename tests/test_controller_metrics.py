@@ -106,13 +106,17 @@ def test_stream_requests_are_counted_each(pool):
 
 
 def test_model_label_names_the_model_series_of_a_deleted_deployment_go_and_no_created(pool):
-    c, _agent = pool
+    c, agent = pool
     assert c.admin("deploy", "flowers", "--model", "iris", "--device", "gpu").returncode == 0
     wait_for(lambda: c.deployment("flowers").get("phase") == "Running", timeout=60, what="flowers Running")
     assert infer(c.inference_url, "flowers") == 0
     text = c.scrape()
     assert metric(text, "xpud_router_requests_total", model="iris", deployment="flowers", code="OK") == 1
     assert "_created" not in text  # no creation-time series next to the counters
+    served = agent.scrape()  # the agent labels alike: the model it is, the deployment it is served as
+    assert metric(served, "xpud_inference_requests_total", model="iris", deployment="flowers", status="success") == 1
+    assert "_created" not in served
     assert c.admin("undeploy", "flowers").returncode == 0
     wait_for(lambda: 'deployment="flowers"' not in c.scrape(), timeout=30, what="flowers' series gone")
+    wait_for(lambda: 'deployment="flowers"' not in agent.scrape(), timeout=30, what="the agent's flowers series gone")
     assert metric(c.scrape(), "xpud_router_requests_total", deployment="iris", code="OK") >= 1  # others stay

@@ -15,6 +15,7 @@ from typing import Any
 from xpud.proto.devices import gpu_index
 from xpud.proto.oip import mc
 
+from ..serving.manager import MODEL_PARAMETER
 from ..serving.repository import ModelSource, checked
 
 PRIORITY_PARAMETER = "xpud.priority"  # the deployment's scheduling priority, in the served config's parameters
@@ -60,6 +61,7 @@ def model_config(a: Assignment) -> mc.ModelConfig:
     if cpu_instances or not gpus:
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=max(cpu_instances, 1))
     config.parameters[PRIORITY_PARAMETER].string_value = str(a.priority)
+    config.parameters[MODEL_PARAMETER].string_value = a.model  # the metrics' model label (served as the deployment)
     return checked(config, a.deployment)
 
 

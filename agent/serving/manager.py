@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 
 # One model run's outcome on one device: (device id, ok, requests). The telemetry's health book takes it.
 Outcome = Callable[[str, bool, int], None]
-RUN_FAILURE_LOG_S = 10.0
+RUN_FAILURE_LOG_S = 10.0  # a failing device is logged at most once per instance in this long
 # a request for a model removed from this node within this long (sent before its router heard) gets UNAVAILABLE,
 # which a router retries on another replica, not NOT_FOUND
-REMOVED_S = 30.0  # a failing device is logged at most once per instance in this long
+REMOVED_S = 30.0
+MODEL_PARAMETER = "xpud.model"  # in a served config's parameters: the registry's model name (the metrics' label)
 
 
 class ModelState(enum.StrEnum):
@@ -266,7 +267,9 @@ class ModelManager:
                 inputs, outputs = graph_specs(instances[0])
                 complete_config(vconfig, inputs, outputs, self.default_max_batch_size)
                 mv.output_names = [o.name for o in outputs]
-                mv.stats = ModelStats(name, str(version), mv.provider, self.metrics)
+                model = vconfig.parameters[MODEL_PARAMETER].string_value \
+                    if MODEL_PARAMETER in vconfig.parameters else ""
+                mv.stats = ModelStats(name, str(version), mv.provider, self.metrics, model)
                 self._warm_up(mv)
             # what loading cost (sessions, weights, arenas after warm-up), for the controller's placement: on
             # the GPUs the instances run on when NVML can tell, else this process's host memory
@@ -281,6 +284,7 @@ class ModelManager:
                 mv.memory_on_gpu = bool(measured)
         except BaseException:
             for mv in built.values():
+                mv.stats.close()
                 for inst in mv.instances:
                     inst.close()
             raise
@@ -457,6 +461,7 @@ class ModelManager:
             for inst in mv.instances:
                 await asyncio.get_running_loop().run_in_executor(None, inst.close)
             mv.state = ModelState.UNAVAILABLE
+            mv.stats.close()
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         versions = self.models.get(name)

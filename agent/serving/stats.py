@@ -46,7 +46,8 @@ class InferenceMetrics:
     """
 
     def __init__(self, registry: Any) -> None:
-        labels = ("model", "version", "execution_provider")
+        labels = ("model", "version", "execution_provider", "deployment")
+        self._held: dict[tuple[str, ...], int] = {}  # label sets in use, by how many loaded versions
         self.requests = prometheus_client.Counter(
             "xpud_inference_requests", "Inference requests by model, version and outcome", [*labels, "status"],
             registry=registry)
@@ -60,10 +61,32 @@ class InferenceMetrics:
             "xpud_inference_batch_size", "Rows per executed batch", labels, buckets=BATCH_BUCKETS, registry=registry)
 
 
+    def bind(self, labels: tuple[str, ...]) -> None:
+        self._held[labels] = self._held.get(labels, 0) + 1
+
+    def release(self, labels: tuple[str, ...]) -> None:
+        """A loaded version gone: its series go too once no other loaded version has the same labels (a reload
+        in place shares them)."""
+        left = self._held.get(labels, 0) - 1
+        if left > 0:
+            self._held[labels] = left
+            return
+        self._held.pop(labels, None)
+        for metric, extra in ((self.requests, ("success", "failure")), (self.latency, ("success", "failure")),
+                              (self.queue, ()), (self.batch, ())):
+            for values in [(*labels, e) for e in extra] or [labels]:
+                try:
+                    metric.remove(*values)
+                except KeyError:  # never observed
+                    pass
+
+
 class _Bound:
     """One model version's label children, looked up once."""
 
-    def __init__(self, m: InferenceMetrics, labels: tuple[str, str, str]) -> None:
+    def __init__(self, m: InferenceMetrics, labels: tuple[str, ...]) -> None:
+        m.bind(labels)
+        self.owner, self.labels = m, labels
         self.ok = m.requests.labels(*labels, "success")
         self.failed = m.requests.labels(*labels, "failure")
         self.latency_ok = m.latency.labels(*labels, "success")
@@ -75,9 +98,13 @@ class _Bound:
 class ModelStats:
     """Counters of one model version. Updated on the event loop; read by ModelStatistics and metrics."""
 
-    def __init__(self, name: str, version: str, provider: str, metrics: InferenceMetrics | None = None) -> None:
+    def __init__(self, name: str, version: str, provider: str, metrics: InferenceMetrics | None = None,
+                 model: str = "") -> None:
+        """`name`: what it is served as (a deployment's name, or a repository model's); `model`: the model it
+        is (the registry's name; `name` when not told)."""
         self.name, self.version = name, version
-        self._metrics = _Bound(metrics, (name, version, provider)) if metrics is not None else None
+        labels = (model or name, version, provider, name)
+        self._metrics = _Bound(metrics, labels) if metrics is not None else None
         self._lock = threading.Lock()
         self.success = Duration()
         self.fail = Duration()
@@ -109,6 +136,12 @@ class ModelStats:
             else:
                 m.failed.inc()
                 m.latency_failed.observe(total_ns / 1e9)
+
+    def close(self) -> None:
+        """The version is unloaded: its series go (`InferenceMetrics.release`)."""
+        if self._metrics is not None:
+            self._metrics.owner.release(self._metrics.labels)
+            self._metrics = None
 
     def batch_done(self, rows: int, compute: tuple[int, int, int]) -> None:
         with self._lock:
