@@ -314,8 +314,10 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             raise StatusError(grpc.StatusCode.UNAVAILABLE, f"agent {endpoint}: {exc}") from None
 
     async def _attempt(self, route: RouteRequest, replica: ReplicaEndpoint, context: grpc.aio.ServicerContext,
-                       served: list[str] | None = None) -> Any:
-        """One forward to ``replica``, its outcome told to the policy (and its version to ``served``)."""
+                       served: list[str] | None = None, pin: bool = False) -> Any:
+        """One forward to ``replica``, its outcome told to the policy (and its version to ``served``); `pin`: the
+        request names the replica's version (a split deployment's node may have loaded another before its report
+        reached the router)."""
         if served is not None:
             served.append(replica.version)
         profiles = self.profiles if route.method == "ModelInfer" else None
@@ -323,7 +325,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             profiles.begin(replica)
         started, code = time.perf_counter(), grpc.StatusCode.CANCELLED  # unless it ends with an answer
         try:
-            message = pinned(route.message, replica.version) if replica.pinned else route.message
+            message = pinned(route.message, replica.version) if replica.pinned or pin else route.message
             reply = await self._call(replica.address, route.method, message, self._timeout(context))
             code = grpc.StatusCode.OK
             return reply
@@ -339,14 +341,16 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
     async def _forward(self, deployment: str, method: str, request: Any, context: grpc.aio.ServicerContext,
                        served: list[str] | None = None) -> Any:
         """Forward to the replica the policy picks; on UNAVAILABLE retry once on the one it picks next, if any."""
-        routes = for_request(self._ready(deployment), request)  # a deployment split across versions: one of them
+        ready = self._ready(deployment)
+        routes = for_request(ready, request)  # a deployment split across versions: one of them
         route = RouteRequest(deployment, method, request)
+        pin = ready.split is not None and method == "ModelInfer"
         first = self.policy.choose(route, routes)
         if first is None:  # a policy that found none fit among the ready ones
             raise StatusError(grpc.StatusCode.UNAVAILABLE, f"deployment {deployment!r} has no replica to take "
                               f"this request ({len(routes.replicas)} ready)")
         try:
-            return await self._attempt(route, first, context, served)
+            return await self._attempt(route, first, context, served, pin)
         except StatusError as exc:
             if exc.code is not grpc.StatusCode.UNAVAILABLE:
                 raise
@@ -355,7 +359,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
                 raise
             log.info("%s of %r: agent %s unavailable (%s); retrying on another replica",
                      method, deployment, first.address, exc.message)
-        return await self._attempt(route, second, context, served)
+        return await self._attempt(route, second, context, served, pin)
 
     async def _statistics(
         self, deployment: str, version: str, context: grpc.aio.ServicerContext

@@ -486,7 +486,8 @@ async def test_model_infer_is_forwarded_and_answered_as_the_same_bytes() -> None
 async def test_a_replica_whose_node_serves_several_versions_gets_the_version_named() -> None:
     """A split deployment's node that serves several of its versions side by side answers an unpinned request with
     its highest one: the router names the version it chose by appending `model_version` to the request's bytes (the
-    last value wins); a request that names one itself, and a replica alone on its node, get the bytes unchanged."""
+    last value wins), on every replica of a split; a request that names one itself, and a deployment with no split,
+    get the bytes unchanged."""
     got: list[bytes] = []
 
     async def infer(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -520,8 +521,11 @@ async def test_a_replica_whose_node_serves_several_versions_gets_the_version_nam
             assert got[0].startswith(unpinned) and pb.ModelInferRequest.FromString(got[0]).model_version == "1"
             assert got[1] == named
             router.update({"m": split(replace(one, pinned=False), replace(two, pinned=False))})
+            await call(unpinned, timeout=10)  # alone on its node, still named: its node may have loaded another
+            assert pb.ModelInferRequest.FromString(got[2]).model_version == "1"
+            router.update({"m": DeploymentRoutes("m", (replace(one, pinned=False),))})
             await call(unpinned, timeout=10)
-            assert got[2] == unpinned  # alone on its node: the agent's one version serves it as it is
+            assert got[3] == unpinned  # no split: the bytes as the client sent them
     finally:
         await server.stop(0)
         await agent.stop(0)
