@@ -239,3 +239,23 @@ def deployed_pool(tmp: Path, replicas: int = 2) -> Iterator[tuple[ControllerProc
     finally:
         for proc in reversed(started):
             proc.kill()
+
+
+def versioned_web(tmp: Path, started: list[Any], models: dict[str, bytes], nodes: tuple[str, ...] = ("n1", "n2"),
+                  sim: int = 1, *deploy: str) -> ControllerProcess:
+    """A controller and one linked agent per node of `nodes` with `sim` simulated devices each (all appended to
+    `started`: the caller kills them), model m pushed in each version of `models` (ONNX bytes), and deployment web
+    created on m:1 with `deploy`'s flags (default: 2 replicas, spread). Waits for the nodes, not for web."""
+    c = ControllerProcess(str(tmp / "state"))
+    started.append(c)
+    for node in nodes:
+        started.append(linked_agent(c, node, str(tmp / node), "--sim", str(sim)))
+    wait_for(lambda: len(c.admin_json("nodes").get("nodes", [])) == len(nodes), what=f"{len(nodes)} node(s)")
+    for version, data in models.items():
+        path = tmp / f"m{version}.onnx"
+        path.write_bytes(data)
+        pushed = c.admin("models", "push", str(path), "--name", "m", "--version", version)
+        assert pushed.returncode == 0, pushed.stderr
+    deployed = c.admin("deploy", "web", "--model", "m:1", *(deploy or ("--replicas", "2", "--strategy", "spread")))
+    assert deployed.returncode == 0, deployed.stderr
+    return c

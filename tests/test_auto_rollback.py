@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from helpers import ControllerProcess, linked_agent, wait_for
+from helpers import ControllerProcess, versioned_web, wait_for
 from models import onnx_bytes, scale
 from xpud.controller.control import Controller
 from xpud.controller.core import DeploymentSpec
@@ -148,18 +148,8 @@ def infer(url: str, n: int) -> tuple[int, int]:
 def test_a_failing_new_version_is_rolled_back_even_after_a_controller_restart(tmp_path: Path) -> None:
     started: list = []
     try:
-        c = ControllerProcess(str(tmp_path / "state"))
-        started.append(c)
-        for node in ("n1", "n2"):
-            started.append(linked_agent(c, node, str(tmp_path / node), "--sim", "1"))
-        wait_for(lambda: len(c.admin_json("nodes").get("nodes", [])) == 2, what="two nodes")
         # version 2 takes five columns: every client still sending four is refused (a broken contract)
-        for version, model in (("1", scale(4, 2.0)), ("2", scale(5, 3.0))):
-            path = tmp_path / f"m{version}.onnx"
-            path.write_bytes(onnx_bytes(model))
-            assert c.admin("models", "push", str(path), "--name", "m", "--version", version).returncode == 0
-        deployed = c.admin("deploy", "web", "--model", "m:1", "--replicas", "2", "--strategy", "spread")
-        assert deployed.returncode == 0, deployed.stderr
+        c = versioned_web(tmp_path, started, {"1": onnx_bytes(scale(4, 2.0)), "2": onnx_bytes(scale(5, 3.0))})
         wait_for(lambda: web_on(c, "1"), timeout=60, what="web on version 1")
 
         before = c.deployment("web")["spec"]

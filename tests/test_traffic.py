@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from helpers import ControllerProcess, linked_agent, wait_for
+from helpers import ControllerProcess, versioned_web, wait_for
 from models import onnx_bytes, scale
 
 FACTORS = {"1": 2.0, "2": 3.0}  # each version scales by its own factor: the answer shows which one served
@@ -44,18 +44,7 @@ def canary(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A controller, two simulated nodes, model m in versions 1 and 2, deployment web (m:1, 2 replicas, spread)."""
     started: list = []
     try:
-        c = ControllerProcess(str(tmp_path / "state"))
-        started.append(c)
-        for node in ("n1", "n2"):
-            started.append(linked_agent(c, node, str(tmp_path / node), "--sim", "1"))
-        wait_for(lambda: len(c.admin_json("nodes").get("nodes", [])) == 2, what="two nodes")
-        for version, factor in FACTORS.items():
-            path = tmp_path / f"m{version}.onnx"
-            path.write_bytes(onnx_bytes(scale(4, factor)))
-            pushed = c.admin("models", "push", str(path), "--name", "m", "--version", version)
-            assert pushed.returncode == 0, pushed.stderr
-        deployed = c.admin("deploy", "web", "--model", "m:1", "--replicas", "2", "--strategy", "spread")
-        assert deployed.returncode == 0, deployed.stderr
+        c = versioned_web(tmp_path, started, {v: onnx_bytes(scale(4, f)) for v, f in FACTORS.items()})
         wait_for(lambda: split_ready(c, {"1": 100}), timeout=60, what="web Running on version 1")
         yield c
     finally:

@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 from test_traffic import FACTORS, split_ready, version_of
 from tritonclient.utils import InferenceServerException
 
-from helpers import AgentProcess, ControllerProcess, linked_agent, wait_for
+from helpers import AgentProcess, ControllerProcess, versioned_web, wait_for
 from models import onnx_bytes, scale
 
 N = 200  # requests for the 50/50 split
@@ -24,18 +24,9 @@ def one_node(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A controller, one agent with two simulated devices, model m in versions 1 and 2, web on m:1, 2 replicas."""
     started: list = []
     try:
-        c = ControllerProcess(str(tmp_path / "state"))
-        started.append(c)
-        agent = linked_agent(c, "n1", str(tmp_path / "n1"), "--sim", "2")
-        started.append(agent)
-        wait_for(lambda: len(c.admin_json("nodes").get("nodes", [])) == 1, what="the node")
-        for version, factor in FACTORS.items():
-            path = tmp_path / f"m{version}.onnx"
-            path.write_bytes(onnx_bytes(scale(4, factor)))
-            pushed = c.admin("models", "push", str(path), "--name", "m", "--version", version)
-            assert pushed.returncode == 0, pushed.stderr
-        deployed = c.admin("deploy", "web", "--model", "m:1", "--replicas", "2")
-        assert deployed.returncode == 0, deployed.stderr
+        c = versioned_web(tmp_path, started, {v: onnx_bytes(scale(4, f)) for v, f in FACTORS.items()}, ("n1",), 2,
+                          "--replicas", "2")
+        agent = started[1]
         wait_for(lambda: split_ready(c, {"1": 100}), timeout=60, what="web Running on version 1")
         yield c, agent
     finally:

@@ -13,7 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from helpers import ControllerProcess, linked_agent, wait_for
+from helpers import ControllerProcess, versioned_web, wait_for
 from models import onnx_bytes, scale
 from xpud.controller.stats import BINS, VersionStats
 
@@ -126,18 +126,7 @@ def two_versions(tmp_path: Path):  # type: ignore[no-untyped-def]
     columns (a changed contract: every request of four is refused), at 50/50."""
     started: list = []
     try:
-        c = ControllerProcess(str(tmp_path / "state"))
-        started.append(c)
-        for node in ("n1", "n2"):
-            started.append(linked_agent(c, node, str(tmp_path / node), "--sim", "1"))
-        wait_for(lambda: len(c.admin_json("nodes").get("nodes", [])) == 2, what="two nodes")
-        for version, model in (("1", scale(4, 2.0)), ("2", scale(5, 3.0))):
-            path = tmp_path / f"m{version}.onnx"
-            path.write_bytes(onnx_bytes(model))
-            pushed = c.admin("models", "push", str(path), "--name", "m", "--version", version)
-            assert pushed.returncode == 0, pushed.stderr
-        deployed = c.admin("deploy", "web", "--model", "m:1", "--replicas", "2", "--strategy", "spread")
-        assert deployed.returncode == 0, deployed.stderr
+        c = versioned_web(tmp_path, started, {"1": onnx_bytes(scale(4, 2.0)), "2": onnx_bytes(scale(5, 3.0))})
         wait_for(lambda: split_ready(c, {"1": 100}), timeout=60, what="web Running on version 1")
         result = c.admin("traffic", "web", "1=50", "2=50")
         assert result.returncode == 0, result.stderr
