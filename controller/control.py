@@ -337,8 +337,8 @@ class Controller:
         """The deployment's weights with "latest" resolved to the version it is now: what a rollback restores."""
         if spec.traffic or spec.version:
             return weights(spec)
-        latest = (await self.models.catalog((spec.model, ""))).find(spec.model, "")
-        return ((latest.version, 100),) if latest is not None else weights(spec)
+        latest = await self._resolved_version(spec.model, "")
+        return ((latest, 100),) if latest else weights(spec)
 
     async def _rollback_loop(self) -> None:
         while True:

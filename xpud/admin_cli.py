@@ -371,11 +371,10 @@ def run(args: argparse.Namespace) -> int:
         response = apb.ListDeploymentsResponse(deployments=replies)
         _print(args, response, lambda: _deployments_view(replies))
     elif command == "rollout":
-        found = [d for d in admin.call("ListDeployments", apb.ListDeploymentsRequest()).deployments
-                 if d.spec.name == args.name]
-        if not found:
+        found = _deployment(admin, args.name)
+        if found is None:
             raise ValidationError(f"unknown deployment {args.name!r}")
-        _print(args, found[0].rollout, lambda: _rollout_text(found[0]))
+        _print(args, found.rollout, lambda: _rollout_text(found))
     elif command == "rollback":
         try:
             reply = admin.call("Rollback", apb.RollbackRequest(name=args.name))
@@ -450,13 +449,12 @@ def _deploy(admin: Admin, args: argparse.Namespace, spec: apb.Deployment) -> apb
     except CliError as exc:
         if exc.code is not grpc.StatusCode.ALREADY_EXISTS:
             raise
-        held = [d.spec for d in admin.call("ListDeployments", apb.ListDeploymentsRequest()).deployments
-                if d.spec.name == spec.name]
+        held = _deployment(admin, spec.name)
         given = [flag for flag in DEPLOY_DEFAULTS if getattr(args, flag) is not None]
-        if not held or ((held[0].model, held[0].version) == (spec.model, spec.version) and not given):
+        if held is None or ((held.spec.model, held.spec.version) == (spec.model, spec.version) and not given):
             raise
         update = apb.Deployment()
-        update.CopyFrom(held[0])
+        update.CopyFrom(held.spec)
         update.model, update.version = spec.model, spec.version
         for flag in given:
             for field in DEPLOY_FIELDS[flag]:
@@ -475,6 +473,12 @@ def _deploy(admin: Admin, args: argparse.Namespace, spec: apb.Deployment) -> apb
         print(f"rolling out {reply.rollout.to_model}:{reply.rollout.to_version} on {spec.name} node by node; "
               f"follow it with `xpud rollout status {spec.name}`", file=sys.stderr)
     return reply
+
+
+def _deployment(admin: Admin, name: str) -> apb.DeploymentStatus | None:
+    """One deployment's status (None: there is none of that name)."""
+    listed = admin.call("ListDeployments", apb.ListDeploymentsRequest()).deployments
+    return next((d for d in listed if d.spec.name == name), None)
 
 
 def _check_drain(admin: Admin, node: str) -> None:
@@ -547,11 +551,10 @@ def _pool_table(reply: apb.GetPoolResponse) -> str:
     return table(["NODE", "DEVICE", "MODEL", "ALLOCATED/TOTAL", "FREE", "UTIL", "HEALTH", "RUNS"], rows)
 
 
-def _top_frame(admin: Admin) -> str:
+def _top_frame(admin: Admin, nodes_reply: apb.ListNodesResponse, pool: apb.GetPoolResponse,
+               deployments_reply: apb.ListDeploymentsResponse) -> str:
     """One screen of `top`: nodes, every device with its load, every deployment with its live figures."""
-    nodes = admin.call("ListNodes", apb.ListNodesRequest()).nodes
-    pool = admin.call("GetPool", apb.GetPoolRequest())
-    deployments = admin.call("ListDeployments", apb.ListDeploymentsRequest()).deployments
+    nodes, deployments = nodes_reply.nodes, deployments_reply.deployments
     states: dict[str, int] = {}
     for n in nodes:
         states[n.state] = states.get(n.state, 0) + 1
@@ -578,19 +581,14 @@ def _top(admin: Admin, args: argparse.Namespace) -> None:
     shown = 0
     try:
         while True:
+            replies = (admin.call("ListNodes", apb.ListNodesRequest()), admin.call("GetPool", apb.GetPoolRequest()),
+                       admin.call("ListDeployments", apb.ListDeploymentsRequest()))
             if args.json:  # one object per refresh, a line each
-                print(json.dumps({"nodes": message_dict(admin.call("ListNodes", apb.ListNodesRequest())),
-                                  "pool": message_dict(admin.call("GetPool", apb.GetPoolRequest())),
-                                  "deployments": message_dict(admin.call("ListDeployments",
-                                                                         apb.ListDeploymentsRequest()))}),
-                      flush=True)
-                shown += 1
-                if count and shown >= count:
-                    return
-                time.sleep(interval)
-                continue
-            frame = _top_frame(admin)
-            sys.stdout.write(("\x1b[H\x1b[2J" if redraw else ("\n" if shown else "")) + frame + "\n")
+                out = json.dumps(dict(zip(("nodes", "pool", "deployments"), map(message_dict, replies),
+                                          strict=True))) + "\n"
+            else:
+                out = ("\x1b[H\x1b[2J" if redraw else ("\n" if shown else "")) + _top_frame(admin, *replies) + "\n"
+            sys.stdout.write(out)
             sys.stdout.flush()
             shown += 1
             if count and shown >= count:
