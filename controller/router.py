@@ -314,12 +314,12 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
             raise StatusError(grpc.StatusCode.UNAVAILABLE, f"agent {endpoint}: {exc}") from None
 
     async def _attempt(self, route: RouteRequest, replica: ReplicaEndpoint, context: grpc.aio.ServicerContext,
-                       served: list[str] | None = None, pin: bool = False) -> Any:
-        """One forward to ``replica``, its outcome told to the policy (and its version to ``served``); `pin`: the
+                       served: list[ReplicaEndpoint] | None = None, pin: bool = False) -> Any:
+        """One forward to ``replica``, its outcome told to the policy (and the replica to ``served``); `pin`: the
         request names the replica's version (a split deployment's node may have loaded another before its report
         reached the router)."""
         if served is not None:
-            served.append(replica.version)
+            served.append(replica)
         profiles = self.profiles if route.method == "ModelInfer" else None
         if profiles is not None:
             profiles.begin(replica)
@@ -339,7 +339,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
                 profiles.end(replica, code, elapsed)
 
     async def _forward(self, deployment: str, method: str, request: Any, context: grpc.aio.ServicerContext,
-                       served: list[str] | None = None) -> Any:
+                       served: list[ReplicaEndpoint] | None = None) -> Any:
         """Forward to the replica the policy picks; on UNAVAILABLE retry once on the one it picks next, if any."""
         ready = self._ready(deployment)
         routes = for_request(ready, request)  # a deployment split across versions: one of them
@@ -455,7 +455,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference --------------------------------------------------------------------------
     async def _admitted(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext,
-                        served: list[str] | None = None) -> Any:
+                        served: list[ReplicaEndpoint] | None = None) -> Any:
         """ModelInfer forwarded through the deployment's admission queue when it has a bound (--max-inflight):
         beyond it the request waits by its priority until its deadline, or is shed."""
         admission = self._admission.get(request.model_name)
@@ -472,7 +472,7 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         if self.metrics is None and self.stats is None:
             return await self._admitted(request, context)
         started, code = time.perf_counter(), grpc.StatusCode.INTERNAL  # unless it ends otherwise
-        served: list[str] = []  # the version of each replica tried: the last one answered
+        served: list[ReplicaEndpoint] = []  # each replica tried: the last one answered
         try:
             reply = await self._admitted(request, context, served)
             code = grpc.StatusCode.OK
@@ -486,17 +486,17 @@ class Router(UnsupportedExtensions, pb_grpc.GRPCInferenceServiceServicer):
         finally:
             # a name no deployment has is counted as "": clients cannot grow the label set at will
             model = request.model_name if request.model_name in self.routes else ""
-            seconds, version = time.perf_counter() - started, served[-1] if served and model else ""
+            seconds, last = time.perf_counter() - started, served[-1] if served and model else None
+            version = last.version if last is not None else ""
             if self.metrics is not None:
-                self.metrics.done(model, code, seconds, version, self._model_name(model, version))
+                self.metrics.done(model, code, seconds, version, last.model if last is not None else
+                                  self._model_name(model))
             self._record(model, version, code, seconds)
 
-    def _model_name(self, deployment: str, version: str) -> str:
-        """The model a deployment's replicas of `version` serve (any replica's when none answered)."""
+    def _model_name(self, deployment: str) -> str:
+        """The model a deployment's replicas serve, for an answer no replica gave ("" with none ready)."""
         routes = self.routes.get(deployment)
-        if routes is None or not routes.replicas:
-            return ""
-        return next((r.model for r in routes.replicas if r.version == version), routes.replicas[0].model)
+        return routes.replicas[0].model if routes is not None and routes.replicas else ""
 
     def _record(self, deployment: str, version: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count an answer in the version's live figures; one no replica gave (no version) is not a version's."""
