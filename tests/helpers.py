@@ -259,3 +259,14 @@ def versioned_web(tmp: Path, started: list[Any], models: dict[str, bytes], nodes
     deployed = c.admin("deploy", "web", "--model", "m:1", *(deploy or ("--replicas", "2", "--strategy", "spread")))
     assert deployed.returncode == 0, deployed.stderr
     return c
+
+
+def up_process(tmp: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """`xpud up` on ephemeral loopback ports with its state and cache under `tmp`: the process, the lines it has
+    printed so far (filled as it prints) and the thread that reads them."""
+    cmd = xpud_command("up", "--listen", "127.0.0.1:0", "--inference-port", "0", "--grpc-port", "0",
+                       "--metrics-port", "0", "--controller-metrics-port", "0", "--state", str(tmp / "state"),
+                       "--cache-dir", str(tmp / "c"), *extra)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    return proc, lines, drain(proc, lines)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import drain, wait_for, xpud_command
+from helpers import up_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,12 +24,7 @@ def try_lines() -> list[str]:
 def test_readme_try_lines_run_against_xpud_up(tmp_path: Path) -> None:
     lines = try_lines()
     assert lines[0] == ". .venv/bin/activate" and all(line.startswith("xpud ") for line in lines[1:]), lines
-    cmd = xpud_command("up", "--listen", "127.0.0.1:0", "--inference-port", "0", "--grpc-port", "0",
-                       "--metrics-port", "0", "--controller-metrics-port", "0", "--state", str(tmp_path / "state"),
-                       "--cache-dir", str(tmp_path / "c"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out: list[str] = []
-    reader = drain(proc, out)
+    proc, out, reader = up_process(tmp_path)
     try:
         admin = wait_for(lambda: re.search(r"admin \(xpud nodes.*?:\s+(127\.0\.0\.1:\d+)", "".join(out)),
                          timeout=60, what="the banner").group(1)

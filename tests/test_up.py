@@ -9,16 +9,11 @@ import subprocess
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from helpers import IRIS, drain, wait_for, xpud_command
+from helpers import IRIS, up_process, wait_for
 
 
 def test_up_serves_the_demo_through_the_router(tmp_path):
-    cmd = xpud_command("up", "--listen", "127.0.0.1:0", "--inference-port", "0", "--grpc-port", "0",
-                       "--metrics-port", "0", "--controller-metrics-port", "0", "--state", str(tmp_path / "state"),
-                       "--cache-dir", str(tmp_path / "c"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = drain(proc, lines)
+    proc, lines, reader = up_process(tmp_path)
     try:
         banner = wait_for(lambda: re.search(r"inference \(Triton gRPC.*?: 127\.0\.0\.1:(\d+)", "".join(lines)),
                           timeout=60, what="the banner")
@@ -42,15 +37,6 @@ def test_up_serves_the_demo_through_the_router(tmp_path):
     assert "Traceback" not in "".join(lines)
 
 
-def _up(tmp_path, *extra: str) -> tuple[subprocess.Popen[str], list[str], object]:
-    cmd = xpud_command("up", "--listen", "127.0.0.1:0", "--inference-port", "0", "--grpc-port", "0",
-                       "--metrics-port", "0", "--controller-metrics-port", "0", "--state", str(tmp_path / "state"),
-                       "--cache-dir", str(tmp_path / "c"), *extra)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    return proc, lines, drain(proc, lines)
-
-
 def _stop(proc: subprocess.Popen[str], lines: list[str], reader) -> str:  # type: ignore[no-untyped-def]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, "".join(lines)[-3000:]
@@ -61,7 +47,7 @@ def _stop(proc: subprocess.Popen[str], lines: list[str], reader) -> str:  # type
 def test_up_says_where_its_state_is_and_fresh_starts_empty(tmp_path):
     from helpers import run_xpud
 
-    proc, lines, reader = _up(tmp_path)
+    proc, lines, reader = up_process(tmp_path)
     try:
         admin = wait_for(lambda: re.search(r"admin \(xpud nodes.*?:\s+(127\.0\.0\.1:\d+)", "".join(lines)),
                          timeout=60, what="the banner").group(1)
@@ -74,14 +60,14 @@ def test_up_says_where_its_state_is_and_fresh_starts_empty(tmp_path):
         assert run_xpud("deploy", "extra", "--model", "extra", "--replicas", "0", "--controller", admin).returncode == 0
     finally:
         _stop(proc, lines, reader)
-    proc, lines, reader = _up(tmp_path)  # the same state: both deployments come back, and it says so
+    proc, lines, reader = up_process(tmp_path)  # the same state: both deployments come back, and it says so
     try:
         found = wait_for(lambda: re.search(r"xpud up: state in .*", "".join(lines)), timeout=60, what="the state line")
         assert "2 deployment(s) recovered (extra, iris); `xpud up --fresh` starts empty" in found.group(0)
         wait_for(lambda: "xpud is up" in "".join(lines), timeout=60, what="up")
     finally:
         _stop(proc, lines, reader)
-    proc, lines, reader = _up(tmp_path, "--fresh")
+    proc, lines, reader = up_process(tmp_path, "--fresh")
     try:
         wait_for(lambda: "xpud is up" in "".join(lines), timeout=60, what="up")
         out = "".join(lines)
