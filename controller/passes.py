@@ -89,14 +89,7 @@ class Scheduling:
         calls answer after this."""
         async with self.lock:
             undo = self._apply(change) if change is not None else None
-            self._dirty.clear()
-            self._committed = False
-            try:
-                return await self._reconcile(events, {**_writes(change), "actor": actor})
-            except BaseException:
-                if undo is not None and not self._committed:
-                    undo()
-                raise
+            return await self._pass(events, {**_writes(change), "actor": actor}, undo)
 
     async def advance(self, compute: Callable[[], tuple[list[DeploymentSpec], list[Event]]]) -> bool:
         """A pass for deployments the controller changes itself (rollouts moving on), `compute`d under the pass
@@ -107,16 +100,26 @@ class Scheduling:
                 return False
             before = {spec.name: self.state.specs.get(spec.name) for spec in specs}
             self.state.specs.update({spec.name: spec for spec in specs})
-            self._dirty.clear()
-            self._committed = False
-            try:
-                await self._reconcile(events, {"deployments": specs})
-            except BaseException:
-                if not self._committed:
-                    for name, spec in before.items():
-                        _restore(self.state.specs, name, spec)
-                raise
+
+            def undo() -> None:
+                for name, spec in before.items():
+                    _restore(self.state.specs, name, spec)
+
+            await self._pass(events, {"deployments": specs}, undo)
         return True
+
+    async def _pass(self, events: Sequence[Event], writes: dict[str, Any],
+                    undo: Callable[[], None] | None) -> Decision:
+        """One pass under the lock, with what was put in force in memory taken back (`undo`) should it fail before
+        its transaction is written."""
+        self._dirty.clear()
+        self._committed = False
+        try:
+            return await self._reconcile(events, writes)
+        except BaseException:
+            if undo is not None and not self._committed:
+                undo()
+            raise
 
     def _apply(self, change: Change) -> Callable[[], None]:
         """Put `change` in force in memory; returns what takes it back."""
