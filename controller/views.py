@@ -9,7 +9,7 @@ from xpud.proto import admin_pb2 as apb
 from .core import NODE_LOST, DeploymentSpec
 from .pool import NodeState
 from .profiles import Profiles
-from .rollout import holders
+from .rollout import holders, node_version
 from .state import State
 from .stats import VersionStats
 from .store import EventRecord, ModelRecord, TensorSpec
@@ -48,8 +48,10 @@ def deployment_status(state: State, name: str) -> apb.DeploymentStatus:
         out.replicas.add(node=r.node, device=r.device, state=replica_state, reason=reason,
                          version=version or spec.version)
         out.ready += replica_state == "READY"
-        given = r_out.target if r_out is not None and r.node in r_out.updated else \
-            r_out.version if r_out is not None else version if spec.traffic else spec.version
+        # the version its node is given: a rollout's (`rollout.node_version`; one unloading first, still the source),
+        # the split's, else the deployment's
+        given = (node_version(spec, r.node) or (r_out.model, r_out.version))[1] if r_out is not None else \
+            version if spec.traffic else spec.version
         counts = per_version.get(given)
         if counts is not None:  # with a split, ready counts only once its node loaded the replica's version
             counts[0] += 1
@@ -100,6 +102,8 @@ def rollout_status(state: State, spec: DeploymentSpec, out: apb.RolloutStatus) -
             else "waiting"
         out.updated += what == "updated"
         out.per_node.add(node=n, state=what, version=inst.version if serving and inst is not None else "")
+
+
 def add_version_stats(status: apb.DeploymentStatus, stats: VersionStats) -> apb.DeploymentStatus:
     """Fill each version's live figures from the router's window (one version alone: every answer of the
     deployment, whatever version a replica loaded)."""
