@@ -35,13 +35,18 @@ class Assignment:
 
     def version_number(self) -> int:
         """The version served: the assigned one when it is a number, else 1."""
-        return int(self.version) if self.version.isdigit() else 1
+        return version_number(self.version)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Assignment:
         """From its saved form; fields it does not know are ignored, fields it lacks take their defaults."""
         known = {k: v for k, v in data.items() if k in _ASSIGNMENT_FIELDS}
         return cls(**{**known, "devices": tuple(known.get("devices", ()))})
+
+
+def version_number(version: str) -> int:
+    """The model version an assigned version is served as: the number, else 1."""
+    return int(version) if version.isdigit() else 1
 
 
 _ASSIGNMENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Assignment))

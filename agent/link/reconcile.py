@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..serving.manager import ModelManager, ModelState
 from .artifacts import ArtifactCache, Fetch
-from .assignment import Assignment, model_source
+from .assignment import Assignment, model_source, version_number
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ class Applied:
 
 def _key(a: Assignment) -> Key:
     return a.deployment, a.version
-
-
-def _number(version: str) -> int:
-    """The model version a deployment's version is served as (`Assignment.version_number`)."""
-    return int(version) if version.isdigit() else 1
 
 
 class Reconciler:
@@ -87,9 +82,7 @@ class Reconciler:
     async def apply(self, generation: int, assignments: Sequence[Assignment], fetch: Fetch | None) -> None:
         async with self._lock:
             desired = {_key(a): a for a in assignments}
-            per_name: dict[str, int] = {}
-            for name, _ in desired:
-                per_name[name] = per_name.get(name, 0) + 1
+            per_name = Counter(name for name, _ in desired)  # versions assigned per deployment
             current = self.applied.assignments
             # reported in several versions now: a version goes beside the others, not in their place, even when one
             # alone is assigned (each version unloads drained, reported UNLOADING first, so requests named for it
@@ -170,9 +163,9 @@ class Reconciler:
         if report is not None:  # no new request is routed to it from now on
             report.state, report.reason = "UNLOADING", "no longer assigned here"
             self._changed()
-        number = _number(version)
+        number = version_number(version)
         # two versions that are no numbers are both served as 1 (`Assignment.version_number`): keep the other's
-        if not any(_number(v) == number for n, v in self.reports if n == name and v != version):
+        if not any(version_number(v) == number for n, v in self.reports if n == name and v != version):
             try:
                 await self.manager.unload_version(name, number)
             except LookupError:
@@ -189,7 +182,7 @@ class Reconciler:
         for (name, version), report in sorted(self.reports.items()):
             versions = self.manager.models.get(name) or {}
             if counts[name] > 1:
-                mv = versions.get(_number(version))
+                mv = versions.get(version_number(version))
                 serving = mv is not None and mv.state is ModelState.READY
             else:
                 serving = any(v.state is ModelState.READY for v in versions.values())
