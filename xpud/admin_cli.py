@@ -166,6 +166,16 @@ class Admin:
         except grpc.RpcError as exc:
             raise _error(exc, self.target) from None
 
+    def change(self, method: str, request: Any) -> Any:
+        """`call` for a change whose refusal as bad input (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION:
+        nothing changed) is a usage error: ValidationError, exit 2."""
+        try:
+            return self.call(method, request)
+        except CliError as exc:
+            if exc.code in BAD_INPUT:
+                raise ValidationError(str(exc)) from None
+            raise
+
 
 def _error(exc: grpc.RpcError, target: str) -> CliError:
     code = exc.code() if hasattr(exc, "code") else None
@@ -376,24 +386,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValidationError(f"unknown deployment {args.name!r}")
         _print(args, found.rollout, lambda: _rollout_text(found))
     elif command == "rollback":
-        try:
-            reply = admin.call("Rollback", apb.RollbackRequest(name=args.name))
-        except CliError as exc:  # nothing to roll back to: a usage error (exit 2), nothing changed
-            if exc.code in BAD_INPUT:
-                raise ValidationError(str(exc)) from None
-            raise
+        reply = admin.change("Rollback", apb.RollbackRequest(name=args.name))  # nothing to roll back to: exit 2
         _print(args, reply, lambda: _rollout_text(reply))
     elif command == "deployments":
         reply = admin.call("ListDeployments", apb.ListDeploymentsRequest())
         _print(args, reply, lambda: _deployments_view(reply.deployments))
     elif command == "traffic":
-        try:
-            reply = admin.call("SetTraffic", apb.SetTrafficRequest(name=args.name, weights=weights,
-                                                                   auto_rollback_error_rate=rollback))
-        except CliError as exc:  # bad input, refused with nothing changed: a usage error (exit 2)
-            if exc.code in BAD_INPUT:
-                raise ValidationError(str(exc)) from None
-            raise
+        reply = admin.change("SetTraffic", apb.SetTrafficRequest(name=args.name, weights=weights,
+                                                                 auto_rollback_error_rate=rollback))
         _print(args, reply, lambda: _deployments_table([reply]))
     elif command == "undeploy":
         admin.call("DeleteDeployment", apb.DeleteDeploymentRequest(name=args.name))
@@ -463,12 +463,7 @@ def _deploy(admin: Admin, args: argparse.Namespace, spec: apb.Deployment) -> apb
                     update.labels.update(spec.labels)
                 else:
                     setattr(update, field, getattr(spec, field))
-    try:
-        reply = admin.call("ApplyDeployment", update)
-    except CliError as exc:
-        if exc.code in BAD_INPUT:
-            raise ValidationError(str(exc)) from None
-        raise
+    reply = admin.change("ApplyDeployment", update)
     if reply.rollout.state and not args.json:
         print(f"rolling out {reply.rollout.to_model}:{reply.rollout.to_version} on {spec.name} node by node; "
               f"follow it with `xpud rollout status {spec.name}`", file=sys.stderr)
